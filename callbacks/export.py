@@ -1,0 +1,36 @@
+"""Export the aligned policy in Hugging Face format at the end of ``fit``."""
+
+from __future__ import annotations
+
+import os
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+
+from lit_align.export import export_policy
+
+
+class HFExport(L.Callback):
+    """Writes the policy (safetensors + tokenizer) when training ends, from rank 0 only.
+
+    Args:
+        dirpath: Output directory; defaults to ``<trainer.default_root_dir>/hf_model``.
+        enabled: Set to false to skip the export.
+    """
+
+    def __init__(self, dirpath: str | None = None, enabled: bool = True) -> None:
+        self.dirpath = dirpath
+        self.enabled = enabled
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled or trainer.interrupted:
+            return
+        directory = self.dirpath or os.path.join(trainer.default_root_dir, "hf_model")
+        state_dict = None
+        gather = getattr(pl_module, "full_policy_state_dict", None)
+        if gather is not None:
+            state_dict = gather()  # collective under sharding: every rank takes part
+        if trainer.is_global_zero:
+            export_policy(pl_module.policy, directory, state_dict)
+            rank_zero_info(f"exported the policy in Hugging Face format to {directory}")
+        trainer.strategy.barrier("hf_export")

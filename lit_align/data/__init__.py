@@ -1,0 +1,8 @@
+"""Data: sources, formats and the DataModules."""
+
+from lit_align.data.base import TextDataModule
+from lit_align.data.formats import Example, RowEncoder
+from lit_align.data.preference import PreferenceDataModule, PromptDataModule
+from lit_align.data.sources import DataError
+
+__all__ = ["DataError", "Example", "PreferenceDataModule", "PromptDataModule", "RowEncoder", "TextDataModule"]

@@ -1,0 +1,72 @@
+"""Padding examples into batches.
+
+Pairs are laid out for one concatenated forward pass: rows ``0..B-1`` are prompt + chosen and rows ``B..2B-1``
+prompt + rejected, right-padded to the longest sequence in the batch (dynamic padding). Prompts alone are
+left-padded, ready for generation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lit_align.data.formats import Example
+
+
+def _pad_to(length: int, multiple: int | None) -> int:
+    return length if not multiple else -(-length // multiple) * multiple
+
+
+class CompletionCollator:
+    """Right-padded prompt + completion sequences, every completion of an example in its own block of rows.
+
+    Returns ``input_ids``, ``attention_mask``, ``completion_mask`` of shape (K*B, T) for K completions per
+    example (block k holds completion k of every example), ``index`` (B,), and the prompts as
+    ``PromptCollator`` lays them out.
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        prompts = left_padded_prompts(examples, self.pad_token_id)
+        if not examples[0].completion_ids:
+            return prompts
+        sequences: list[tuple[list[int], int]] = []
+        for k in range(len(examples[0].completion_ids)):
+            sequences += [(ex.prompt_ids + ex.completion_ids[k], len(ex.prompt_ids)) for ex in examples]
+        length = _pad_to(max(len(s) for s, _ in sequences), self.pad_to_multiple_of)
+        input_ids = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+        completion_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+        for row, (ids, prompt_len) in enumerate(sequences):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+            completion_mask[row, prompt_len : len(ids)] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "completion_mask": completion_mask,
+            # the same prompts left-padded, for objectives that also sample from the policy (PMLE's KL term)
+            **prompts,
+        }
+
+
+class PromptCollator:
+    """Left-padded prompts ``prompt_ids``/``prompt_mask`` (B, P), ready for generation, and ``index`` (B,)."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        return left_padded_prompts(examples, self.pad_token_id)
+
+
+def left_padded_prompts(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tensor]:
+    length = max(len(ex.prompt_ids) for ex in examples)
+    prompt_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(examples), length), dtype=torch.long)
+    for row, ex in enumerate(examples):
+        prompt_ids[row, length - len(ex.prompt_ids) :] = torch.tensor(ex.prompt_ids)
+        prompt_mask[row, length - len(ex.prompt_ids) :] = 1
+    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "index": torch.tensor([ex.index for ex in examples])}

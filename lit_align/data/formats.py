@@ -1,0 +1,265 @@
+"""From raw rows to token ids: the data formats, validation with row-level errors, and truncation.
+
+A row becomes a prompt and zero or more completions (chosen and rejected for pairs, one for SFT, none for
+prompt-only data). Formats:
+
+- ``standard``: ``prompt``, ``chosen``, ``rejected`` are strings;
+- ``conversational``: they are lists of ``{role, content}`` messages, rendered with the tokenizer's chat template
+  (``prompt`` may be omitted when ``chosen``/``rejected`` are whole conversations: the shared leading messages
+  become the prompt);
+- ``implicit``: no prompt column; ``chosen`` and ``rejected`` are full transcripts sharing a prefix (Anthropic HH).
+  The prompt is their common prefix, cut back to the end of the last ``prompt_delimiter`` in it.
+
+The prompt/completion boundary is decided on whole strings and messages and the two sides are tokenised
+separately, so it never falls inside a token. The tokenizer's own BOS is kept once; EOS ends every completion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from transformers import PreTrainedTokenizerBase
+
+from lit_align.data.sources import DataError
+
+Format = Literal["auto", "standard", "conversational", "implicit"]
+KNOWN_ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
+@dataclass
+class Example:
+    """One tokenised row: prompt ids and the completion ids (chosen first), with the row's index."""
+
+    index: int
+    prompt_ids: list[int]
+    completion_ids: list[list[int]]
+
+
+@dataclass
+class FormatStats:
+    """What was dropped while tokenising, reported to the user instead of disappearing silently."""
+
+    rows: int = 0
+    kept: int = 0
+    identical_pairs: int = 0
+    invalid: int = 0
+    truncated_prompts: int = 0
+    truncated_completions: int = 0
+
+    def summary(self, source: str) -> str:
+        return (
+            f"{source}: kept {self.kept} of {self.rows} rows (dropped {self.identical_pairs} with chosen == rejected, "
+            f"{self.invalid} invalid; truncated {self.truncated_prompts} prompts, "
+            f"{self.truncated_completions} completions)"
+        )
+
+
+class RowEncoder:
+    """Validates rows and turns them into ``Example``s.
+
+    Args:
+        tokenizer: The policy's tokenizer.
+        completion_fields: Columns holding completions, e.g. ``("chosen", "rejected")``, ``("chosen",)`` or ``()``.
+        fmt: Data format, or ``auto`` to detect it from the first row.
+        columns: Renames from this data's column names to the canonical ones, e.g. ``{"question": "prompt"}``.
+        max_length: Longest prompt + completion, in tokens.
+        max_prompt_length: Longest prompt; longer prompts keep their last tokens.
+        prompt_delimiter: The ``implicit`` format's marker of where the last response begins.
+        invalid_rows: ``error`` stops at the first bad row with a message naming it; ``skip`` drops and counts.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        completion_fields: tuple[str, ...],
+        fmt: Format = "auto",
+        columns: dict[str, str] | None = None,
+        max_length: int = 512,
+        max_prompt_length: int = 256,
+        prompt_delimiter: str = "\n\nAssistant:",
+        invalid_rows: Literal["error", "skip"] = "error",
+    ) -> None:
+        if max_prompt_length >= max_length:
+            raise ValueError(
+                f"max_prompt_length ({max_prompt_length}) must be smaller than max_length ({max_length}) so that "
+                "every completion keeps at least one token"
+            )
+        self.tokenizer = tokenizer
+        self.completion_fields = completion_fields
+        self.fmt = fmt
+        self.columns = columns or {}
+        self.max_length = max_length
+        self.max_prompt_length = max_prompt_length
+        self.prompt_delimiter = prompt_delimiter
+        self.invalid_rows = invalid_rows
+        self._bos_added = _tokenizer_adds_bos(tokenizer)
+
+    # -- public ------------------------------------------------------------------------------------------------
+
+    def encode_all(self, rows, source: str) -> tuple[list[Example], FormatStats]:
+        stats = FormatStats()
+        texts: list[tuple[int, str | list, list]] = []
+        fmt = self.fmt
+        for index, raw in enumerate(rows):
+            stats.rows += 1
+            row = {self.columns.get(k, k): v for k, v in raw.items()}
+            if fmt == "auto":
+                fmt = self._detect(row, source, index)
+            try:
+                prompt, completions = self._split(row, fmt, source, index)
+            except DataError:
+                if self.invalid_rows == "error":
+                    raise
+                stats.invalid += 1
+                continue
+            if len(completions) == 2 and completions[0] == completions[1]:
+                stats.identical_pairs += 1
+                continue
+            texts.append((index, prompt, completions))
+        examples = self._tokenize(texts, stats)
+        stats.kept = len(examples)
+        if not examples:
+            raise DataError(f"{source}: no usable rows ({stats.summary(source)})")
+        return examples, stats
+
+    # -- row validation and splitting --------------------------------------------------------------------------
+
+    def _detect(self, row: dict, source: str, index: int) -> Format:
+        first = self.completion_fields[0] if self.completion_fields else "prompt"
+        self._require(row, first, source, index)
+        if isinstance(row[first], list):
+            return "conversational"
+        if "prompt" not in row and self.completion_fields:
+            return "implicit"
+        return "standard"
+
+    def _require(self, row: dict, field: str, source: str, index: int) -> Any:
+        if field not in row:
+            mapped = f" (after the column mapping {self.columns})" if self.columns else ""
+            raise DataError(
+                f"{source}, row {index}: missing field {field!r}{mapped}; the row has {sorted(row)}. "
+                "Map other column names with `columns`."
+            )
+        value = row[field]
+        if value is None:
+            raise DataError(f"{source}, row {index}: field {field!r} is null")
+        return value
+
+    def _text(self, row: dict, field: str, source: str, index: int) -> str:
+        value = self._require(row, field, source, index)
+        if not isinstance(value, str):
+            raise DataError(f"{source}, row {index}: field {field!r} must be a string, got {type(value).__name__}")
+        if not value.strip():
+            raise DataError(f"{source}, row {index}: field {field!r} is empty")
+        return value
+
+    def _messages(self, row: dict, field: str, source: str, index: int) -> list[dict]:
+        value = self._require(row, field, source, index)
+        if not isinstance(value, list) or not value:
+            raise DataError(f"{source}, row {index}: field {field!r} must be a non-empty list of messages")
+        for number, message in enumerate(value):
+            if not isinstance(message, dict) or "role" not in message or "content" not in message:
+                raise DataError(f"{source}, row {index}: {field}[{number}] must be a {{role, content}} message")
+            if message["role"] not in KNOWN_ROLES:
+                raise DataError(
+                    f"{source}, row {index}: {field}[{number}] has unknown role {message['role']!r} "
+                    f"(expected one of {sorted(KNOWN_ROLES)})"
+                )
+            if not isinstance(message["content"], str):
+                raise DataError(f"{source}, row {index}: {field}[{number}].content must be a string")
+        return value
+
+    def _split(self, row: dict, fmt: Format, source: str, index: int) -> tuple[str | list, list]:
+        fields = self.completion_fields
+        if fmt == "standard":
+            return self._text(row, "prompt", source, index), [self._text(row, f, source, index) for f in fields]
+        if fmt == "conversational":
+            completions = [self._messages(row, f, source, index) for f in fields]
+            if "prompt" in row:
+                return self._messages(row, "prompt", source, index), completions
+            return _shared_leading_messages(completions, source, index)
+        if fmt == "implicit":
+            transcripts = [self._text(row, f, source, index) for f in fields]
+            return self._implicit_prompt(transcripts, source, index)
+        raise ValueError(f"unknown data format {fmt!r}")
+
+    def _implicit_prompt(self, transcripts: list[str], source: str, index: int) -> tuple[str, list[str]]:
+        shared = transcripts[0]
+        for other in transcripts[1:]:
+            n = 0
+            while n < min(len(shared), len(other)) and shared[n] == other[n]:
+                n += 1
+            shared = shared[:n]
+        cut = shared.rfind(self.prompt_delimiter)
+        if cut < 0:
+            raise DataError(
+                f"{source}, row {index}: the transcripts share no {self.prompt_delimiter!r}, so the prompt cannot "
+                "be found; set `prompt_delimiter` or give a prompt column"
+            )
+        end = cut + len(self.prompt_delimiter)
+        completions = [t[end:] for t in transcripts]
+        for field, text in zip(self.completion_fields, completions):
+            if not text.strip():
+                raise DataError(f"{source}, row {index}: field {field!r} has an empty response after the prompt")
+        return transcripts[0][:end], completions
+
+    # -- tokenisation --------------------------------------------------------------------------------------------
+
+    def _render(self, prompt, completions) -> tuple[str, list[str]]:
+        if isinstance(prompt, str):
+            return prompt, completions
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise DataError(
+                "conversational data needs a tokenizer with a chat template, and this tokenizer has none; "
+                "use a chat model's tokenizer or give the data as strings"
+            )
+        prompt_text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        rendered = []
+        for completion in completions:
+            full = self.tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+            if not full.startswith(prompt_text):
+                raise DataError("the chat template renders the prompt differently once a reply follows it")
+            rendered.append(full[len(prompt_text):])
+        return prompt_text, rendered
+
+    def _tokenize(self, texts: list, stats: FormatStats) -> list[Example]:
+        rendered = [(index, *self._render(prompt, completions)) for index, prompt, completions in texts]
+        prompts = self.tokenizer([p for _, p, _ in rendered], add_special_tokens=False).input_ids
+        flat = [c for _, _, cs in rendered for c in cs]
+        flat_ids = self.tokenizer(flat, add_special_tokens=False).input_ids if flat else []
+        eos, bos = self.tokenizer.eos_token_id, self.tokenizer.bos_token_id
+        examples, cursor = [], 0
+        for (index, _, completions), prompt_ids in zip(rendered, prompts):
+            if self._bos_added and bos is not None and prompt_ids[:1] != [bos]:
+                prompt_ids = [bos] + prompt_ids  # once: templates that already start with BOS keep theirs
+            if len(prompt_ids) > self.max_prompt_length:
+                stats.truncated_prompts += 1
+                keep = self.max_prompt_length - (1 if prompt_ids[0] == bos else 0)
+                prompt_ids = ([bos] if prompt_ids[0] == bos else []) + prompt_ids[-keep:]
+            budget = self.max_length - len(prompt_ids)
+            outs = []
+            for ids in flat_ids[cursor : cursor + len(completions)]:
+                if eos is not None and ids[-1:] != [eos]:
+                    ids = ids + [eos]
+                if len(ids) > budget:
+                    stats.truncated_completions += 1
+                    ids = ids[:budget]
+                outs.append(ids)
+            cursor += len(completions)
+            examples.append(Example(index, prompt_ids, outs))
+        return examples
+
+
+def _shared_leading_messages(conversations: list[list[dict]], source: str, index: int) -> tuple[list, list]:
+    n = 0
+    while all(len(c) > n + 1 for c in conversations) and all(c[n] == conversations[0][n] for c in conversations):
+        n += 1
+    if n == 0:
+        raise DataError(f"{source}, row {index}: the conversations share no leading messages to use as the prompt")
+    return conversations[0][:n], [c[n:] for c in conversations]
+
+
+def _tokenizer_adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a", add_special_tokens=True).input_ids[:1] == [bos]

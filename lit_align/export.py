@@ -1,0 +1,43 @@
+"""Writing the trained policy in Hugging Face format (safetensors + tokenizer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def export_policy(policy, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Save the policy so that ``AutoModelForCausalLM.from_pretrained(directory)`` loads it.
+
+    LoRA adapters are merged into the base weights (``lora.export="merged"``, the default) or written as a peft
+    adapter (``"adapter"``). ``state_dict`` overrides the weights, e.g. a full state dict gathered from shards.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lora = policy.lora_options
+    if lora is not None and lora.export == "adapter":
+        policy.policy.save_pretrained(directory, safe_serialization=True)
+    else:
+        base = policy.base_model
+        weights = state_dict if state_dict is not None else merged_state_dict(policy.policy, lora is not None)
+        base.save_pretrained(directory, state_dict=weights, safe_serialization=True)
+    policy.tokenizer.save_pretrained(directory)
+    return directory
+
+
+def merged_state_dict(model: nn.Module, is_lora: bool) -> dict[str, torch.Tensor]:
+    """The plain transformers state dict, with LoRA updates folded into the base weights (model unchanged)."""
+    if not is_lora:
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    model.merge_adapter()
+    try:
+        state = {}
+        for key, value in model.get_base_model().state_dict().items():
+            if "lora_" in key:
+                continue
+            state[key.replace(".base_layer.", ".")] = value.detach().cpu().clone()
+        return state
+    finally:
+        model.unmerge_adapter()

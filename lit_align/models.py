@@ -1,0 +1,92 @@
+"""Loading language models and tokenizers: Hugging Face ids, local directories and the embedded tiny model.
+
+``"tiny"`` names the embedded default: a 150k-parameter Llama-architecture model built from the config shipped in
+``lit_align/assets/tiny`` with random weights drawn from a fixed seed, and a byte-level BPE tokenizer with a chat
+template. It needs no download, so every shipped config and test runs offline. Any other name goes to
+``AutoModelForCausalLM`` / ``AutoTokenizer`` unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+EMBEDDED_DIR = Path(__file__).resolve().parent / "assets" / "tiny"
+EMBEDDED_NAMES = ("tiny",)
+EMBEDDED_SEED = 0
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer could not be loaded; the message says which and why."""
+
+
+def is_embedded(name: str) -> bool:
+    return name in EMBEDDED_NAMES
+
+
+def resolve_dtype(dtype: str | None) -> torch.dtype | None:
+    if dtype is None or dtype == "auto":
+        return None
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or 'auto', got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Load a tokenizer; a missing pad token falls back to EOS (padding is always masked out)."""
+    source = str(EMBEDDED_DIR) if is_embedded(name) else name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except Exception as err:  # transformers raises OSError, ValueError or HF hub errors here
+        raise ModelLoadError(_explain(name, "tokenizer", err)) from err
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ModelLoadError(f"tokenizer {name!r} has neither a pad token nor an EOS token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(
+    name: str, dtype: str | None = None, trust_remote_code: bool = False, seed: int = EMBEDDED_SEED
+) -> PreTrainedModel:
+    """Load a causal LM by hub id or local path, or build the embedded tiny model (random init from ``seed``)."""
+    torch_dtype = resolve_dtype(dtype)
+    if is_embedded(name):
+        config = AutoConfig.from_pretrained(EMBEDDED_DIR)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(config)
+        return model.to(torch_dtype) if torch_dtype is not None else model
+    try:
+        return AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    except Exception as err:
+        raise ModelLoadError(_explain(name, "model", err)) from err
+
+
+def zero_dropout(model: nn.Module) -> None:
+    """Zero every dropout, including the functional attention dropout that HF attention modules read from attributes.
+
+    Preference losses compare log-probs of the same text under two models (or two passes); dropout noise in
+    one of them biases the comparison.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for attr in ("attention_dropout", "dropout", "attn_dropout", "hidden_dropout"):
+            if isinstance(getattr(module, attr, None), float):
+                setattr(module, attr, 0.0)
+
+
+def _explain(name: str, what: str, err: Exception) -> str:
+    hint = ""
+    if not Path(name).exists():
+        hint = (
+            " It is not a local directory, so it was looked up as a Hugging Face hub id: check the spelling, the "
+            "network, or set HF_HUB_OFFLINE=1 with the model already in the local cache."
+        )
+    return f"could not load {what} {name!r}: {type(err).__name__}: {err}.{hint}"

@@ -1,0 +1,143 @@
+"""The base LightningModule every objective subclasses.
+
+It owns the ``PolicyWithReference``, the optimizer and schedule, metric reduction and logging, and keeping the
+frozen reference out of checkpoints. A subclass implements ``compute_loss(batch, stage)``, returning the scalar
+loss and a dict of per-example (or scalar) diagnostics; the base logs them as ``{stage}/{name}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from lit_align.metrics import MeanAccumulator
+from lit_align.policy import PolicyWithReference, ReferenceMode
+from lit_align.schedules import Schedule, warmup_then_decay
+
+Stage = Literal["train", "val", "test"]
+
+
+class AlignmentModule(L.LightningModule):
+    """Shared training logic of every lit-align objective.
+
+    Args:
+        policy: The policy and its reference. Defaults to the embedded tiny model with the reference this
+            objective needs.
+        learning_rate: Peak learning rate of the default AdamW.
+        weight_decay: AdamW weight decay (not applied to biases and norms).
+        lr_schedule: ``linear`` or ``cosine`` decay to zero after warm-up, or ``constant``.
+        warmup_ratio: Fraction of the optimizer steps spent warming up linearly from zero.
+        optimizer: Replaces the default AdamW, e.g. ``{class_path: torch.optim.SGD, init_args: {lr: 0.01}}``.
+        lr_scheduler: Replaces the default schedule (stepped every optimizer step).
+    """
+
+    #: How the reference is held when no ``policy`` is given; ``none`` for objectives without a reference.
+    default_reference: ClassVar[ReferenceMode] = "copy"
+    #: Whether the objective cannot run without a reference.
+    requires_reference: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        policy: PolicyWithReference | None = None,
+        learning_rate: float = 5e-6,
+        weight_decay: float = 0.0,
+        lr_schedule: Schedule = "linear",
+        warmup_ratio: float = 0.1,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        if learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {learning_rate}")
+        if not 0.0 <= warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
+        self.save_hyperparameters(ignore=["policy", "optimizer", "lr_scheduler"])
+        self.policy = policy if policy is not None else PolicyWithReference(reference=self.default_reference)
+        if self.requires_reference and self.policy.reference_mode == "none":
+            raise ValueError(f"{type(self).__name__} needs a reference model; set policy reference to copy, lora or cache")
+        self.tokenizer = self.policy.tokenizer
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self._metrics = {stage: MeanAccumulator() for stage in ("train", "val", "test")}
+
+    # -- what a subclass provides ------------------------------------------------------------------------------
+
+    def compute_loss(self, batch: dict[str, torch.Tensor], stage: Stage) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Return the scalar loss to minimise and per-example diagnostics to log."""
+        raise NotImplementedError
+
+    # -- steps -------------------------------------------------------------------------------------------------
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, metrics = self.compute_loss(batch, "train")
+        self._metrics["train"].update({"loss": loss.detach(), **metrics})
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Log once per optimizer step, averaging over every micro-batch of the accumulation and every rank.
+        loop = self.trainer.fit_loop.epoch_loop
+        if (batch_idx + 1) % self.trainer.accumulate_grad_batches and not loop.batch_progress.is_last_batch:
+            return
+        self._log_means("train", on_step=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, metrics = self.compute_loss(batch, "val")
+        self._metrics["val"].update({"loss": loss.detach().expand(batch["index"].numel()), **metrics})
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_means("val", on_step=False)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, metrics = self.compute_loss(batch, "test")
+        self._metrics["test"].update({"loss": loss.detach().expand(batch["index"].numel()), **metrics})
+
+    def on_test_epoch_end(self) -> None:
+        self._log_means("test", on_step=False)
+
+    def _log_means(self, stage: Stage, on_step: bool) -> None:
+        reduce = None
+        if self.trainer.world_size > 1:
+            reduce = lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
+        means = self._metrics[stage].compute(reduce)
+        self._metrics[stage].reset()
+        for name, value in means.items():
+            self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=not on_step, prog_bar=name == "loss",
+                     sync_dist=False, rank_zero_only=False)
+
+    # -- optimisation ------------------------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        params = self.policy.trainable_parameters()
+        if self.optimizer_factory is not None:
+            optimizer = self.optimizer_factory(params)
+        else:
+            decay = [p for p in params if p.ndim >= 2]
+            no_decay = [p for p in params if p.ndim < 2]
+            groups = [{"params": decay, "weight_decay": self.hparams.weight_decay},
+                      {"params": no_decay, "weight_decay": 0.0}]
+            optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.hparams.learning_rate)
+        if self.lr_scheduler_factory is not None:
+            scheduler = self.lr_scheduler_factory(optimizer)
+        else:
+            total = int(self.trainer.estimated_stepping_batches)
+            warmup = int(self.hparams.warmup_ratio * total)
+            scheduler = warmup_then_decay(optimizer, total, warmup, self.hparams.lr_schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints: the frozen reference is rebuilt from its source, never stored ----------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict")
+        if state is not None:
+            for key in [k for k in state if k.startswith("policy.reference.")]:
+                del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict")
+        if state is not None and self.policy.reference is not None:
+            for key, value in self.policy.reference.state_dict(prefix="policy.reference.").items():
+                state.setdefault(key, value)

@@ -1,0 +1,81 @@
+"""Objectives trained on offline preference pairs (DPO, IPO, PMLE, ...): one concatenated forward per step."""
+
+from __future__ import annotations
+
+import torch
+
+from lit_align.logprobs import completion_token_logprobs, masked_mean
+from lit_align.losses import PreferenceLoss
+from lit_align.objectives.base import AlignmentModule, Stage
+from lit_align.reference_cache import ReferenceCache
+
+
+class PairwiseObjective(AlignmentModule):
+    """Computes policy and reference log-probs of chosen and rejected and hands them to ``pair_loss``.
+
+    Batches come from ``PreferenceDataModule``: rows ``0..B-1`` are the chosen sequences, ``B..2B-1`` the
+    rejected ones. A subclass implements ``pair_loss`` (usually one call into ``lit_align.losses``).
+
+    Args:
+        reference_cache_dir: Where ``reference="cache"`` stores precomputed reference log-probs.
+    """
+
+    def __init__(self, reference_cache_dir: str = ".cache/lit_align/reference_logps", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.reference_cache = ReferenceCache(reference_cache_dir) if self.policy.reference_mode == "cache" else None
+
+    def pair_loss(
+        self,
+        policy_chosen: torch.Tensor,
+        policy_rejected: torch.Tensor,
+        reference_chosen: torch.Tensor | None,
+        reference_rejected: torch.Tensor | None,
+    ) -> PreferenceLoss:
+        raise NotImplementedError
+
+    def on_fit_start(self) -> None:
+        if self.reference_cache is not None:
+            self.reference_cache.prepare(self, self.trainer.datamodule)
+
+    def on_validation_start(self) -> None:
+        if self.reference_cache is not None and not self.reference_cache.ready("val"):
+            self.reference_cache.prepare(self, self.trainer.datamodule)
+
+    on_test_start = on_validation_start
+
+    def sequence_logps(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Policy log-probs of every row (2B,), their token mask (2B, T-1), and the mean logit per row (2B,)."""
+        logits = self.policy(batch["input_ids"], batch["attention_mask"])  # (2B, T, V)
+        token_logps, mask = completion_token_logprobs(logits, batch["input_ids"], batch["completion_mask"])
+        mean_logits = masked_mean(logits.detach()[:, :-1].float().mean(-1), mask, dim=-1)
+        return token_logps.sum(-1), mask, mean_logits
+
+    @torch.no_grad()
+    def reference_sequence_logps(self, batch: dict[str, torch.Tensor], stage: Stage) -> torch.Tensor | None:
+        """Reference log-probs of every row (2B,), from the live reference or the on-disk cache."""
+        if self.reference_cache is not None:
+            return self.reference_cache.lookup("train" if stage == "train" else "val", batch["index"])
+        if not self.policy.has_live_reference:
+            return None
+        logits = self.policy.reference_logits(batch["input_ids"], batch["attention_mask"])
+        token_logps, _ = completion_token_logprobs(logits, batch["input_ids"], batch["completion_mask"])
+        return token_logps.sum(-1)
+
+    def compute_loss(self, batch: dict[str, torch.Tensor], stage: Stage):
+        n = batch["index"].numel()
+        logps, mask, mean_logits = self.sequence_logps(batch)
+        ref = self.reference_sequence_logps(batch, stage)
+        ref_chosen, ref_rejected = (ref[:n], ref[n:]) if ref is not None else (None, None)
+        out = self.pair_loss(logps[:n], logps[n:], ref_chosen, ref_rejected)
+        metrics = {
+            "loss": out.losses.detach(),
+            "rewards/chosen": out.chosen_rewards,
+            "rewards/rejected": out.rejected_rewards,
+            "rewards/margins": out.chosen_rewards - out.rejected_rewards,
+            "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float(),
+            "logps/chosen": logps[:n].detach(),
+            "logps/rejected": logps[n:].detach(),
+            "logits/chosen": mean_logits[:n],
+            "logits/rejected": mean_logits[n:],
+        }
+        return out.losses.mean(), metrics

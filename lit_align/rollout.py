@@ -1,0 +1,142 @@
+"""Sampling responses from the current policy, laid out for log-prob computation.
+
+``sample`` draws ``num_samples`` responses per prompt with Hugging Face ``generate`` (KV cache, left-padded
+prompts with position ids taken from the attention mask), without gradient, and restores the model's train/eval
+mode afterwards. The result concatenates each left-padded prompt with its right-padded response, so
+``PolicyWithReference`` and ``lit_align.logprobs`` score it exactly like an offline pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lit_align.logprobs import completion_token_logprobs
+
+
+@dataclass
+class SamplingConfig:
+    """How responses are sampled.
+
+    Args:
+        max_new_tokens: Longest response in tokens.
+        min_new_tokens: Shortest response (EOS is suppressed before it).
+        temperature: Softmax temperature; 0 means greedy decoding.
+        top_p: Nucleus sampling threshold (1 disables it).
+        top_k: Keep only the k most likely tokens (0 disables it).
+    """
+
+    max_new_tokens: int = 32
+    min_new_tokens: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.min_new_tokens < 0 or self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"need 0 <= min_new_tokens <= max_new_tokens and max_new_tokens >= 1, got {self}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0, got {self}")
+
+
+@dataclass
+class Rollout:
+    """Sampled responses. Row ``i * num_samples + j`` is sample j of prompt i.
+
+    Attributes:
+        input_ids: (N, P + L) left-padded prompt followed by the right-padded response.
+        attention_mask: (N, P + L) real tokens of prompt and response (through the first EOS).
+        completion_mask: (N, P + L) response tokens through the first EOS.
+        prompt_length: P, the padded prompt width: ``input_ids[:, P:]`` are the responses.
+        ended: (N,) whether the response ended with EOS within ``max_new_tokens``.
+        prompt_index: (N,) which prompt of the batch each row answers.
+        logprobs: (N, P + L - 1) token log-probs of the sampling policy, aligned like
+            ``completion_token_logprobs`` (zero off the completion), when requested.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    completion_mask: torch.Tensor
+    prompt_length: int
+    ended: torch.Tensor
+    prompt_index: torch.Tensor
+    logprobs: torch.Tensor | None = None
+
+    @property
+    def response_ids(self) -> torch.Tensor:
+        return self.input_ids[:, self.prompt_length :]
+
+    @property
+    def response_mask(self) -> torch.Tensor:
+        return self.completion_mask[:, self.prompt_length :]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(-1)
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    config: SamplingConfig,
+    eos_token_id: int,
+    pad_token_id: int,
+    num_samples: int = 1,
+    synced_gpus: bool = False,
+    return_logprobs: bool = False,
+) -> Rollout:
+    """Sample ``num_samples`` responses for each left-padded prompt in (B, P) ``prompt_ids``.
+
+    ``model`` is a transformers causal LM (or a peft wrapper): the policy's current weights. ``synced_gpus``
+    keeps every rank generating until all are done, which sharded (FSDP) models need.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
+        prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
+        greedy = config.temperature == 0
+        output = model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            do_sample=not greedy,
+            temperature=None if greedy else config.temperature,
+            top_p=None if greedy else config.top_p,
+            top_k=None if greedy or config.top_k == 0 else config.top_k,
+            max_new_tokens=config.max_new_tokens,
+            min_new_tokens=config.min_new_tokens,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            use_cache=True,
+            synced_gpus=synced_gpus,
+        )
+        rollout = _layout(output, prompt_mask, eos_token_id, pad_token_id, num_samples)
+        if return_logprobs:
+            logits = model(
+                input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
+                position_ids=(rollout.attention_mask.cumsum(-1) - 1).clamp(min=0), use_cache=False,
+            ).logits
+            rollout.logprobs, _ = completion_token_logprobs(logits, rollout.input_ids, rollout.completion_mask)
+        return rollout
+    finally:
+        model.train(was_training)
+
+
+def _layout(output: torch.Tensor, prompt_mask: torch.Tensor, eos: int, pad: int, num_samples: int) -> Rollout:
+    width = prompt_mask.shape[1]
+    response = output[:, width:]  # (N, L)
+    is_eos = response == eos
+    ended = is_eos.any(-1)
+    # Everything after the first EOS is padding; the EOS itself belongs to the response.
+    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+    response_mask = (~after_eos).long()
+    response = response.masked_fill(after_eos, pad)
+    input_ids = torch.cat([output[:, :width], response], dim=1)
+    attention_mask = torch.cat([prompt_mask.long(), response_mask], dim=1)
+    completion_mask = torch.cat([torch.zeros_like(prompt_mask, dtype=torch.long), response_mask], dim=1)
+    prompt_index = torch.arange(output.shape[0], device=output.device) // num_samples
+    return Rollout(input_ids, attention_mask, completion_mask, width, ended, prompt_index)
