@@ -1,0 +1,48 @@
+"""Shared test set-up: offline, deterministic, small."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+CUDA = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not CUDA:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch):
+    """A fresh working directory, so runs/ and .cache/ of one test never leak into another."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from lit_align.models import load_tokenizer
+
+    return load_tokenizer("tiny")
+
+
+def fit_args(config: str, *extra: str, steps: int = 4) -> list[str]:
+    """CLI arguments for a short CPU fit of a shipped config (used with ``lit_align.cli.build_cli``)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return [
+        "fit", "--config", os.path.join(root, "configs", config),
+        f"--trainer.max_steps={steps}", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false", "--trainer.val_check_interval=null",
+        "--trainer.limit_val_batches=2", "--trainer.default_root_dir=runs/test", *extra,
+    ]
