@@ -6,6 +6,8 @@ import os
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class AlignCheckpoint(ModelCheckpoint):
@@ -23,6 +25,17 @@ class AlignCheckpoint(ModelCheckpoint):
         if self.monitor is not None and not _has_validation(trainer):
             self.monitor, self.save_top_k = None, 0
         super().setup(trainer, pl_module, stage)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # SIGTERM (preemption, SLURM time limit): Lightning stops at the next step boundary by raising
+        # SIGTERMException; keep that step in last.ckpt so `--ckpt_path last` loses nothing.
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit" and self.save_last:
+            path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
+            trainer.save_checkpoint(path, self.save_weights_only)
+            self.last_model_path = path
+            rank_zero_info(f"received SIGTERM: saved step {trainer.global_step} to {path}; "
+                           "resume with --ckpt_path last")
+        super().on_exception(trainer, pl_module, exception)
 
 
 def _has_validation(trainer: L.Trainer) -> bool:

@@ -31,6 +31,11 @@ class HFExport(L.Callback):
         if gather is not None:
             state_dict = gather()  # collective under sharding: every rank takes part
         if trainer.is_global_zero:
-            export_policy(pl_module.policy, directory, state_dict)
-            rank_zero_info(f"exported the policy in Hugging Face format to {directory}")
+            # An objective whose trained model is not a causal-LM policy (RewardModel) says how to write it.
+            export = getattr(pl_module, "export_hf", None)
+            if export is not None:
+                export(directory, state_dict)
+            else:
+                export_policy(pl_module.policy, directory, state_dict)
+            rank_zero_info(f"exported the trained model in Hugging Face format to {directory}")
         trainer.strategy.barrier("hf_export")

@@ -11,15 +11,25 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.loggers import CSVLogger
 
 import lit_align.data  # noqa: F401  (registers the DataModules for short names)
 import lit_align.objectives  # noqa: F401  (registers the objectives for short names)
-from lit_align.callbacks import AlignCheckpoint, HFExport
+from lit_align.callbacks import AlignCheckpoint, HFExport, NonFiniteError, NonFiniteGuard, PredictionWriter
+from lit_align.checkpoint_io import AtomicCheckpointIO, CheckpointLoadError
+from lit_align.data.sources import DataError
+from lit_align.models import ModelLoadError
 from lit_align.data.base import TextDataModule
 from lit_align.objectives.base import AlignmentModule
+from lit_align.trainer import AlignTrainer
+
+
+# The frozen reference (and reward model) are in eval mode on purpose.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 class LitAlignCLI(LightningCLI):
@@ -37,6 +47,20 @@ class LitAlignCLI(LightningCLI):
             "checkpoint.auto_insert_metric_name": False,
         })
         parser.add_lightning_class_args(HFExport, "export")
+        parser.add_lightning_class_args(NonFiniteGuard, "numerics")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # `evaluate` runs AlignTrainer.evaluate: sampling, judging and the win-rate / KL report.
+        return {**LightningCLI.subcommands(), "evaluate": {"model", "dataloaders", "datamodule"}}
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        # Atomic checkpoint writes unless a CheckpointIO plugin was given (`trainer.plugins`).
+        if getattr(trainer.strategy, "_checkpoint_io", None) is None:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
@@ -59,6 +83,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LitAlignCLI:
         TextDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        trainer_class=AlignTrainer,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
         args=args,
@@ -67,9 +92,46 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LitAlignCLI:
     )
 
 
-def main() -> None:
-    """Console entry point of ``lit-align``."""
-    build_cli(sys.argv[1:])
+#: Errors whose message says what is wrong with the user's input; shown as one line instead of a traceback.
+USER_ERRORS = (DataError, ModelLoadError, CheckpointLoadError, NonFiniteError, FileNotFoundError, ValueError)
+#: Exit status of a run stopped by SIGTERM after saving its checkpoint (128 + 15, the shell's convention), so
+#: job scripts and restart policies can tell a preempted run from a finished one.
+EXIT_PREEMPTED = 143
+DEBUG_ENV = "LIT_ALIGN_DEBUG"
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point of ``lit-align``: bad input ends with one line naming the problem and exit status 2
+    (``LIT_ALIGN_DEBUG=1`` shows the traceback instead); SIGTERM saves ``last.ckpt`` and exits with 143."""
+    try:
+        build_cli(args)
+    except SIGTERMException:
+        print("lit-align: stopped by SIGTERM after saving last.ckpt; resume with --ckpt_path last", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
+    except USER_ERRORS as err:
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        err = _unwrap(err)
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"lit-align: error: {message}", file=sys.stderr)
+        print(f"(set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _unwrap(err: BaseException) -> BaseException:
+    """The error a class raised, not jsonargparse's wrapper around it ("Does not validate against ... Union")."""
+    while True:
+        inner = err.__cause__ or err.__context__
+        if not isinstance(inner, USER_ERRORS) or not _raised_in(err, "jsonargparse"):
+            return err
+        err = inner
+
+
+def _raised_in(err: BaseException, package: str) -> bool:
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"{os.sep}{package}{os.sep}" in tb.tb_frame.f_code.co_filename
 
 
 if __name__ == "__main__":

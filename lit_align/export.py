@@ -18,7 +18,7 @@ def export_policy(policy, directory: str | Path, state_dict: dict[str, torch.Ten
     directory.mkdir(parents=True, exist_ok=True)
     lora = policy.lora_options
     if lora is not None and lora.export == "adapter":
-        policy.policy.save_pretrained(directory, safe_serialization=True)
+        policy.policy.save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
     else:
         base = policy.base_model
         weights = state_dict if state_dict is not None else merged_state_dict(policy.policy, lora is not None)

@@ -57,3 +57,270 @@ def ipo_loss(
     rejected_ratio = policy_rejected - reference_rejected
     losses = (chosen_ratio - rejected_ratio - 1.0 / (2.0 * tau)) ** 2
     return PreferenceLoss(losses, tau * chosen_ratio.detach(), tau * rejected_ratio.detach())
+
+
+# -- PPO (RLHF, PAPER Eq. 1; reverse KL, PAPER Eqs. 14-15) ---------------------------------------------------------
+# Per-token tensors are (N, T) over the positions of ``completion_token_logprobs`` (position t scores token t+1);
+# ``mask`` (N, T) bool marks response tokens, contiguous in each row. Values off the mask are returned as zero.
+# These functions return per-token values; the objective reduces them (token-weighted over the mini-batch).
+
+
+class TokenRewards(NamedTuple):
+    """Per-token PPO rewards (N, T) and their parts, all detached."""
+
+    rewards: torch.Tensor
+    non_score_rewards: torch.Tensor
+    kl: torch.Tensor
+
+
+class ClippedLoss(NamedTuple):
+    """Per-token clipped loss (N, T) and detached diagnostics: whether the clipped branch was taken and, for the
+    policy loss, the approximate KL ``0.5 (ln pi - ln pi_old)^2`` between the current and the sampling policy."""
+
+    losses: torch.Tensor
+    clipped: torch.Tensor
+    approx_kl: torch.Tensor | None = None
+
+
+def kl_penalty(logps: torch.Tensor, ref_logps: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_0) from sampled tokens (Schulman's estimators).
+
+    ``k1 = ln pi - ln pi_0`` (unbiased, can be negative); ``k3 = (r - 1) - ln r`` with ``r = pi_0 / pi``
+    (unbiased, never negative, lower variance). Example: ``ln pi = -1, ln pi_0 = -2``: k1 = 1,
+    k3 = (e^-1 - 1) + 1 = 0.3679.
+    """
+    log_ratio = logps - ref_logps
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"kl estimator must be k1 or k3, got {estimator!r}")
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last set position of each row of a (N, T) mask -> (N,)."""
+    # cumsum reaches its maximum at the last set position and stays there; argmax returns the first maximum
+    return mask.long().cumsum(-1).argmax(-1)
+
+
+def ppo_token_rewards(
+    scores: torch.Tensor,
+    old_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    entropy_coef: float = 0.0,
+    kl_estimator: str = "k1",
+) -> TokenRewards:
+    """Per-token rewards of RLHF (PAPER Eq. 1) and reverse-KL minimisation (PAPER Eq. 14, 2d default).
+
+    At every response token ``-kl_coef * KL_t - entropy_coef * ln pi_old(a_t|s_t)``, with ``KL_t`` the per-token
+    estimate of ``kl_penalty``, plus the sequence score ``R`` (N,) at the last response token. In expectation over
+    pi_old the per-token terms sum to ``-beta KL(pi||pi_0) + gamma H(pi)``; ``entropy_coef = 0`` is RLHF.
+    Example: one token, R = 1, ln pi_old = -1, ln pi_0 = -2, beta = 0.5, gamma = 0.1: 1 - 0.5 + 0.1 = 0.6.
+    """
+    mask = mask.bool()
+    kl = kl_penalty(old_logps, ref_logps, kl_estimator).masked_fill(~mask, 0.0)
+    non_score = -kl_coef * kl - entropy_coef * old_logps.masked_fill(~mask, 0.0)
+    rewards = non_score.clone()
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    rewards[rows, last_token_index(mask)] += scores.to(rewards.dtype)
+    return TokenRewards(rewards.detach(), non_score.detach(), kl.detach())
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """Normalise ``values`` to unit variance (and zero mean with ``shift_mean``) over the set positions of ``mask``.
+
+    Uses the unbiased variance over all masked positions of the batch. Without ``shift_mean`` the mean is kept
+    (the rewards are whitened this way, so that their sign survives). Zero off the mask.
+    """
+    mask = mask.bool()
+    m = mask.to(values.dtype)
+    count = m.sum().clamp(min=2)
+    mean = (values * m).sum() / m.sum().clamp(min=1)
+    var = (((values - mean) * m) ** 2).sum() / (count - 1)
+    whitened = (values - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened.masked_fill(~mask, 0.0)
+
+
+def generalized_advantages(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, discount: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE (Schulman et al. 2016): returns ``(advantages, returns)``, each (N, T), zero off the mask.
+
+    ``delta_t = r_t + discount * V_{t+1} - V_t`` (V = 0 after the last response token) and
+    ``A_t = delta_t + discount * lam * A_{t+1}``; returns ``A_t + V_t`` are the value targets.
+    Example (one row, two tokens, discount 1, lam 0.5): r = (0, 1), V = (0.5, 0.2): delta = (-0.3, 0.8),
+    A = (-0.3 + 0.5 * 0.8, 0.8) = (0.1, 0.8), returns = (0.6, 1.0).
+    """
+    mask = mask.bool()
+    values = values.masked_fill(~mask, 0.0)
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[:, 0])
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + discount * next_value - values[:, t]
+        advantage = (delta + discount * lam * next_advantage) * mask[:, t]
+        advantages[:, t] = advantage
+        # off the mask (after the response) the episode has ended: nothing flows back from there
+        next_value, next_advantage = values[:, t], advantage
+    return advantages, (advantages + values).masked_fill(~mask, 0.0)
+
+
+def ppo_policy_loss(
+    logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float = 0.2
+) -> ClippedLoss:
+    """PPO's clipped surrogate per token: ``max(-A * rho, -A * clip(rho, 1 - eps, 1 + eps))``, ``rho = pi / pi_old``.
+
+    Example: A = 1, rho = 1.5, eps = 0.2: max(-1.5, -1.2) = -1.2 (clipped); A = -1, rho = 1.5: max(1.5, 1.2) = 1.5
+    (not clipped: a worse action made more likely is always penalised in full).
+    """
+    mask = mask.bool()
+    log_ratio = (logps - old_logps).masked_fill(~mask, 0.0)
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    losses = torch.maximum(unclipped, clipped).masked_fill(~mask, 0.0)
+    was_clipped = ((clipped > unclipped) & mask).float()
+    approx_kl = (0.5 * log_ratio.detach() ** 2).masked_fill(~mask, 0.0)
+    return ClippedLoss(losses, was_clipped.detach(), approx_kl)
+
+
+def ppo_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range: float = 0.2
+) -> ClippedLoss:
+    """Clipped value loss per token: ``0.5 * max((V - G)^2, (V_clip - G)^2)``, ``V_clip = V_old + clip(V - V_old, +-eps)``.
+
+    Example: V_old = 0, V = 0.5, G = 1, eps = 0.2: V_clip = 0.2, 0.5 * max(0.25, 0.64) = 0.32 (clipped).
+    """
+    mask = mask.bool()
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    unclipped = (values - returns) ** 2
+    clipped = (clipped_values - returns) ** 2
+    losses = (0.5 * torch.maximum(unclipped, clipped)).masked_fill(~mask, 0.0)
+    return ClippedLoss(losses, ((clipped > unclipped) & mask).float().detach())
+
+
+class DistillationLoss(NamedTuple):
+    """Per-example Bernoulli KL and the teacher's and student's probabilities that a1 beats a2 (detached)."""
+
+    losses: torch.Tensor
+    teacher_probs: torch.Tensor
+    student_probs: torch.Tensor
+
+
+def distillation_loss(
+    policy_first: torch.Tensor,
+    policy_second: torch.Tensor,
+    rewards_first: torch.Tensor,
+    rewards_second: torch.Tensor,
+    gamma: float = 0.1,
+) -> DistillationLoss:
+    """Preference distillation (PAPER Eqs. 11-12): ``KL(Bern(p) || Bern(q))`` per pair.
+
+    Teacher ``p = s(r1 - r2)`` from the rewards (no gradient flows into them); student
+    ``q = s(gamma * (ln pi(a1|x) - ln pi(a2|x)))``. In logit form, with ``t = r1 - r2`` and
+    ``u = gamma * (ln pi(a1) - ln pi(a2))``:
+    ``KL = p (ln s(t) - ln s(u)) + (1 - p) (ln s(-t) - ln s(-u))``, whose derivative in ``u`` is ``q - p``:
+    it vanishes exactly at the fixed point ``gamma * (ln pi(a1) - ln pi(a2)) = r1 - r2``. Symmetric under
+    swapping (a1, r1) with (a2, r2), so no chosen/rejected labels are needed.
+    """
+    teacher_logits = (rewards_first - rewards_second).detach().float()
+    student_logits = gamma * (policy_first - policy_second)
+    p = torch.sigmoid(teacher_logits)
+    losses = p * (F.logsigmoid(teacher_logits) - F.logsigmoid(student_logits)) + (1 - p) * (
+        F.logsigmoid(-teacher_logits) - F.logsigmoid(-student_logits)
+    )
+    return DistillationLoss(losses, p, torch.sigmoid(student_logits.detach()))
+
+
+class RegressionLoss(NamedTuple):
+    """Per-example squared error, with the prediction and the target it regresses onto (detached)."""
+
+    losses: torch.Tensor
+    predictions: torch.Tensor
+    targets: torch.Tensor
+
+
+def rebel_loss(
+    policy_first: torch.Tensor,
+    policy_second: torch.Tensor,
+    old_first: torch.Tensor,
+    old_second: torch.Tensor,
+    rewards_first: torch.Tensor,
+    rewards_second: torch.Tensor,
+    eta: float = 1.0,
+) -> RegressionLoss:
+    """REBEL (PAPER Eq. 10, Gao et al. 2024): ``((ln pi(a1)/pi_t(a1) - ln pi(a2)/pi_t(a2)) - eta (r1 - r2))^2``.
+
+    ``old_*`` are ``ln pi_t`` of the policy that sampled the pair, ``rewards_*`` the (KL-shaped) rewards; neither
+    carries gradient. With ``pi_t(a1) = pi_t(a2)`` the gradient vanishes at ``ln pi(a1) - ln pi(a2) = eta (r1 - r2)``,
+    the distillation fixed point for ``eta = 1 / gamma``.
+    """
+    predictions = (policy_first - old_first.detach()) - (policy_second - old_second.detach())
+    targets = eta * (rewards_first - rewards_second).detach().float()
+    return RegressionLoss((predictions - targets) ** 2, predictions.detach(), targets)
+
+
+def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> PreferenceLoss:
+    """Bradley-Terry reward-model loss (PAPER Eq. 9): ``-ln s(R(x,a+) - R(x,a-))`` on scalar rewards (B,)."""
+    losses = -F.logsigmoid(chosen_rewards - rejected_rewards)
+    return PreferenceLoss(losses, chosen_rewards.detach(), rejected_rewards.detach())
+
+
+def pmle_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, gamma: float = 0.1) -> PreferenceLoss:
+    """Preference MLE (PAPER Eq. 4): ``-ln s(gamma * (ln pi(a+) - ln pi(a-)))``.
+
+    No reference inside the sigmoid: the preference model is the gamma-tilted policy itself (Eq. 2/3).
+    Implicit rewards are the policy's induced rewards ``gamma * ln pi``.
+    """
+    losses = -F.logsigmoid(gamma * (policy_chosen - policy_rejected))
+    return PreferenceLoss(losses, gamma * policy_chosen.detach(), gamma * policy_rejected.detach())
+
+
+def sampled_kl_surrogate(
+    policy_logps: torch.Tensor, reference_logps: torch.Tensor, num_samples: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score-function surrogate of KL(pi || pi0) on responses sampled from pi (PAPER 2a, "gradient trap").
+
+    ``policy_logps`` (N,) with gradient and ``reference_logps`` (N,) are the sequence log-probs of N = B * k
+    samples, row ``i * k + j`` being sample j of prompt i. With ``kl_j = ln pi(y_j) - ln pi0(y_j)`` (detached)
+    and the leave-one-out baseline ``b_j`` = mean of the other k - 1 samples' ``kl``, the surrogate is
+    ``kl_j + (kl_j - b_j) * (ln pi(y_j) - stopgrad ln pi(y_j))``: its value is the plain estimate ``kl_j`` and
+    its gradient ``(kl_j - b_j) grad ln pi(y_j)``, whose expectation is the exact gradient of KL(pi || pi0) (the
+    baseline is independent of y_j, so it adds no bias). Back-propagating through ``kl_j`` itself would have
+    expected gradient zero. Returns (surrogate (N,), kl estimate (N,) detached).
+    """
+    if num_samples < 2:
+        raise ValueError(f"the leave-one-out baseline needs num_samples >= 2, got {num_samples}")
+    if policy_logps.shape[0] % num_samples:
+        raise ValueError(f"{policy_logps.shape[0]} rows are not whole groups of {num_samples} samples")
+    kl = (policy_logps - reference_logps).detach()
+    grouped = kl.view(-1, num_samples)  # (B, k)
+    baseline = (grouped.sum(-1, keepdim=True) - grouped) / (num_samples - 1)
+    advantage = (grouped - baseline).reshape(-1)  # (N,)
+    surrogate = kl + advantage * (policy_logps - policy_logps.detach())
+    return surrogate, kl
+
+
+def token_kl_surrogate(
+    token_kls: torch.Tensor, token_logps: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact per-token KL along sampled responses, with the gradient of the sequence KL (PAPER 2a, token_full).
+
+    ``token_kls`` (N, T): KL(pi(.|s_t) || pi0(.|s_t)) over the vocabulary at every state s_t of a sampled
+    response, with gradient; ``token_logps`` (N, T): ln pi(a_t|s_t) of the sampled tokens, with gradient;
+    ``mask`` (N, T): response positions. The value is sum_t KL_t, whose expectation is KL(pi || pi0). Its direct
+    gradient misses how pi chooses the states that later KLs are taken at, so the surrogate adds the score-function
+    term ``sum_t ln pi(a_t|s_t) * stopgrad(sum_{t' > t} KL_t')`` (value zero): then the expected gradient is
+    exact. Returns (surrogate (N,), kl estimate (N,) detached).
+    """
+    mask = mask.to(token_kls.dtype)
+    kls = token_kls * mask
+    logps = token_logps * mask
+    later = (kls.detach().flip(-1).cumsum(-1).flip(-1) - kls.detach())  # (N, T): sum of the KLs after t
+    score = (logps - logps.detach()) * later
+    kl = kls.sum(-1)
+    return kl + score.sum(-1), kl.detach()

@@ -8,11 +8,14 @@ template. It needs no download, so every shipped config and test runs offline. A
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "assets" / "tiny"
 EMBEDDED_NAMES = ("tiny",)
@@ -48,6 +51,8 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedToke
         if tokenizer.eos_token_id is None:
             raise ModelLoadError(f"tokenizer {name!r} has neither a pad token nor an EOS token to pad with")
         tokenizer.pad_token = tokenizer.eos_token
+        log.warning("tokenizer %r has no pad token: padding with its EOS token %r (padding is masked out by the "
+                    "attention mask, so the EOS that ends a completion is still trained on)", name, tokenizer.eos_token)
     return tokenizer
 
 
@@ -66,6 +71,37 @@ def load_causal_lm(
         return AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, trust_remote_code=trust_remote_code)
     except Exception as err:
         raise ModelLoadError(_explain(name, "model", err)) from err
+
+
+def load_sequence_classifier(
+    name: str,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    seed: int = EMBEDDED_SEED,
+    pad_token_id: int | None = None,
+) -> PreTrainedModel:
+    """A scalar-output ``AutoModelForSequenceClassification`` (``num_labels=1``) on the backbone ``name``.
+
+    A causal-LM checkpoint gets a freshly initialised score head (transformers' usual warning says so); the
+    embedded ``tiny`` is built from its shipped config with the seeded random init. ``pad_token_id`` is written
+    into the config so that other tools' pooling finds the padding.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    torch_dtype = resolve_dtype(dtype)
+    extra = {"num_labels": 1} if pad_token_id is None else {"num_labels": 1, "pad_token_id": pad_token_id}
+    if is_embedded(name):
+        config = AutoConfig.from_pretrained(EMBEDDED_DIR, **extra)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModelForSequenceClassification.from_config(config)
+        return model.to(torch_dtype) if torch_dtype is not None else model
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            name, dtype=torch_dtype, trust_remote_code=trust_remote_code, **extra
+        )
+    except Exception as err:
+        raise ModelLoadError(_explain(name, "sequence-classification model", err)) from err
 
 
 def zero_dropout(model: nn.Module) -> None:

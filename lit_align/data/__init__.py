@@ -2,7 +2,9 @@
 
 from lit_align.data.base import TextDataModule
 from lit_align.data.formats import Example, RowEncoder
+from lit_align.data.oracle import OracleDataModule, OracleReward
 from lit_align.data.preference import PreferenceDataModule, PromptDataModule
+from lit_align.data.sft import SFTDataModule
 from lit_align.data.sources import DataError
 
-__all__ = ["DataError", "Example", "PreferenceDataModule", "PromptDataModule", "RowEncoder", "TextDataModule"]
+__all__ = ["DataError", "Example", "OracleDataModule", "OracleReward", "PreferenceDataModule", "PromptDataModule", "RowEncoder", "SFTDataModule", "TextDataModule"]

@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader
 from lit_align.data.collate import CompletionCollator
 from lit_align.data.formats import Example, Format, RowEncoder
 from lit_align.data.loader import ResumableDataLoader, ResumableSampler
-from lit_align.data.sources import DataError, describe, load_rows
+from lit_align.data.presets import find_preset, load_source
+from lit_align.data.sources import DataError, describe
 from lit_align.models import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -21,8 +22,9 @@ class TextDataModule(L.LightningDataModule):
     """Rows from a hub data set or local file, tokenised for the objective's policy.
 
     Args:
-        path: Hub data set id, local file (json, jsonl, parquet, csv) or directory, or ``tiny`` for the embedded
-            default.
+        path: Hub data set id, local file (json, jsonl, parquet, csv) or directory, ``tiny`` for the embedded
+            default, or a preset's short name (``tldr-preference``, ``hh-rlhf``, ``ultrafeedback``, ...: see
+            ``lit_align.data.presets``).
         split: Training split.
         name: The hub data set's configuration name.
         val_path: Validation data from another file or data set (defaults to ``path``).
@@ -41,6 +43,8 @@ class TextDataModule(L.LightningDataModule):
         limit_rows: Use only the first N training rows (quick experiments).
         tokenizer: Tokenizer to use; by default the one of the model being trained.
         pad_to_multiple_of: Round padded lengths up (e.g. 8 for tensor cores).
+        preset: Read ``path`` (e.g. a local copy) in the layout of this preset; by default the preset ``path``
+            names, if any; ``none`` turns presets off.
     """
 
     #: Which columns hold completions; ``None`` lets the data decide (pairs, one completion or prompts only).
@@ -67,6 +71,7 @@ class TextDataModule(L.LightningDataModule):
         limit_rows: int | None = None,
         tokenizer: str | None = None,
         pad_to_multiple_of: int | None = None,
+        preset: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size <= 0:
@@ -94,8 +99,10 @@ class TextDataModule(L.LightningDataModule):
 
     def encoder(self, completion_fields: tuple[str, ...]) -> RowEncoder:
         h = self.hparams
+        layout = find_preset(h.path, h.preset)
+        fmt = layout.format if h.format == "auto" and layout is not None else h.format
         return RowEncoder(
-            self.tokenizer, completion_fields, h.format, h.columns, h.max_length, h.max_prompt_length,
+            self.tokenizer, completion_fields, fmt, h.columns, h.max_length, h.max_prompt_length,
             h.prompt_delimiter, h.invalid_rows,
         )
 
@@ -103,13 +110,14 @@ class TextDataModule(L.LightningDataModule):
         if self.train_examples:
             return
         h = self.hparams
-        train_rows = load_rows(h.path, h.split, h.name)
+        train_rows = load_source(h.path, h.split, h.name, h.preset)
         if h.limit_rows is not None:
             train_rows = train_rows.select(range(min(h.limit_rows, len(train_rows))))
         val_rows, val_source = None, None
         if h.val_split is not None or h.val_path is not None:
             val_path = h.val_path or h.path
-            val_rows, val_source = load_rows(val_path, h.val_split or "train", h.name), describe(val_path, h.val_split)
+            val_rows = load_source(val_path, h.val_split or "train", h.name, h.preset)
+            val_source = describe(val_path, h.val_split)
         elif h.val_fraction > 0:
             parts = train_rows.train_test_split(test_size=h.val_fraction, seed=h.seed, shuffle=True)
             train_rows, val_rows, val_source = parts["train"], parts["test"], describe(h.path, h.split) + " (held out)"
@@ -129,8 +137,8 @@ class TextDataModule(L.LightningDataModule):
     def _encode(self, rows, fields: tuple[str, ...], source: str) -> list[Example]:
         examples, stats = self.encoder(fields).encode_all(rows, source)
         log.info(stats.summary(source))
-        if stats.kept < stats.rows:
-            print(stats.summary(source))  # a dropped row is never silent
+        if stats.kept < stats.rows or stats.truncated_prompts or stats.truncated_completions:
+            print(stats.summary(source))  # a dropped or truncated row is never silent
         return examples
 
     # -- loaders -----------------------------------------------------------------------------------------------

@@ -104,10 +104,11 @@ class RowEncoder:
         for index, raw in enumerate(rows):
             stats.rows += 1
             row = {self.columns.get(k, k): v for k, v in raw.items()}
-            if fmt == "auto":
-                fmt = self._detect(row, source, index)
             try:
-                prompt, completions = self._split(row, fmt, source, index)
+                # a bad row cannot show the format: detection waits for the first good one under "skip"
+                row_fmt = self._detect(row, source, index) if fmt == "auto" else fmt
+                prompt, completions = self._split(row, row_fmt, source, index)
+                fmt = row_fmt
             except DataError:
                 if self.invalid_rows == "error":
                     raise
@@ -211,7 +212,8 @@ class RowEncoder:
             return prompt, completions
         if getattr(self.tokenizer, "chat_template", None) is None:
             raise DataError(
-                "conversational data needs a tokenizer with a chat template, and this tokenizer has none; "
+                f"conversational data needs a tokenizer with a chat template, and the tokenizer "
+                f"{getattr(self.tokenizer, 'name_or_path', '')!r} has none (no chat_template); "
                 "use a chat model's tokenizer or give the data as strings"
             )
         prompt_text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)

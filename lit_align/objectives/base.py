@@ -15,6 +15,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from lit_align.metrics import MeanAccumulator
 from lit_align.policy import PolicyWithReference, ReferenceMode
+from lit_align.rollout import SamplingConfig, sample
 from lit_align.schedules import Schedule, warmup_then_decay
 
 Stage = Literal["train", "val", "test"]
@@ -98,6 +99,29 @@ class AlignmentModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_means("test", on_step=False)
 
+    # -- generation: ``lit-align predict`` and ``lit-align evaluate`` -------------------------------------------
+
+    #: Sampling settings of ``predict_step``, set by the ``PredictionWriter`` callback; ``None`` falls back to the
+    #: objective's own ``sampling`` (on-policy objectives) and then to ``SamplingConfig()``.
+    prediction_sampling: SamplingConfig | None = None
+    prediction_num_samples: int = 1
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Sample responses to the batch's prompts: ``rollout`` (``lit_align.rollout.Rollout``), ``index`` (N,) the
+        data row each sample answers, ``sample`` (N,) its number among that row's samples, ``sampling`` used."""
+        sampling = self.prediction_sampling or getattr(self, "sampling", None) or SamplingConfig()
+        num_samples = self.prediction_num_samples
+        from lit_align.sharding import is_sharded
+
+        rollout = sample(
+            self.policy.generation_model, batch["prompt_ids"], batch["prompt_mask"], sampling,
+            self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, num_samples,
+            synced_gpus=self.trainer.world_size > 1 and is_sharded(self.policy.policy),
+        )
+        rows = torch.arange(rollout.input_ids.shape[0], device=rollout.input_ids.device)
+        return {"rollout": rollout, "index": batch["index"][rollout.prompt_index], "sample": rows % num_samples,
+                "sampling": sampling, "batch": batch}
+
     def _log_means(self, stage: Stage, on_step: bool) -> None:
         reduce = None
         if self.trainer.world_size > 1:
@@ -110,8 +134,12 @@ class AlignmentModule(L.LightningModule):
 
     # -- optimisation ------------------------------------------------------------------------------------------
 
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """What the optimizer updates: the policy's trainable weights (subclasses add their own heads)."""
+        return self.policy.trainable_parameters()
+
     def configure_optimizers(self):
-        params = self.policy.trainable_parameters()
+        params = self.trainable_parameters()
         if self.optimizer_factory is not None:
             optimizer = self.optimizer_factory(params)
         else:
@@ -123,10 +151,27 @@ class AlignmentModule(L.LightningModule):
         if self.lr_scheduler_factory is not None:
             scheduler = self.lr_scheduler_factory(optimizer)
         else:
-            total = int(self.trainer.estimated_stepping_batches)
+            total = self.scheduler_steps()
             warmup = int(self.hparams.warmup_ratio * total)
             scheduler = warmup_then_decay(optimizer, total, warmup, self.hparams.lr_schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def scheduler_steps(self) -> int:
+        """How many times the default schedule is stepped in the whole fit (its decay reaches zero there)."""
+        return int(self.trainer.estimated_stepping_batches)
+
+    # -- sharding: the strategy decides (lit_align/strategies.py); objectives stay device-agnostic -------------
+
+    def configure_model(self) -> None:
+        from lit_align.strategies import shard_with_strategy
+
+        shard_with_strategy(self)
+
+    def full_policy_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Consolidated policy weights for export (None when not sharded). A collective: call on every rank."""
+        from lit_align.sharding import full_policy_state_dict
+
+        return full_policy_state_dict(self.policy)
 
     # -- checkpoints: the frozen reference is rebuilt from its source, never stored ----------------------------
 

@@ -1,0 +1,169 @@
+"""The shared machinery of the monitoring callbacks: a fixed prompt set, a schedule, sampling, rank reduction.
+
+A probe measures the policy every ``every_n_steps`` optimizer steps (and once before training, which gives the
+starting values), on the same prompts each time, so its curves are comparable across steps and its cost is
+bounded by ``num_prompts * num_samples`` responses of at most ``max_new_tokens``. Each rank measures its own
+share of the prompts; the probe returns sums and counts, which are summed over ranks before dividing, so the
+logged value is the mean over every measured sample whatever the number of processes. Values go straight to
+the trainer's loggers (``logger.log_metrics`` at the current ``global_step``) and to ``trainer.callback_metrics``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lit_align.data.collate import CompletionCollator, left_padded_prompts
+from lit_align.data.formats import Example
+from lit_align.rollout import Rollout, SamplingConfig, sample
+
+Totals = dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (sum, count)
+
+
+class PolicyProbe(L.Callback):
+    """Base class of the monitors: subclasses implement ``measure`` and may override ``after_measure``.
+
+    Args:
+        every_n_steps: Measure every this many optimizer steps (and once before the first).
+        num_prompts: Prompts of the fixed probe set, the first of the validation data (training data when
+            there is none); rounded down to a multiple of the number of processes.
+        num_samples: Responses sampled per prompt.
+        sampling: How probe responses are sampled. Temperature 1 and no top-p/top-k sample the policy itself,
+            which the KL and entropy estimates assume.
+        prefix: Metric name prefix.
+    """
+
+    def __init__(self, every_n_steps: int = 50, num_prompts: int = 16, num_samples: int = 4,
+                 sampling: SamplingConfig | None = None, prefix: str = "monitor") -> None:
+        if every_n_steps < 1 or num_prompts < 1 or num_samples < 1:
+            raise ValueError("every_n_steps, num_prompts and num_samples must be positive")
+        self.every_n_steps = every_n_steps
+        self.num_prompts = num_prompts
+        self.num_samples = num_samples
+        self.sampling = sampling if sampling is not None else SamplingConfig(max_new_tokens=16)
+        self.prefix = prefix
+        self.history: list[tuple[int, dict[str, float]]] = []  # (step, values), on every rank
+        self._last_step = -1
+
+    # -- what a subclass provides ------------------------------------------------------------------------------
+
+    def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, examples: list[Example]) -> Totals:
+        """Sums and counts of the quantities on this rank's ``examples``."""
+        raise NotImplementedError
+
+    def after_measure(self, trainer: L.Trainer, values: dict[str, float]) -> None:
+        """React to the reduced values (e.g. warn or stop)."""
+
+    # -- schedule ----------------------------------------------------------------------------------------------
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_step = -1
+        self.run(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self.run(trainer, pl_module)
+
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """Measure now (at most once per optimizer step), reduce over ranks, log, and return the values."""
+        step = trainer.global_step
+        if step == self._last_step:  # gradient accumulation: several batches end within one optimizer step
+            return {}
+        self._last_step = step
+        with _eval_mode(pl_module), torch.no_grad():
+            totals = self.measure(trainer, pl_module, self.probe_examples(trainer))
+        values = self._reduce(trainer, totals)
+        self.history.append((step, values))
+        for name, value in values.items():
+            trainer.callback_metrics[name] = torch.tensor(value)
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=step)
+        self.after_measure(trainer, values)
+        return values
+
+    def _reduce(self, trainer: L.Trainer, totals: Totals) -> dict[str, float]:
+        names = sorted(totals)  # the same order on every rank
+        if not names:
+            return {}
+        stacked = torch.stack([torch.stack([totals[n][0].float(), torch.as_tensor(totals[n][1]).float().to(
+            totals[n][0].device)]) for n in names])  # (K, 2)
+        if trainer.world_size > 1:
+            stacked = trainer.strategy.reduce(stacked, reduce_op="sum")
+        return {f"{self.prefix}/{n}": (s / c.clamp(min=1)).item() for n, (s, c) in zip(names, stacked)}
+
+    # -- helpers for subclasses --------------------------------------------------------------------------------
+
+    def probe_examples(self, trainer: L.Trainer) -> list[Example]:
+        """This rank's share of the fixed probe prompts."""
+        datamodule = trainer.datamodule
+        examples = getattr(datamodule, "val_examples", None) or getattr(datamodule, "train_examples", None)
+        if not examples:
+            raise RuntimeError(f"{type(self).__name__} takes its prompts from the data module's examples; "
+                               "this data module has none")
+        world, rank = trainer.world_size, trainer.global_rank
+        count = max(world, self.num_prompts // world * world)
+        if count > len(examples):
+            count = len(examples) // world * world
+            if count == 0:
+                raise RuntimeError(f"{type(self).__name__} needs at least one prompt per process")
+        return list(examples[:count])[rank::world]
+
+    def sample(self, trainer: L.Trainer, pl_module: L.LightningModule, examples: list[Example]) -> Rollout:
+        """``num_samples`` responses of the current policy to each example's prompt."""
+        policy = pl_module.policy
+        tokenizer = pl_module.tokenizer
+        prompts = left_padded_prompts(examples, tokenizer.pad_token_id)
+        return sample(policy.generation_model, prompts["prompt_ids"].to(pl_module.device),
+                      prompts["prompt_mask"].to(pl_module.device), self.sampling, tokenizer.eos_token_id,
+                      tokenizer.pad_token_id, num_samples=self.num_samples, synced_gpus=trainer.world_size > 1)
+
+    @staticmethod
+    def completion_batch(pl_module: L.LightningModule, examples: list[Example]) -> dict[str, torch.Tensor] | None:
+        """The examples' first completions (the chosen ones), right-padded, or None when they have none."""
+        examples = [Example(ex.index, ex.prompt_ids, ex.completion_ids[:1]) for ex in examples if ex.completion_ids]
+        if not examples:
+            return None
+        batch = CompletionCollator(pl_module.tokenizer.pad_token_id)(examples)
+        return {k: v.to(pl_module.device) for k, v in batch.items()}
+
+    @staticmethod
+    def gather_rows(trainer: L.Trainer, rows: torch.Tensor) -> torch.Tensor:
+        """Concatenate (N, ...) tensors of equal shape from every rank -> (world * N, ...)."""
+        if trainer.world_size == 1:
+            return rows
+        return trainer.strategy.all_gather(rows).flatten(0, 1)
+
+    def padded_responses(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """Response ids and mask padded to ``max_new_tokens`` columns (equal shapes on every rank)."""
+        ids, mask = rollout.response_ids, rollout.response_mask
+        width = self.sampling.max_new_tokens
+        pad = width - ids.shape[1]
+        if pad > 0:
+            ids = torch.nn.functional.pad(ids, (0, pad))
+            mask = torch.nn.functional.pad(mask, (0, pad))
+        return ids[:, :width], mask[:, :width]
+
+    @staticmethod
+    def warn(message: str) -> None:
+        rank_zero_warn(message)
+
+
+@contextmanager
+def _eval_mode(module: torch.nn.Module):
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def scored_rollout(pl_module: L.LightningModule, rollout: Rollout, with_reference: bool):
+    """Policy (and reference) logits of sampled rows: (policy (N, T, V), reference (N, T, V) | None)."""
+    policy = pl_module.policy
+    logits = policy(rollout.input_ids, rollout.attention_mask)
+    reference = policy.reference_logits(rollout.input_ids, rollout.attention_mask) if with_reference else None
+    return logits, reference

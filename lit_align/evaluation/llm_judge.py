@@ -1,0 +1,162 @@
+"""A judge that asks a language model behind an OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, TGI,
+llama.cpp, ...), the way the paper's GPT-4 win rates were measured.
+
+The API key is read from the environment variable named in the config at request time, never stored on the judge,
+so it cannot reach a log, a saved config or a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+from lit_align.evaluation.judges import Judge, Verdict
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATE = """Which of the two responses below is the better response to the prompt? A better response \
+is accurate, helpful and to the point; do not prefer a response for being longer.
+
+Prompt:
+{prompt}
+
+Response A:
+{a}
+
+Response B:
+{b}
+
+First compare the two responses in one sentence. Then, on a new line, write "Preferred:" followed by only "A" or \
+"B"."""
+
+_VERDICT = re.compile(r"Preferred:\s*[*\"']*\s*([AB])\b")
+
+
+class LLMJudge(Judge):
+    """Asks a chat model which of response and reference is better, showing them in a random (seeded) order so
+    that a judge's preference for the first or second position averages out.
+
+    Args:
+        base_url: Endpoint root, e.g. ``https://api.openai.com/v1`` or ``http://localhost:8000/v1``;
+            requests go to ``{base_url}/chat/completions``.
+        model: The judge model's name at that endpoint, e.g. ``gpt-4o``.
+        api_key_env: Name of the environment variable holding the API key (sent as a Bearer token); ``null`` for
+            endpoints without authentication.
+        template: The question, with ``{prompt}``, ``{a}`` and ``{b}`` placeholders; it must ask for a final line
+            ``Preferred: A`` or ``Preferred: B``.
+        system_prompt: Optional system message.
+        max_tokens: Longest judge reply.
+        temperature: Judge sampling temperature (0 for repeatable verdicts).
+        timeout: Seconds to wait for one reply.
+        max_retries: Retries of a request that failed with a connection error, 429 or 5xx, with exponential backoff.
+        concurrency: Requests in flight at once.
+        seed: Seed of the A/B order.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        template: str = DEFAULT_TEMPLATE,
+        system_prompt: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        concurrency: int = 4,
+        seed: int = 0,
+    ) -> None:
+        for field in ("{prompt}", "{a}", "{b}"):
+            if field not in template:
+                raise ValueError(f"the judge template must contain {field}")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key_env = api_key_env
+        self.template = template
+        self.system_prompt = system_prompt
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.concurrency = max(1, concurrency)
+        self._rng = random.Random(seed)
+        self.unparsed = 0
+
+    def setup(self, device) -> None:
+        self._headers()  # fail before sampling anything when the key is missing
+
+    def compare(self, prompt: str, response: str, reference: str) -> Verdict:
+        return self.compare_batch([prompt], [response], [reference])[0]
+
+    def compare_batch(self, prompts: list[str], responses: list[str], references: list[str]) -> list[Verdict]:
+        swaps = [self._rng.random() < 0.5 for _ in prompts]  # drawn up front: the order is seeded, not racy
+        jobs = [
+            (p, ref, r) if swap else (p, r, ref) for p, r, ref, swap in zip(prompts, responses, references, swaps)
+        ]
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            choices = list(pool.map(lambda job: self.choose(*job), jobs))
+        verdicts = []
+        for choice, swap in zip(choices, swaps):
+            if choice is None:
+                verdicts.append(Verdict(0.5))
+            else:
+                response_is_a = not swap
+                verdicts.append(Verdict(1.0 if (choice == "A") == response_is_a else 0.0))
+        return verdicts
+
+    def choose(self, prompt: str, a: str, b: str) -> str | None:
+        """``"A"``, ``"B"``, or ``None`` when the reply names neither (counted in ``unparsed``, scored a tie)."""
+        messages = [{"role": "user", "content": self.template.format(prompt=prompt, a=a, b=b)}]
+        if self.system_prompt:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        reply = self._post({
+            "model": self.model, "messages": messages, "max_tokens": self.max_tokens, "temperature": self.temperature,
+        })
+        try:
+            text = reply["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError) as err:
+            raise RuntimeError(f"unexpected reply from the judge endpoint {self.base_url}: {str(reply)[:200]}") from err
+        found = _VERDICT.findall(text)
+        if not found:
+            last = text.strip().splitlines()[-1].strip(" *.\"'") if text.strip() else ""
+            found = [last] if last in ("A", "B") else []
+        if not found:
+            self.unparsed += 1
+            log.warning("the judge named no winner (scored as a tie): %r", text[-200:])
+            return None
+        return found[-1]
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                raise RuntimeError(f"set the environment variable {self.api_key_env} to the judge endpoint's API key")
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def _post(self, payload: dict) -> dict:
+        body = json.dumps(payload).encode("utf-8")
+        url = f"{self.base_url}/chat/completions"
+        for attempt in range(self.max_retries + 1):
+            request = urllib.request.Request(url, data=body, headers=self._headers(), method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as reply:
+                    return json.loads(reply.read().decode("utf-8"))
+            except urllib.error.HTTPError as err:
+                retry = err.code == 429 or err.code >= 500
+                error = f"HTTP {err.code} {err.reason}"
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+                retry, error = True, f"{type(err).__name__}: {getattr(err, 'reason', err)}"
+            if not retry or attempt == self.max_retries:
+                raise RuntimeError(f"judge request to {url} failed: {error}")
+            time.sleep(min(2.0**attempt, 30.0))
+        raise AssertionError("unreachable")

@@ -1,0 +1,272 @@
+"""The base of every on-policy objective: sample, score, then optimise several times on that batch.
+
+One ``training_step`` (one batch of prompts) runs, with manual optimisation:
+
+1. ``make_experience(batch)`` under ``no_grad``: responses from ``sample_responses`` (by default
+   ``num_samples`` per prompt from the policy's *current* weights), scores from the frozen reward model,
+   per-token log-probs of the sampling policy (``old_logps``) and of the reference (``ref_logps``).
+2. ``epochs_per_batch`` passes over that experience, each cut into ``mini_batches`` shuffled splits of whole
+   prompts (all samples of a prompt stay together, so pairwise losses see both responses); for each split
+   ``experience_loss(mb)`` -> backward -> gradient clipping to ``max_grad_norm`` -> optimizer step.
+3. The learning-rate schedule steps once.
+
+Hooks a subclass uses:
+
+- ``experience_loss(mb) -> (scalar loss, {name: per-row or scalar diagnostics})`` (required). ``mb`` is the
+  experience dict restricted to the rows of one mini-batch; ``self.policy_token_logps(mb)`` gives the current
+  policy's per-token log-probs with gradient.
+- ``make_experience(batch)`` (extend by calling ``super()``, e.g. to add values and advantages): every value of
+  the returned dict must be a per-row tensor (first dimension N, one row per response) so it can be sliced.
+- ``experience_metrics(exp)``: per-row diagnostics of a fresh batch (``objective/*``, ``completions/*``).
+- ``sample_responses(batch)``: where responses come from (the current policy by default).
+
+Keys of the experience (N rows, T columns, row ``i * k + j`` is sample j of prompt i):
+``input_ids``, ``attention_mask``, ``completion_mask`` (N, T); ``response_mask`` (N, T-1) bool and ``old_logps``,
+``ref_logps`` (N, T-1) aligned like ``lit_align.logprobs.completion_token_logprobs`` (zero off the response);
+``scores`` (N,) after the missing-EOS penalty; ``ended`` (N,) bool; ``prompt_index`` (N,).
+
+``trainer.max_steps`` counts optimizer updates, as everywhere in Lightning: one batch of prompts makes
+``epochs_per_batch * mini_batches`` of them (a batch always completes, so the count is rounded up to whole
+batches). The reward model is frozen, in eval mode, never handed to the optimizer, placed on the policy's
+device by Lightning and left out of checkpoints, like the reference.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from lit_align.logprobs import completion_token_logprobs
+from lit_align.objectives.base import AlignmentModule, Stage
+from lit_align.reward_stage import RewardStage
+from lit_align.rollout import SamplingConfig, sample
+
+Experience = dict[str, torch.Tensor]
+
+
+class OnPolicyObjective(AlignmentModule):
+    """Shared machinery of the objectives that learn from responses sampled during training.
+
+    Batches come from ``PromptDataModule``: left-padded ``prompt_ids``/``prompt_mask``, plus completions when
+    the data has them.
+
+    Args:
+        reward_model: The reward model: a local Hugging Face directory or hub id of a sequence-classification
+            model, a lit-align ``RewardModel`` checkpoint (``.ckpt``), or any module with
+            ``forward(input_ids, attention_mask) -> (B,)`` rewards. When omitted, ``reward_stage`` trains one
+            on the preference pairs of the training data at the start of ``fit``.
+        sampling: How responses are sampled (max/min new tokens, temperature, top-p, top-k).
+        num_samples: Responses sampled per prompt.
+        epochs_per_batch: Optimisation passes over each sampled batch.
+        mini_batches: Optimizer updates per pass (the batch is split into this many groups of prompts).
+        missing_eos_penalty: Score given to a response that did not end with EOS within ``max_new_tokens``
+            (replaces the reward model's score); ``None`` keeps the reward model's score.
+        max_grad_norm: Clip the gradient norm of every update to this value; ``None`` disables clipping.
+        reward_stage: How the reward model is trained when ``reward_model`` is not given.
+    """
+
+    def __init__(
+        self,
+        reward_model: str | nn.Module | None = None,
+        sampling: SamplingConfig = SamplingConfig(),
+        num_samples: int = 2,
+        epochs_per_batch: int = 1,
+        mini_batches: int = 1,
+        missing_eos_penalty: float | None = None,
+        max_grad_norm: float | None = 1.0,
+        reward_stage: RewardStage = RewardStage(),
+        **kwargs: Any,
+    ) -> None:
+        if num_samples < 1 or epochs_per_batch < 1 or mini_batches < 1:
+            raise ValueError("num_samples, epochs_per_batch and mini_batches must be at least 1, got "
+                             f"{num_samples}, {epochs_per_batch}, {mini_batches}")
+        if max_grad_norm is not None and max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm}")
+        super().__init__(**kwargs)
+        if isinstance(reward_model, nn.Module):
+            self.hparams.pop("reward_model", None)  # weights never go into the hyperparameters
+        if self.policy.reference_mode == "cache":
+            raise ValueError(f"{type(self).__name__} scores fresh samples: the reference must be live "
+                             "(reference: copy or lora), not a cache of data log-probs")
+        self.automatic_optimization = False
+        self.sampling = sampling
+        self.num_samples = num_samples
+        self.epochs_per_batch = epochs_per_batch
+        self.mini_batches = mini_batches
+        self.missing_eos_penalty = missing_eos_penalty
+        self.max_grad_norm = max_grad_norm
+        self.reward_stage = reward_stage
+        self.reward_model: nn.Module | None = None
+        if isinstance(reward_model, str):
+            from lit_align.reward_model import load_reward_model
+
+            reward_model = load_reward_model(reward_model)
+        if reward_model is not None:
+            self.attach_reward_model(reward_model)
+
+    # -- the reward model --------------------------------------------------------------------------------------
+
+    def attach_reward_model(self, reward_model: nn.Module) -> None:
+        """Register ``reward_model`` frozen and in eval mode (a submodule, so it follows the policy's device)."""
+        reward_tokenizer = getattr(reward_model, "tokenizer", None)
+        if reward_tokenizer is not None and reward_tokenizer.get_vocab() != self.tokenizer.get_vocab():
+            raise ValueError("the reward model's tokenizer differs from the policy's: it would read the policy's "
+                             "token ids as other words; use a reward model trained with the policy's tokenizer")
+        reward_model.requires_grad_(False)
+        reward_model.eval()
+        self.reward_model = reward_model
+
+    def setup(self, stage: str) -> None:
+        if self.reward_model is None:
+            self.attach_reward_model(self.reward_stage.provide(self, self.trainer, train=stage == "fit"))
+
+    def train(self, mode: bool = True) -> OnPolicyObjective:
+        super().train(mode)
+        if self.reward_model is not None:
+            self.reward_model.eval()  # frozen: its dropout and norms never switch to training behaviour
+        return self
+
+    @torch.no_grad()
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Reward of every row (N,) in float32."""
+        return self.reward_model(input_ids, attention_mask).float().reshape(-1)
+
+    # -- experience --------------------------------------------------------------------------------------------
+
+    @property
+    def synced_gpus(self) -> bool:
+        # Sharded weights need every rank in every forward, so ranks keep generating until all are done.
+        from lit_align.sharding import is_sharded
+
+        return self._trainer is not None and self.trainer.world_size > 1 and is_sharded(self.policy.policy)
+
+    @torch.no_grad()
+    def sample_responses(self, batch: dict[str, torch.Tensor]) -> Experience:
+        """``num_samples`` responses per prompt from the current policy weights."""
+        return self.sample_from(self.policy.generation_model, batch)
+
+    def sample_from(self, model: nn.Module, batch: dict[str, torch.Tensor], num_samples: int | None = None) -> Experience:
+        """Responses of ``model`` to the batch's prompts, as ``input_ids``/masks/``ended``/``prompt_index``."""
+        rollout = sample(
+            model, batch["prompt_ids"], batch["prompt_mask"], self.sampling,
+            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+            num_samples=num_samples or self.num_samples, synced_gpus=self.synced_gpus,
+        )
+        return {
+            "input_ids": rollout.input_ids,
+            "attention_mask": rollout.attention_mask,
+            "completion_mask": rollout.completion_mask,
+            "ended": rollout.ended,
+            "prompt_index": rollout.prompt_index,
+        }
+
+    @torch.no_grad()
+    def make_experience(self, batch: dict[str, torch.Tensor]) -> Experience:
+        """Responses, their scores, and per-token sampling-policy and reference log-probs (see module doc)."""
+        exp = self.sample_responses(batch)
+        scores = self.score(exp["input_ids"], exp["attention_mask"])
+        if self.missing_eos_penalty is not None:
+            scores = torch.where(exp["ended"], scores, torch.full_like(scores, self.missing_eos_penalty))
+        exp["scores"] = scores
+        exp["old_logps"], exp["response_mask"] = self._chunked_logps(exp, self.policy)
+        exp["ref_logps"], _ = self._chunked_logps(exp, self.policy.reference_logits)
+        return exp
+
+    def _chunked_logps(self, exp: Experience, forward) -> tuple[torch.Tensor, torch.Tensor]:
+        # No-grad forwards in mini-batch sized chunks keep the (rows, T, V) logits as small as in training.
+        size = math.ceil(exp["input_ids"].shape[0] / self.mini_batches)
+        parts = [
+            completion_token_logprobs(forward(ids, mask), ids, comp)
+            for ids, mask, comp in zip(*(exp[k].split(size) for k in ("input_ids", "attention_mask", "completion_mask")))
+        ]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def experience_metrics(self, exp: Experience) -> dict[str, torch.Tensor]:
+        """Per-row diagnostics of freshly sampled responses (logged as means)."""
+        old = exp["old_logps"].sum(-1)  # (N,) ln pi_t(a|x)
+        return {
+            "objective/kl": old - exp["ref_logps"].sum(-1),
+            "objective/entropy": -old,  # Monte Carlo estimate of H(pi(x)): -ln pi(a|x) of a sampled a
+            "objective/scores": exp["scores"],
+            "completions/mean_length": exp["response_mask"].sum(-1).float(),
+            "completions/clipped_ratio": (~exp["ended"]).float(),
+        }
+
+    def policy_token_logps(self, mb: Experience) -> torch.Tensor:
+        """Current policy's per-token log-probs (n, T-1) of the rows of ``mb``, with gradient, zero off the mask."""
+        logits = self.policy(mb["input_ids"], mb["attention_mask"])  # (n, T, V)
+        token_logps, _ = completion_token_logprobs(logits, mb["input_ids"], mb["completion_mask"])
+        return token_logps
+
+    def experience_loss(self, mb: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The scalar loss of one mini-batch of experience and its diagnostics."""
+        raise NotImplementedError
+
+    # -- optimisation ------------------------------------------------------------------------------------------
+
+    def mini_batch_rows(self, exp: Experience) -> list[torch.Tensor]:
+        """A random split of the rows into ``mini_batches`` parts made of whole prompts."""
+        prompts = exp["prompt_index"]
+        num_prompts = int(prompts.max()) + 1
+        per_prompt = prompts.numel() // num_prompts  # rows are laid out prompt-major
+        order = torch.randperm(num_prompts, device=prompts.device)
+        rows = (order[:, None] * per_prompt + torch.arange(per_prompt, device=prompts.device)).reshape(-1)
+        return [part for part in rows.tensor_split(self.mini_batches) if part.numel()]
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        optimizer = self.optimizers()
+        exp = self.make_experience(batch)
+        self._metrics["train"].update(self.experience_metrics(exp))
+        loss = None
+        for _ in range(self.epochs_per_batch):
+            for rows in self.mini_batch_rows(exp):
+                loss, metrics = self.experience_loss({k: v[rows] for k, v in exp.items()})
+                self.manual_backward(loss)
+                if self.max_grad_norm is not None:
+                    self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                self._metrics["train"].update({"loss": loss.detach(), **metrics})
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        return loss.detach()
+
+    def scheduler_steps(self) -> int:
+        # The schedule steps once per batch of prompts; max_steps counts the optimizer updates within them.
+        trainer = self.trainer
+        updates = self.epochs_per_batch * self.mini_batches
+        batches = math.inf
+        if trainer.max_epochs not in (None, -1):
+            trainer.fit_loop.setup_data()
+            batches = trainer.num_training_batches * max(trainer.max_epochs, 1)
+        if trainer.max_steps not in (None, -1):
+            batches = min(batches, math.ceil(trainer.max_steps / updates))
+        if math.isinf(batches):
+            raise ValueError("set trainer.max_steps or trainer.max_epochs so that the learning-rate decay has an end")
+        return int(batches)
+
+    def compute_loss(self, batch: dict[str, torch.Tensor], stage: Stage):
+        # Validation and test: the objective on fresh samples of held-out prompts, without an update.
+        exp = self.make_experience(batch)
+        loss, metrics = self.experience_loss(exp)
+        return loss, {**self.experience_metrics(exp), **metrics}
+
+    # -- checkpoints: the frozen reward model is rebuilt from its source, never stored -------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict")
+        if state is not None:
+            for key in [k for k in state if k.startswith("reward_model.")]:
+                del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict")
+        if state is not None and self.reward_model is not None:
+            for key, value in self.reward_model.state_dict(prefix="reward_model.").items():
+                state.setdefault(key, value)

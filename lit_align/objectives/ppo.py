@@ -1,0 +1,162 @@
+"""RLHF with PPO (PAPER Eq. 1, section 3): per-token KL-penalised rewards, a value head, GAE, clipped updates.
+
+The value head (``V(s_t)``, one scalar per position) is a linear layer on the policy's last hidden state: it
+shares the policy's backbone (and its LoRA adapters), costs no second model in memory, and its value loss
+(scaled by ``vf_coef``) also trains that backbone. It starts at zero (V = 0 everywhere), is saved in checkpoints
+with the objective, and is not part of the exported policy. (The TL;DR code the paper built on trains a separate
+value model initialised from the reward model instead: twice the memory of the policy.)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+from lit_align.logprobs import completion_token_logprobs, masked_mean
+from lit_align.losses import (
+    generalized_advantages,
+    masked_whiten,
+    ppo_policy_loss,
+    ppo_token_rewards,
+    ppo_value_loss,
+)
+from lit_align.objectives.onpolicy import Experience, OnPolicyObjective
+from lit_align.policy import position_ids_from_mask
+
+
+class RLHF(OnPolicyObjective):
+    """PPO on ``R(x, a) - beta KL(pi || pi_0)``: the per-token reward is ``-kl_coef * KL_t`` at every response token
+    plus the reward model's score at the last one (``missing_eos_penalty`` replaces the score of a response that
+    did not end, PAPER: -1). Set ``epochs_per_batch`` (PAPER: 4) and ``mini_batches`` for several PPO updates per
+    sampled batch.
+
+    Args:
+        kl_coef: beta, the weight of the per-token KL penalty towards the reference.
+        kl_estimator: Per-token KL estimate in the reward: ``k1`` = ln pi_old - ln pi_0, or ``k3`` (non-negative).
+        discount: Discount factor of the returns (PAPER: 1).
+        gae_lambda: GAE lambda (PAPER: 0.95).
+        clip_range: PPO ratio clip epsilon (PAPER: 0.2).
+        value_clip_range: How far a value may move from its sampling-time value before its loss is clipped.
+        vf_coef: Weight of the value loss (PAPER: 0.1).
+        whiten_rewards: Scale the per-token rewards of each batch to unit variance (mean kept).
+        whiten_advantages: Normalise the advantages of each batch to zero mean and unit variance.
+    """
+
+    def __init__(
+        self,
+        kl_coef: float = 0.05,
+        kl_estimator: Literal["k1", "k3"] = "k1",
+        discount: float = 1.0,
+        gae_lambda: float = 0.95,
+        clip_range: float = 0.2,
+        value_clip_range: float = 0.2,
+        vf_coef: float = 0.1,
+        whiten_rewards: bool = True,
+        whiten_advantages: bool = True,
+        **kwargs,
+    ) -> None:
+        if kl_coef < 0 or vf_coef < 0:
+            raise ValueError(f"kl_coef and vf_coef must be non-negative, got {kl_coef}, {vf_coef}")
+        if not (0 <= discount <= 1 and 0 <= gae_lambda <= 1):
+            raise ValueError(f"discount and gae_lambda must be in [0, 1], got {discount}, {gae_lambda}")
+        if clip_range <= 0 or value_clip_range <= 0:
+            raise ValueError(f"clip ranges must be positive, got {clip_range}, {value_clip_range}")
+        if kl_estimator not in ("k1", "k3"):
+            raise ValueError(f"kl_estimator must be k1 or k3, got {kl_estimator!r}")
+        super().__init__(**kwargs)
+        self.kl_coef = kl_coef
+        self.kl_estimator = kl_estimator
+        self.discount = discount
+        self.gae_lambda = gae_lambda
+        self.clip_range = clip_range
+        self.value_clip_range = value_clip_range
+        self.vf_coef = vf_coef
+        self.whiten_rewards = whiten_rewards
+        self.whiten_advantages = whiten_advantages
+        self.value_head = nn.Linear(self.policy.base_model.config.hidden_size, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    # -- hooks for ReverseKL -----------------------------------------------------------------------------------
+
+    @property
+    def entropy_reward_coef(self) -> float:
+        """gamma of the per-token reward ``-gamma * ln pi_old`` (0 for RLHF)."""
+        return 0.0
+
+    def extra_loss(self, logits: torch.Tensor, mb: Experience) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
+        """An additional term of the mini-batch loss (none for RLHF)."""
+        return 0.0, {}
+
+    # -- forward -----------------------------------------------------------------------------------------------
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return self.policy.trainable_parameters() + list(self.value_head.parameters())
+
+    def forward_with_values(self, input_ids, attention_mask, completion_mask):
+        """Policy logits (n, T, V), per-token log-probs (n, T-1) and values (n, T-1) from one forward pass.
+
+        Column t of the values is V(s_t), the value of the state in which token t+1 is chosen, aligned with the
+        log-probs of ``completion_token_logprobs``.
+        """
+        out = self.policy.policy(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False, output_hidden_states=True,
+        )
+        token_logps, _ = completion_token_logprobs(out.logits, input_ids, completion_mask)
+        hidden = out.hidden_states[-1][:, :-1]  # (n, T-1, H)
+        values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
+        return out.logits, token_logps, values
+
+    # -- experience --------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def make_experience(self, batch: dict[str, torch.Tensor]) -> Experience:
+        exp = super().make_experience(batch)
+        mask = exp["response_mask"]
+        size = math.ceil(exp["input_ids"].shape[0] / self.mini_batches)
+        values = torch.cat([
+            self.forward_with_values(ids, attn, comp)[2]
+            for ids, attn, comp in zip(*(exp[k].split(size) for k in ("input_ids", "attention_mask", "completion_mask")))
+        ]).masked_fill(~mask, 0.0)  # (N, T-1)
+        parts = ppo_token_rewards(exp["scores"], exp["old_logps"], exp["ref_logps"], mask, self.kl_coef,
+                                  self.entropy_reward_coef, self.kl_estimator)
+        rewards = masked_whiten(parts.rewards, mask, shift_mean=False) if self.whiten_rewards else parts.rewards
+        advantages, returns = generalized_advantages(rewards, values, mask, self.discount, self.gae_lambda)
+        if self.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        exp.update(values=values, rewards=rewards, advantages=advantages, returns=returns,
+                   non_score_rewards=parts.non_score_rewards)
+        return exp
+
+    def experience_metrics(self, exp: Experience) -> dict[str, torch.Tensor]:
+        metrics = super().experience_metrics(exp)
+        non_score = exp["non_score_rewards"].sum(-1)  # (N,) sum of the per-token KL (and entropy) rewards
+        metrics["objective/non_score_reward"] = non_score
+        metrics["objective/rlhf_reward"] = exp["scores"] + non_score
+        return metrics
+
+    # -- loss --------------------------------------------------------------------------------------------------
+
+    def experience_loss(self, mb: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        mask = mb["response_mask"]
+        logits, logps, values = self.forward_with_values(mb["input_ids"], mb["attention_mask"], mb["completion_mask"])
+        policy = ppo_policy_loss(logps, mb["old_logps"], mb["advantages"], mask, self.clip_range)
+        value = ppo_value_loss(values, mb["values"], mb["returns"], mask, self.value_clip_range)
+        # token-weighted over the mini-batch, as the per-token rewards define the objective
+        policy_loss, value_loss = masked_mean(policy.losses, mask), masked_mean(value.losses, mask)
+        extra, extra_metrics = self.extra_loss(logits, mb)
+        loss = policy_loss + self.vf_coef * value_loss + extra
+        metrics = {
+            "loss/policy": policy_loss.detach(),
+            "loss/value": value_loss.detach(),
+            # one entry per response token: the logged means are token-weighted
+            "policy/clipfrac": policy.clipped[mask],
+            "policy/approxkl": policy.approx_kl[mask],
+            "val/clipfrac": value.clipped[mask],
+            **extra_metrics,
+        }
+        return loss, metrics

@@ -1,0 +1,83 @@
+"""Bradley-Terry reward modelling (PAPER 2b, Eq. 9): the reward model of distillation, REBEL, RLHF and reverse KL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lit_align.losses import bradley_terry_loss
+from lit_align.objectives.base import AlignmentModule, Stage
+from lit_align.reward_model import CHECKPOINT_KEY, RewardScorer, build_reward_scorer
+
+
+class RewardModel(AlignmentModule):
+    """A scalar head on a language-model backbone, trained with ``-ln s(R(x,a+) - R(x,a-))``.
+
+    Batches come from ``PreferenceDataModule`` (chosen rows first, then rejected). The reward is read at the last
+    real token of each row (the EOS the data encoder appends). There is no reference model. At the end of ``fit``
+    the ``export`` callback writes the model as a one-label ``AutoModelForSequenceClassification`` (safetensors +
+    tokenizer); ``lit_align.reward_model.load_reward_model`` loads that directory or the run's ``.ckpt``.
+
+    Args:
+        model: Backbone: Hugging Face hub id, local directory, or ``"tiny"`` for the embedded default. A causal LM
+            gets a new score head; a sequence-classification model with one label keeps its own.
+        freeze_backbone: Train the score head only (the backbone's weights stay as loaded).
+        dtype: Weight dtype to load (``float32``, ``bfloat16``, ``float16`` or ``auto``).
+        trust_remote_code: Run model code shipped with a hub repository. Off unless you trust its author.
+        gradient_checkpointing: Recompute activations in the backward pass to save memory.
+        disable_dropout: Zero all dropout of the backbone.
+        seed: Seed of the random initialisation of the embedded ``tiny`` backbone and its head.
+    """
+
+    default_reference = "none"
+    requires_reference = False
+
+    def __init__(
+        self,
+        model: str = "tiny",
+        freeze_backbone: bool = False,
+        dtype: str | None = None,
+        trust_remote_code: bool = False,
+        gradient_checkpointing: bool = False,
+        disable_dropout: bool = True,
+        seed: int = 0,
+        **kwargs,
+    ) -> None:
+        scorer = build_reward_scorer(model, dtype, trust_remote_code, gradient_checkpointing, disable_dropout, seed)
+        if freeze_backbone:
+            scorer.freeze_backbone()
+        super().__init__(policy=scorer, **kwargs)
+
+    @property
+    def scorer(self) -> RewardScorer:
+        """The reward model being trained (held where other objectives hold their policy)."""
+        return self.policy
+
+    def compute_loss(self, batch: dict[str, torch.Tensor], stage: Stage):
+        n = batch["index"].numel()
+        rewards = self.scorer(batch["input_ids"], batch["attention_mask"])  # (2B,): chosen rows, then rejected
+        out = bradley_terry_loss(rewards[:n], rewards[n:])
+        metrics = {
+            "loss": out.losses.detach(),
+            "rewards/chosen": out.chosen_rewards,
+            "rewards/rejected": out.rejected_rewards,
+            "rewards/margins": out.chosen_rewards - out.rejected_rewards,
+            "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float(),
+        }
+        return out.losses.mean(), metrics
+
+    # -- saving -----------------------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # Enough to rebuild the architecture without this class: see lit_align.reward_model.load_reward_model.
+        checkpoint[CHECKPOINT_KEY] = {"config": self.scorer.model.config.to_dict(), "tokenizer": self.hparams.model}
+
+    def full_policy_state_dict(self) -> dict[str, torch.Tensor] | None:
+        return None  # the reward model is not sharded: the export reads the module directly
+
+    def export_hf(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write the reward model as a one-label ``AutoModelForSequenceClassification`` with its tokenizer."""
+        return self.scorer.save_pretrained(directory, state_dict)

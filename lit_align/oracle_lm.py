@@ -1,0 +1,104 @@
+"""Exact computations with small causal LMs on a space of fixed-length responses.
+
+The oracle task (``lit_align.data.oracle``) defines a response as exactly ``L`` tokens after a fixed-length
+prompt, every token drawn from the model's full vocabulary (EOS is an ordinary token there), so that
+``pi(a|x)`` is the product of ``L`` next-token probabilities, which is what ``lit_align.logprobs`` computes for a
+completion of ``L`` tokens. For that space this module samples exactly (ancestral sampling, no truncation or
+temperature) and computes KL divergences between two LMs exactly by enumerating prefixes:
+
+    KL(p || q) = sum_t E_{a_<t ~ p} KL( p(.|x, a_<t) || q(.|x, a_<t) )
+
+which needs ``V ** (L - 1)`` forward rows per prompt: exact enumeration is offered for ``L <= 2``.
+
+A *logits function* here is any callable ``(input_ids (B, T), attention_mask (B, T)) -> logits (B, T, V)``,
+e.g. ``PolicyWithReference.forward``, ``PolicyWithReference.reference_logits`` or ``logits_fn(hf_model)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from lit_align.logprobs import token_kl
+
+LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: Rows per forward pass when enumerating prefixes (bounds memory at ROWS * T * V floats).
+_ROWS = 1024
+
+
+def logits_fn(model: nn.Module) -> LogitsFn:
+    """The logits function of a Hugging Face causal LM (prompts here are never padded)."""
+
+    def run(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    return run
+
+
+@torch.no_grad()
+def _last_logits(fn: LogitsFn, input_ids: torch.Tensor) -> torch.Tensor:
+    """Next-token logits after each (unpadded) row, float32, in chunks of ``_ROWS``. (N, T) -> (N, V)"""
+    parts = [fn(chunk, torch.ones_like(chunk))[:, -1].float() for chunk in input_ids.split(_ROWS)]
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def sample_responses(fn: LogitsFn, prompts: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
+    """Exact ancestral samples of ``length`` tokens after each prompt of (B, P) ``prompts`` -> (B, length)."""
+    ids = prompts
+    for _ in range(length):
+        probs = _last_logits(fn, ids).softmax(-1)  # (B, V)
+        token = torch.multinomial(probs.cpu(), 1, generator=generator).to(ids.device)
+        ids = torch.cat([ids, token], dim=1)
+    return ids[:, prompts.shape[1] :]
+
+
+@torch.no_grad()
+def response_logprobs(fn: LogitsFn, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+    """ln pi(a|x) for (B, P) prompts and (B, L) responses -> (B,) float32."""
+    ids = torch.cat([prompts, responses], dim=1)
+    parts = []
+    for chunk in ids.split(_ROWS):
+        logits = fn(chunk, torch.ones_like(chunk))[:, prompts.shape[1] - 1 : -1].float()  # (b, L, V)
+        picked = logits.log_softmax(-1).gather(-1, chunk[:, prompts.shape[1] :, None]).squeeze(-1)
+        parts.append(picked.sum(-1))
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def exact_sequence_kl(p: LogitsFn, q: LogitsFn, prompts: torch.Tensor, length: int) -> torch.Tensor:
+    """KL(p(.|x) || q(.|x)) over all responses of ``length`` tokens, for each of the (B, P) prompts -> (B,).
+
+    Enumerates every first token when ``length == 2`` (B * V extra rows); longer responses are refused
+    because their enumeration grows as ``V ** (length - 1)``.
+    """
+    if length not in (1, 2):
+        raise ValueError(f"exact enumeration supports responses of 1 or 2 tokens, got {length}")
+    p_first, q_first = _last_logits(p, prompts), _last_logits(q, prompts)  # (B, V)
+    kl = token_kl(p_first, q_first)  # (B,)
+    if length == 1:
+        return kl
+    batch, vocab = p_first.shape
+    # every prompt followed by every possible first token: row b * V + v
+    extended = torch.cat([prompts.repeat_interleave(vocab, 0), torch.arange(vocab, device=prompts.device).repeat(batch)[:, None]], 1)
+    second = token_kl(_last_logits(p, extended), _last_logits(q, extended)).view(batch, vocab)  # (B, V)
+    return kl + (p_first.softmax(-1) * second).sum(-1)
+
+
+@torch.no_grad()
+def exact_sequence_entropy(p: LogitsFn, prompts: torch.Tensor, length: int) -> torch.Tensor:
+    """Entropy H(p(.|x)) of the responses of ``length`` (1 or 2) tokens, for each prompt -> (B,)."""
+    if length not in (1, 2):
+        raise ValueError(f"exact enumeration supports responses of 1 or 2 tokens, got {length}")
+    first = _last_logits(p, prompts).log_softmax(-1)  # (B, V)
+    entropy = -(first.exp() * first).sum(-1)
+    if length == 1:
+        return entropy
+    batch, vocab = first.shape
+    extended = torch.cat([prompts.repeat_interleave(vocab, 0), torch.arange(vocab, device=prompts.device).repeat(batch)[:, None]], 1)
+    second = _last_logits(p, extended).log_softmax(-1)
+    second_entropy = -(second.exp() * second).sum(-1).view(batch, vocab)
+    return entropy + (first.exp() * second_entropy).sum(-1)

@@ -1,0 +1,192 @@
+"""Reward models: one scalar score per (prompt, response), read at the last real token.
+
+``RewardScorer`` wraps a Hugging Face ``AutoModelForSequenceClassification`` with ``num_labels=1``. Rather than
+trusting the model's own pooling (which looks for the last token that is not the pad id, and so skips an EOS
+whenever pad == EOS), it runs the backbone with position ids taken from the attention mask and applies the score
+head at the last position where ``attention_mask == 1``. That one rule covers right-padded pairs and the
+left-padded prompt + right-padded response layout of sampled rollouts alike.
+
+``load_reward_model`` turns what a user names into a frozen ``RewardScorer``: a local Hugging Face directory, a
+hub id, a lit-align ``RewardModel`` checkpoint (``.ckpt``), or ``"tiny"`` (the embedded backbone with a random,
+seeded head: for tests and smoke runs only, it knows nothing about preferences).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from lit_align.models import (
+    EMBEDDED_SEED,
+    ModelLoadError,
+    is_embedded,
+    load_sequence_classifier,
+    load_tokenizer,
+    resolve_dtype,
+    zero_dropout,
+)
+from lit_align.policy import position_ids_from_mask
+
+#: Key of the extra entry a ``RewardModel`` checkpoint carries to be rebuilt without the training code.
+CHECKPOINT_KEY = "reward_model"
+#: Prefix of the scorer's weights in a ``RewardModel`` checkpoint (the objective holds it as ``policy``).
+CHECKPOINT_PREFIX = "policy."
+
+
+class RewardScorer(nn.Module):
+    """Wraps a Hugging Face AutoModelForSequenceClassification with num_labels=1.
+
+    Args:
+        model: The sequence-classification model (one label).
+        tokenizer: Its tokenizer.
+        source: Where the backbone came from (hub id, directory or ``tiny``), kept for checkpoints.
+    """
+
+    # The RewardModel objective trains a scorer where other objectives hold a PolicyWithReference:
+    # these say that there is no reference to keep out of checkpoints or to shard.
+    reference_mode = "none"
+    reference = None
+    has_live_reference = False
+    lora_options = None
+
+    def __init__(self, model: nn.Module, tokenizer, source: str = "") -> None:
+        super().__init__()
+        num_labels = getattr(getattr(model, "config", None), "num_labels", 1)
+        if num_labels != 1:
+            raise ValueError(f"a reward model has one output label; {source or type(model).__name__} has {num_labels}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source = source
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B,) float32 reward read at the last real token (attention_mask == 1) of each row. Works with
+        left-padded prompts followed by right-padded responses (position ids from the mask)."""
+        position_ids = position_ids_from_mask(attention_mask)
+        head = self.head
+        if head is None:  # an architecture without a per-token score head: its own pooling decides
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+            return out.logits[:, 0].float()
+        hidden = self.model.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state  # (B, T, H)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        return head(hidden[rows, last_token_index(attention_mask)]).squeeze(-1).float()  # (B,)
+
+    @property
+    def head(self) -> nn.Module | None:
+        """The linear score head (transformers names it ``score`` in decoder-only models)."""
+        return getattr(self.model, "score", None)
+
+    def freeze_backbone(self) -> None:
+        """Train the score head only."""
+        if self.head is None:
+            raise ValueError(f"cannot find the score head of {type(self.model).__name__} to train alone")
+        self.model.requires_grad_(False)
+        self.head.requires_grad_(True)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def save_pretrained(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write safetensors + config + tokenizer, loadable by ``AutoModelForSequenceClassification``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
+        self.tokenizer.save_pretrained(directory)
+        return directory
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Column of the last ``1`` of every row of a (B, T) mask -> (B,)."""
+    width = attention_mask.shape[-1]
+    return width - 1 - attention_mask.long().flip(-1).argmax(-1)
+
+
+def build_reward_scorer(
+    model: str = "tiny",
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    gradient_checkpointing: bool = False,
+    disable_dropout: bool = True,
+    seed: int = EMBEDDED_SEED,
+) -> RewardScorer:
+    """A trainable scorer: the backbone ``model`` with a new (or its existing) one-label score head."""
+    tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
+    classifier = load_sequence_classifier(
+        model, dtype=dtype, trust_remote_code=trust_remote_code, seed=seed, pad_token_id=tokenizer.pad_token_id
+    )
+    if disable_dropout:
+        zero_dropout(classifier)
+    if gradient_checkpointing:
+        classifier.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        classifier.config.use_cache = False
+    return RewardScorer(classifier, tokenizer, source=model)
+
+
+def load_reward_model(source: str, trust_remote_code: bool = False, dtype: str | None = None) -> RewardScorer:
+    """Load a frozen reward model (eval mode, no gradient) from a directory, hub id or ``.ckpt``.
+
+    ``source`` is a local Hugging Face directory or hub id of a sequence-classification model with one label,
+    a lit-align ``RewardModel`` checkpoint (``.ckpt``, read with ``weights_only`` unpickling), or
+    ``"tiny"`` (random head, for tests). A local path that does not exist raises ``FileNotFoundError`` naming it.
+    """
+    source = str(source)
+    path = Path(source).expanduser()
+    if path.is_file() or source.endswith(".ckpt"):
+        if not path.is_file():
+            raise FileNotFoundError(f"reward model checkpoint {source!r} does not exist")
+        scorer = _from_checkpoint(path, dtype)
+    elif path.is_dir():
+        scorer = _from_pretrained(str(path), trust_remote_code, dtype)
+    elif is_embedded(source):
+        scorer = build_reward_scorer(source, dtype=dtype)
+    elif _looks_local(source):
+        raise FileNotFoundError(f"reward model {source!r} does not exist (no such file or directory)")
+    else:
+        scorer = _from_pretrained(source, trust_remote_code, dtype)
+    scorer.requires_grad_(False)
+    return scorer.eval()
+
+
+def _from_pretrained(source: str, trust_remote_code: bool, dtype: str | None) -> RewardScorer:
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code
+        )
+    except Exception as err:
+        raise ModelLoadError(
+            f"could not load the reward model {source!r} as a sequence-classification model: "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    zero_dropout(model)
+    return RewardScorer(model, tokenizer, source=source)
+
+
+def _from_checkpoint(path: Path, dtype: str | None) -> RewardScorer:
+    from lit_align.checkpoint_io import load_checkpoint_file
+
+    # weights_only unpickling: a checkpoint someone hands you cannot run code when it is loaded.
+    checkpoint = load_checkpoint_file(path, map_location="cpu")
+    info = checkpoint.get(CHECKPOINT_KEY)
+    if info is None:
+        raise ValueError(f"{str(path)!r} is not a lit-align RewardModel checkpoint (it has no {CHECKPOINT_KEY!r} entry)")
+    config_dict = dict(info["config"])
+    config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
+    model = AutoModelForSequenceClassification.from_config(config)
+    state = {k[len(CHECKPOINT_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(CHECKPOINT_PREFIX)}
+    scorer = RewardScorer(model, load_tokenizer(info["tokenizer"]), source=str(path))
+    scorer.load_state_dict(state)
+    zero_dropout(model)
+    torch_dtype = resolve_dtype(dtype)
+    return scorer.to(torch_dtype) if torch_dtype is not None else scorer
+
+
+def _looks_local(source: str) -> bool:
+    # Hub ids are "name" or "owner/name"; anything else with a path shape was meant as a local path.
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
