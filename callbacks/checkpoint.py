@@ -20,8 +20,7 @@ class AlignCheckpoint(ModelCheckpoint):
     """
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.dirpath is None:
-            self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+        self._default_dirpath(trainer)
         if self.monitor is not None and not _has_validation(trainer):
             self.monitor, self.save_top_k = None, 0
         super().setup(trainer, pl_module, stage)
@@ -36,6 +35,16 @@ class AlignCheckpoint(ModelCheckpoint):
             rank_zero_info(f"received SIGTERM: saved step {trainer.global_step} to {path}; "
                            "resume with --ckpt_path last")
         super().on_exception(trainer, pl_module, exception)
+
+
+    def _default_dirpath(self, trainer: L.Trainer) -> None:
+        if self.dirpath is None:
+            self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+
+    def _find_last_checkpoints(self, trainer: L.Trainer) -> set[str]:
+        # `--ckpt_path last` is resolved before `setup`: without this it would search the logger's new version folder
+        self._default_dirpath(trainer)
+        return super()._find_last_checkpoints(trainer)
 
 
 def _has_validation(trainer: L.Trainer) -> bool:

@@ -87,7 +87,9 @@ def prediction_records(prediction: dict[str, Any], tokenizer) -> list[dict[str, 
             "index": int(prediction["index"][row]),
             "sample": int(prediction["sample"][row]),
             "prompt": prompt_text(prompt_ids[row][prompt_mask[row].bool()].tolist(), tokenizer),
-            "response": tokenizer.decode(response_ids[row][response_mask[row].bool()].tolist(), skip_special_tokens=True),
+            "response": tokenizer.decode(
+                response_ids[row][response_mask[row].bool()].tolist(), skip_special_tokens=True
+            ),
             "ended": bool(rollout.ended[row]),
             "length": int(response_mask[row].sum()),
         }

@@ -28,8 +28,10 @@ from typing import Any, Callable
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-#: Test-only: seconds to pause in the middle of writing a checkpoint, so a test can kill the process mid-write.
+#: Test-only: ``SECONDS`` or ``SECONDS:N`` pauses in the middle of writing a checkpoint (every write, or only this
+#: process's N-th), so a test can kill the process while the file is half-written.
 WRITE_DELAY_ENV = "LIT_ALIGN_TEST_CHECKPOINT_WRITE_DELAY"
+_writes = 0
 
 # Temporary names must not contain "last": Lightning's `--ckpt_path last` picks the newest file whose name does.
 _TEMP_PREFIX = ".ckpt-write-"
@@ -61,9 +63,9 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(path.parent)
     temp = path.parent / f"{_TEMP_PREFIX}{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{_TEMP_SUFFIX}"
+    delay = _test_write_delay()
     try:
         with open(temp, "wb") as handle:
-            delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
             torch.save(obj, _SlowWriter(handle, delay) if delay > 0 else handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -107,6 +109,16 @@ def _safe_globals() -> list:
             if isinstance(value, type) and dataclasses.is_dataclass(value) and value.__module__ == name:
                 found[f"{name}.{value.__qualname__}"] = value
     return list(found.values())
+
+
+def _test_write_delay() -> float:
+    global _writes
+    _writes += 1
+    value = os.environ.get(WRITE_DELAY_ENV, "")
+    if not value:
+        return 0.0
+    seconds, _, nth = value.partition(":")
+    return float(seconds) if not nth or int(nth) == _writes else 0.0
 
 
 class _SlowWriter:

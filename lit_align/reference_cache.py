@@ -48,16 +48,18 @@ class ReferenceCache:
             if examples and split not in self.values:
                 self.values[split] = self._load_or_compute(module, datamodule, split, examples)
 
-    def key(self, module, examples) -> str:
+    def key(self, module, examples, settings: dict | None = None) -> str:
         policy = module.policy
         digest = hashlib.sha256(_VERSION.encode())
         digest.update(json.dumps(_model_identity(policy), sort_keys=True).encode())
+        # the length settings count even when they truncate nothing in this data: the key says how it was made
+        digest.update(json.dumps(settings or {}, sort_keys=True, default=str).encode())
         for ex in examples:
             digest.update(json.dumps([ex.index, ex.prompt_ids, ex.completion_ids]).encode())
         return digest.hexdigest()[:32]
 
     def _load_or_compute(self, module, datamodule, split: str, examples) -> torch.Tensor:
-        path = self.directory / f"{self.key(module, examples)}.safetensors"
+        path = self.directory / f"{self.key(module, examples, _data_settings(datamodule))}.safetensors"
         self.paths[split] = path
         if path.exists():
             return load_file(str(path))["logps"]
@@ -73,6 +75,17 @@ class ReferenceCache:
             save_file({"logps": values.contiguous()}, str(tmp))
             os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache behind
         return values
+
+
+def _data_settings(datamodule) -> dict:
+    hparams = getattr(datamodule, "hparams", {})
+    tokenizer = datamodule.tokenizer
+    return {
+        "max_length": hparams.get("max_length"),
+        "max_prompt_length": hparams.get("max_prompt_length"),
+        "tokenizer": [type(tokenizer).__name__, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
+                      getattr(tokenizer, "chat_template", None)],
+    }
 
 
 def _model_identity(policy) -> dict:

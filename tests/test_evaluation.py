@@ -98,7 +98,8 @@ def test_reward_model_judge_loads_a_saved_sequence_classifier(tmp_path, tokenize
     judge = RewardModelJudge(str(tmp_path / "rm"))
     judge.setup(torch.device("cpu"))
     prompt, response = "Describe a village.", " A village is careful and kind."
-    ids = tokenizer(prompt).input_ids + tokenizer(response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    ids = tokenizer(prompt).input_ids + tokenizer(response, add_special_tokens=False).input_ids
+    ids = ids + [tokenizer.eos_token_id]
     expected = scorer.eval()(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
     assert judge.rewards([prompt], [response]).item() == pytest.approx(expected.item(), abs=1e-5)
 
@@ -107,8 +108,8 @@ def test_reward_model_judge_loads_a_saved_sequence_classifier(tmp_path, tokenize
 
 
 class FakeJudgeServer:
-    """An OpenAI-compatible /v1/chat/completions on 127.0.0.1 that prefers whichever of 'Response A' / 'Response B'
-    contains the word 'good'; it records requests and refuses more than ``limit`` of them."""
+    """An OpenAI-compatible /v1/chat/completions on 127.0.0.1 that prefers the longer of 'Response A' and
+    'Response B' (A on equal length); it records requests and refuses more than ``limit`` of them."""
 
     def __init__(self, limit: int = 200, fail_first: int = 0, reply: str | None = None):
         self.requests: list[dict] = []
@@ -124,10 +125,10 @@ class FakeJudgeServer:
                 if len(server.requests) <= server.fail_first:
                     return self._send(500, {"error": "try again"})
                 text = body["messages"][-1]["content"]
-                a = text.split("Response A:")[1].split("Response B:")[0]
-                winner = "A" if "good" in a else "B"
-                self._send(200, {"choices": [{"message": {"role": "assistant",
-                                                          "content": server.reply or f"One is better.\nPreferred: {winner}"}}]})
+                a, b = _candidates(text)
+                winner = "A" if len(a) >= len(b) else "B"
+                content = server.reply or f"One is better.\nPreferred: {winner}"
+                self._send(200, {"choices": [{"message": {"role": "assistant", "content": content}}]})
 
             def _send(self, code, payload):
                 data = json.dumps(payload).encode()
@@ -154,19 +155,26 @@ class FakeJudgeServer:
         self.thread.join(timeout=5)
 
 
+def _candidates(text: str) -> tuple[str, str]:
+    """Response A and Response B as the default template lays them out."""
+    a = text.split("Response A:\n", 1)[1].split("\n\nResponse B:\n", 1)[0]
+    b = text.split("\n\nResponse B:\n", 1)[1].rsplit("\n\nFirst compare", 1)[0]
+    return a, b
+
+
 def test_llm_judge_names_the_winner_whatever_the_order(monkeypatch):
     monkeypatch.setenv("JUDGE_KEY", SECRET)
     with FakeJudgeServer() as server:
         judge = LLMJudge(server.url, "judge-model", api_key_env="JUDGE_KEY", timeout=5, max_retries=0, seed=1)
-        verdicts = judge.compare_batch(["p"] * 8, ["a good reply"] * 4 + ["a poor reply"] * 4,
-                                       ["a poor reply"] * 4 + ["a good reply"] * 4)
+        verdicts = judge.compare_batch(["p"] * 8, ["a longer reply"] * 4 + ["short"] * 4,
+                                       ["short"] * 4 + ["a longer reply"] * 4)
     assert [v.win for v in verdicts] == [1.0] * 4 + [0.0] * 4
     assert len(server.requests) == 8
     assert {r["path"] for r in server.requests} == {"/v1/chat/completions"}
     assert {r["auth"] for r in server.requests} == {f"Bearer {SECRET}"}
     assert {r["body"]["model"] for r in server.requests} == {"judge-model"}
     # the order was randomised: the policy's response was shown first in some requests and second in others
-    first = ["good" in r["body"]["messages"][-1]["content"].split("Response B:")[0] for r in server.requests[:4]]
+    first = [_candidates(r["body"]["messages"][-1]["content"])[0] == "a longer reply" for r in server.requests[:4]]
     assert 0 < sum(first) < 4
 
 
@@ -175,16 +183,16 @@ def test_llm_judge_retries_server_errors_and_scores_unparsed_replies_as_ties(mon
     with FakeJudgeServer(fail_first=2) as server:
         judge = LLMJudge(server.url, "m", api_key_env=None, timeout=5, max_retries=2)
         monkeypatch.setattr("lit_align.evaluation.llm_judge.time.sleep", lambda s: None)
-        assert judge.compare("p", "good", "bad").win == 1.0
+        assert judge.compare("p", "longer", "short").win == 1.0
         assert len(server.requests) == 3  # two 500s, then the answer
     with FakeJudgeServer(reply="I cannot decide.") as server:
         judge = LLMJudge(server.url, "m", api_key_env=None, timeout=5, max_retries=0)
-        assert judge.compare("p", "good", "bad") == Verdict(0.5)
+        assert judge.compare("p", "longer", "short") == Verdict(0.5)
         assert judge.unparsed == 1
     with FakeJudgeServer(limit=0) as server:
         judge = LLMJudge(server.url, "m", api_key_env=None, timeout=5, max_retries=0)
         with pytest.raises(RuntimeError, match="HTTP 429"):
-            judge.compare("p", "good", "bad")
+            judge.compare("p", "longer", "short")
 
 
 def test_llm_judge_missing_key_names_the_variable(monkeypatch):
@@ -214,9 +222,10 @@ def test_evaluate_with_the_llm_judge_writes_the_report_and_never_the_key(run_dir
     assert len(server.requests) == 8  # 2 batches of 4 prompts, one sample each
     rows = list(csv.DictReader(open("report/report.csv")))
     assert [r["method"] for r in rows] == ["tiny-dpo"] and int(rows[0]["prompts"]) == 8
-    # the references never contain 'good' and tiny's random responses almost never do: the fake judge picks them
+    # the fake judge prefers the longer text: the win rate is the share of responses longer than their reference
     samples = [json.loads(line) for line in open("report/samples.jsonl")]
-    expected = 100 * sum(("good" in s["response"]) for s in samples) / len(samples)
+    assert all(len(s["response"]) != len(s["reference"]) for s in samples)  # no order-dependent ties
+    expected = 100 * sum(len(s["response"]) > len(s["reference"]) for s in samples) / len(samples)
     assert float(rows[0]["win_rate"]) == pytest.approx(expected)
     # untrained policy == its reference copy: KL exactly 0 on every sample
     assert all(s["kl"] == 0.0 for s in samples)

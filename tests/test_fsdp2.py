@@ -48,14 +48,17 @@ def _launch(args: list[str]) -> str:
     return done.stdout + done.stderr
 
 
-def _losses(root: str, name: str = "train/loss") -> dict[int, float]:
-    values = {}
+def _losses_by_run(root: str, name: str = "train/loss") -> list[dict[int, float]]:
+    """One {step: value} per run (logger version) under ``root``, in run order."""
+    runs = []
     for path in sorted(glob.glob(os.path.join(root, "logs", "version_*", "metrics.csv"))):
         with open(path) as f:
-            for row in csv.DictReader(f):
-                if row.get(name):
-                    values[int(row["step"])] = float(row[name])
-    return values
+            runs.append({int(row["step"]): float(row[name]) for row in csv.DictReader(f) if row.get(name)})
+    return runs
+
+
+def _losses(root: str, name: str = "train/loss") -> dict[int, float]:
+    return {step: value for run in _losses_by_run(root, name) for step, value in run.items()}
 
 
 def _assert_curves_match(single: dict[int, float], sharded: dict[int, float]) -> None:
@@ -88,10 +91,10 @@ def test_dpo_fsdp2_matches_one_process_through_sharded_checkpoint_and_export(run
     assert len(glob.glob(os.path.join(checkpoint, "*.distcp"))) == 2  # one shard per rank
     assert glob.glob(os.path.join(".cache", "lit_align", "reference_logps", "*.safetensors"))  # train (+ val)
 
-    output = _launch(_args("dpo.yaml", "sharded", 6, "--data.init_args.batch_size=4", *FSDP2,
-                           "--ckpt_path=last"))
-    assert "Restored all states from the checkpoint" in output
-    sharded = _losses("sharded")
+    _launch(_args("dpo.yaml", "sharded", 6, "--data.init_args.batch_size=4", *FSDP2, "--ckpt_path=last"))
+    first, resumed = _losses_by_run("sharded")
+    assert len(first) == 3 and len(resumed) == 3 and min(resumed) > max(first)  # continued, not restarted
+    sharded = {**first, **resumed}
     _assert_curves_match(single, sharded)
 
     import torch.distributed.checkpoint as dcp

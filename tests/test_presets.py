@@ -17,12 +17,16 @@ FIXTURES = Path(__file__).parent / "fixtures" / "presets"
 
 # preset -> (fixture, hub id, the hub's name of the canonical "validation" split, data module)
 CASES = {
-    "tldr-comparisons": ("tldr_comparisons.jsonl", "CarperAI/openai_summarize_comparisons", "valid1", PreferenceDataModule),
+    "tldr-comparisons": (
+        "tldr_comparisons.jsonl", "CarperAI/openai_summarize_comparisons", "valid1", PreferenceDataModule
+    ),
     "tldr-preference": ("tldr_preference.jsonl", "trl-lib/tldr-preference", "validation", PreferenceDataModule),
     "tldr-sft-carper": ("tldr_sft_carper.jsonl", "CarperAI/openai_summarize_tldr", "valid", SFTDataModule),
     "tldr-sft": ("tldr_sft.jsonl", "trl-lib/tldr", "validation", SFTDataModule),
     "hh-rlhf": ("hh_rlhf.jsonl", "Anthropic/hh-rlhf", "test", PreferenceDataModule),
-    "ultrafeedback": ("ultrafeedback.jsonl", "HuggingFaceH4/ultrafeedback_binarized", "test_prefs", PreferenceDataModule),
+    "ultrafeedback": (
+        "ultrafeedback.jsonl", "HuggingFaceH4/ultrafeedback_binarized", "test_prefs", PreferenceDataModule
+    ),
     "ultrafeedback-sft": ("ultrafeedback.jsonl", "HuggingFaceH4/ultrafeedback_binarized", "test_sft", SFTDataModule),
 }
 
@@ -106,7 +110,8 @@ def test_hh_rlhf_prompt_is_the_shared_transcript_through_the_last_assistant_turn
     assert prompt.startswith("\n\nHuman: Can you help me write a birthday message")
     assert "Assistant: Of course. What does he enjoy?" in prompt
     assert prompt.endswith("He loves fishing and bad puns.\n\nAssistant:")
-    assert _decode(dm.tokenizer, ex.completion_ids[0]) == " Happy birthday, Dad! Hope your day is fin-tastic and the fish are biting."
+    expected = " Happy birthday, Dad! Hope your day is fin-tastic and the fish are biting."
+    assert _decode(dm.tokenizer, ex.completion_ids[0]) == expected
     assert _decode(dm.tokenizer, ex.completion_ids[1]) == " Happy birthday."
 
 

@@ -104,12 +104,13 @@ def test_fit_raises_reward_and_keeps_reference(run_dir, config):
     args = fit_args(
         config, '--model.reward_model={"class_path": "test_rlhf.EvenTokenReward"}', "--trainer.log_every_n_steps=1",
         "--model.sampling.max_new_tokens=8", "--data.batch_size=8", "--trainer.limit_val_batches=0",
-        steps=48,  # 12 batches of prompts, 4 PPO epochs each
+        "--model.learning_rate=1e-2",  # a few steps of a random tiny model: a large rate makes the rise reliable
+        steps=96,  # 24 batches of prompts, 4 PPO epochs each
     )
     cli = build_cli(args)
     scores = _score_curve("runs/test")
-    assert len(scores) == 12
-    first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
+    assert len(scores) == 24
+    first, last = sum(scores[:4]) / 4, sum(scores[-4:]) / 4  # the score is a quarter of the even tokens
     assert last > first + 0.3, scores
     fresh = PolicyWithReference().reference.state_dict()
     for key, value in cli.model.policy.reference.state_dict().items():

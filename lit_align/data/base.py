@@ -82,6 +82,8 @@ class TextDataModule(L.LightningDataModule):
         self.train_examples: list[Example] = []
         self.val_examples: list[Example] = []
         self._tokenizer = None
+        self._train_loader: ResumableDataLoader | None = None
+        self._pending_loader_state: dict | None = None  # a resumed run's data position, until the loader exists
 
     # -- set-up ------------------------------------------------------------------------------------------------
 
@@ -158,10 +160,26 @@ class TextDataModule(L.LightningDataModule):
             seed=self.hparams.seed,
         )
         consumed = (lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed) if trainer else None
-        return ResumableDataLoader(
+        self._train_loader = ResumableDataLoader(
             self.train_examples, sampler, consumed_batches=consumed, batch_size=self.hparams.batch_size,
             collate_fn=self.collator(), num_workers=self.hparams.num_workers,
         )
+        if self._pending_loader_state is not None:
+            self._train_loader.load_state_dict(self._pending_loader_state)
+            self._pending_loader_state = None
+        return self._train_loader
+
+    # -- resume: the position in the training data travels in the checkpoint (see loader.py for why here) ------
+
+    def state_dict(self) -> dict:
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        loader_state = state.get("train_loader")
+        if loader_state is not None and self._train_loader is not None:
+            self._train_loader.load_state_dict(loader_state)  # iteration is lazy: not started yet
+        else:
+            self._pending_loader_state = loader_state
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_examples:

@@ -226,6 +226,8 @@ class RowEncoder:
         return prompt_text, rendered
 
     def _tokenize(self, texts: list, stats: FormatStats) -> list[Example]:
+        if not texts:
+            return []  # every row dropped: encode_all reports it (tokenizers fail on an empty batch)
         rendered = [(index, *self._render(prompt, completions)) for index, prompt, completions in texts]
         prompts = self.tokenizer([p for _, p, _ in rendered], add_special_tokens=False).input_ids
         flat = [c for _, _, cs in rendered for c in cs]

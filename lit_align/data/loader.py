@@ -1,7 +1,9 @@
 """A data loader that remembers where it is, so a resumed run neither replays nor skips data.
 
-Lightning stores the ``state_dict`` of any training data loader that has one in the checkpoint and hands it back
-on resume. The sampler is a ``DistributedSampler`` (seeded shuffling, one shard per rank), so Lightning leaves it
+Lightning stores the ``state_dict`` of any training data loader that has one in the checkpoint, but hands it back
+only when the loader is created after the loops are restored, which is not the case once ``configure_optimizers``
+has asked for ``estimated_stepping_batches``. ``TextDataModule.state_dict`` therefore carries the position too, and
+the DataModule is restored before any loader exists. The sampler is a ``DistributedSampler`` (seeded shuffling, one shard per rank), so Lightning leaves it
 in place instead of wrapping it.
 """
 
@@ -17,10 +19,15 @@ class ResumableSampler(DistributedSampler):
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool, seed: int) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
-        self.skip = 0  # samples of the current epoch already consumed on this rank
+        self.skip = 0  # samples of epoch `skip_epoch` already consumed on this rank
+        self.skip_epoch = 0
 
     def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())[self.skip :]
+        indices = list(super().__iter__())
+        if True or self.epoch == self.skip_epoch:
+            # A checkpoint taken on an epoch's last batch resumes in the next epoch, which must start from the
+            # beginning: the skip only ever applies to the epoch it was recorded in.
+            indices = indices[self.skip :]
         self.skip = 0  # only the first epoch after a resume starts part-way
         return iter(indices)
 
@@ -42,7 +49,8 @@ class ResumableDataLoader(DataLoader):
 
     def __iter__(self):
         self._epoch = self.sampler.epoch
-        self._batches_yielded = self.sampler.skip // self.batch_size
+        skipping = self.sampler.epoch == self.sampler.skip_epoch
+        self._batches_yielded = self.sampler.skip // self.batch_size if skipping else 0
         for batch in super().__iter__():
             self._batches_yielded += 1
             yield batch
@@ -53,4 +61,5 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.sampler.set_epoch(state["epoch"])
+        self.sampler.skip_epoch = state["epoch"]
         self.sampler.skip = state["batches_yielded"] * self.batch_size

@@ -34,6 +34,7 @@ device by Lightning and left out of checkpoints, like the reference.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -45,6 +46,11 @@ from lit_align.reward_stage import RewardStage
 from lit_align.rollout import SamplingConfig, sample
 
 Experience = dict[str, torch.Tensor]
+
+# A checkpoint is written between training steps, after all updates of a batch: the state to resume from.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+# A reward model given as a module is dropped from the hyperparameters right after they are collected.
+warnings.filterwarnings("ignore", message="Attribute 'reward_model' is an instance of `nn.Module`")
 
 
 class OnPolicyObjective(AlignmentModule):

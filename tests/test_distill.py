@@ -1,0 +1,202 @@
+"""Preference distillation (PAPER 2c): the loss, its invariants, the pair sources, and CLI fits."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import fit_args
+from test_onpolicy import LengthReward, make_objective, prompt_batch
+
+import lit_align.objectives.onpolicy as onpolicy
+from lit_align.cli import build_cli
+from lit_align.losses import distillation_loss, sampled_kl_surrogate
+from lit_align.models import load_causal_lm
+from lit_align.reward_model import load_reward_model
+
+# -- the loss ------------------------------------------------------------------------------------------------
+
+
+def test_distillation_loss_hand_worked():
+    """Pair 1: r1 = r2 (p = 1/2), gamma (ln pi(a1) - ln pi(a2)) = 0.5 * (-1 + 3) = 1, q = s(1) = 0.7310586:
+    KL = ln 0.5 - 0.5 (ln s(1) + ln s(-1)) = -0.6931472 + 0.5 * 1.6265234 = 0.1201145.
+    Pair 2: r1 - r2 = ln 3 (p = 3/4), equal log-probs (q = 1/2):
+    KL = 0.75 ln 1.5 + 0.25 ln 0.5 = 0.3040988 - 0.1732868 = 0.1308120."""
+    out = distillation_loss(torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -2.0]),
+                            torch.tensor([0.0, math.log(3.0)]), torch.tensor([0.0, 0.0]), gamma=0.5)
+    torch.testing.assert_close(out.losses, torch.tensor([0.1201145, 0.1308120]))
+    torch.testing.assert_close(out.teacher_probs, torch.tensor([0.5, 0.75]))
+    torch.testing.assert_close(out.student_probs, torch.tensor([0.7310586, 0.5]))
+
+
+def test_distillation_is_symmetric_in_the_pair():
+    """Swapping (a1, r1) with (a2, r2) leaves the loss unchanged and turns both probabilities into 1 - p."""
+    g = torch.Generator().manual_seed(0)
+    l1, l2, r1, r2 = (torch.randn(8, generator=g) * 3 for _ in range(4))
+    a, b = distillation_loss(l1, l2, r1, r2, 0.3), distillation_loss(l2, l1, r2, r1, 0.3)
+    torch.testing.assert_close(a.losses, b.losses)
+    torch.testing.assert_close(a.teacher_probs, 1 - b.teacher_probs)
+    torch.testing.assert_close(a.student_probs, 1 - b.student_probs)
+    assert (a.losses > 0).all()
+
+
+def test_distillation_gradient_vanishes_at_the_fixed_point():
+    """d KL / d ln pi(a1) = gamma (q - p): zero where gamma (ln pi(a1) - ln pi(a2)) = r1 - r2, and equal to
+    0.5 * (s(1) - s(0.4)) = 0.5 * (0.7310586 - 0.5986877) = 0.0661855 one unit of gamma-margin away."""
+    gamma, r1, r2 = 0.5, torch.tensor([0.7]), torch.tensor([0.3])
+    l2 = torch.tensor([-4.0], requires_grad=True)
+    l1 = (l2.detach() + (r1 - r2) / gamma).requires_grad_()
+    distillation_loss(l1, l2, r1, r2, gamma).losses.sum().backward()
+    assert l1.grad.abs().item() < 1e-6 and l2.grad.abs().item() < 1e-6
+    l1 = (l2.detach() + 2.0).requires_grad_()  # gamma-margin 1.0 instead of 0.4
+    distillation_loss(l1, l2.detach(), r1, r2, gamma).losses.sum().backward()
+    torch.testing.assert_close(l1.grad, torch.tensor([0.0661855]))
+
+
+def test_no_gradient_flows_into_the_teacher():
+    r1 = torch.tensor([1.0], requires_grad=True)
+    distillation_loss(torch.tensor([0.0], requires_grad=True), torch.tensor([0.0]), r1, torch.tensor([0.0])).losses.sum().backward()
+    assert r1.grad is None
+
+
+# -- how beta enters ----------------------------------------------------------------------------------------
+
+
+def fake_experience() -> dict[str, torch.Tensor]:
+    """Two pairs; per-token log-probs over 2 positions (sums: old -3, -5, -2, -6; ref -4, -4, -2, -7)."""
+    return {
+        "scores": torch.tensor([1.0, 0.5, -0.5, 0.25]),
+        "old_logps": torch.tensor([[-1.0, -2.0], [-2.0, -3.0], [-1.0, -1.0], [-3.0, -3.0]]),
+        "ref_logps": torch.tensor([[-2.0, -2.0], [-1.0, -3.0], [-1.5, -0.5], [-4.0, -3.0]]),
+    }
+
+
+def test_shaped_beta_is_reward_shaping_by_hand():
+    """beta=0.5 shaped: r = R - 0.5 (ln pi_t - ln pi_0) = [1 - 0.5, 0.5 + 0.5, -0.5 - 0, 0.25 - 0.5]
+    = [0.5, 1.0, -0.5, -0.25]; the loss is the plain distillation loss on those rewards."""
+    module = make_objective(gamma=0.2, beta=0.5)
+    logps = torch.tensor([-3.5, -4.0, -2.0, -6.5])
+    losses, metrics = module.pair_loss(fake_experience(), logps)
+    expected = distillation_loss(logps[0::2], logps[1::2], torch.tensor([0.5, -0.5]), torch.tensor([1.0, -0.25]), 0.2)
+    torch.testing.assert_close(losses, expected.losses)
+    torch.testing.assert_close(metrics["distill/teacher_prob"], torch.sigmoid(torch.tensor([-0.5, -0.25])))
+
+
+def test_explicit_beta_adds_the_sampled_kl_surrogate():
+    """beta_mode=explicit: unshaped teacher rewards, plus beta times the mean over the pair of the score-function
+    surrogate of contract 2; with beta = 0 both modes give the same loss."""
+    exp, logps = fake_experience(), torch.tensor([-3.5, -4.0, -2.0, -6.5], requires_grad=True)
+    module = make_objective(gamma=0.2, beta=0.5, beta_mode="explicit")
+    losses, _ = module.pair_loss(exp, logps)
+    plain = distillation_loss(logps[0::2], logps[1::2], exp["scores"][0::2], exp["scores"][1::2], 0.2).losses
+    surrogate, _ = sampled_kl_surrogate(logps, exp["ref_logps"].sum(-1), 2)
+    torch.testing.assert_close(losses, plain + 0.5 * (surrogate[0::2] + surrogate[1::2]) / 2)
+    zero_explicit, _ = make_objective(gamma=0.2, beta=0.0, beta_mode="explicit").pair_loss(exp, logps)
+    zero_shaped, _ = make_objective(gamma=0.2, beta=0.0).pair_loss(exp, logps)
+    torch.testing.assert_close(zero_explicit, zero_shaped)
+    with pytest.raises(ValueError, match="pairs=on_policy"):
+        make_objective(beta_mode="explicit", pairs="dataset")
+
+
+# -- where the pairs come from ------------------------------------------------------------------------------
+
+
+def perturb_policy(module) -> None:
+    with torch.no_grad():
+        for p in module.policy.trainable_parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+
+
+def test_reference_pairs_sample_from_pi0(monkeypatch):
+    """pairs=reference generates with the frozen reference module, so after the policy has moved the same seed
+    gives the same responses; pairs=on_policy (the control) gives different ones."""
+    seen = []
+    real = onpolicy.sample
+    monkeypatch.setattr(onpolicy, "sample", lambda model, *a, **k: seen.append(model) or real(model, *a, **k))
+    for pairs, same in (("reference", True), ("on_policy", False)):
+        torch.manual_seed(0)
+        module = make_objective(pairs=pairs)
+        batch = prompt_batch(module)
+        torch.manual_seed(1)
+        before = module.sample_responses(batch)["input_ids"]
+        perturb_policy(module)
+        torch.manual_seed(1)
+        after = module.sample_responses(batch)["input_ids"]
+        expected_model = module.policy.reference if pairs == "reference" else module.policy.policy
+        assert seen[-1] is expected_model and seen[-2] is expected_model
+        assert (before.shape == after.shape and torch.equal(before, after)) == same
+
+
+def test_dataset_pairs_are_the_data_completions(monkeypatch):
+    """pairs=dataset: rows 2i and 2i+1 are prompt i + chosen and prompt i + rejected of the batch, all ending
+    with EOS, and nothing is sampled."""
+    monkeypatch.setattr(onpolicy, "sample", lambda *a, **k: pytest.fail("pairs=dataset must not sample"))
+    module = make_objective(pairs="dataset")
+    batch = prompt_batch(module, n=3)
+    exp = module.make_experience(batch)
+    for key in ("input_ids", "attention_mask", "completion_mask"):
+        assert torch.equal(exp[key][0::2], batch[key][:3]) and torch.equal(exp[key][1::2], batch[key][3:])
+    assert exp["ended"].all()
+    assert torch.equal(exp["prompt_index"], torch.tensor([0, 0, 1, 1, 2, 2]))
+    assert torch.equal(exp["scores"], exp["attention_mask"].sum(-1).float())
+
+
+# -- fits through the CLI -----------------------------------------------------------------------------------
+
+
+def state(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_only_policy_changed(module) -> None:
+    initial = state(load_causal_lm("tiny"))
+    policy, reference = state(module.policy.policy), state(module.policy.reference)
+    assert any(not torch.equal(policy[k], initial[k]) for k in initial), "the policy did not change"
+    assert all(torch.equal(reference[k], initial[k]) for k in initial), "the reference changed"
+
+
+def test_fit_with_a_given_reward_model(run_dir):
+    """A short CLI fit: the policy moves, the reference and the reward model stay bit-identical, and the
+    checkpoint holds neither of them."""
+    cli = build_cli(fit_args("pdistill.yaml", "--model.reward_model=tiny", "--data.limit_rows=32",
+                             "--data.batch_size=4", "--model.sampling.max_new_tokens=6"))
+    module = cli.model
+    assert cli.trainer.global_step == 4
+    assert_only_policy_changed(module)
+    fresh = state(load_reward_model("tiny"))
+    assert all(torch.equal(v, fresh[k]) for k, v in state(module.reward_model).items())
+    checkpoint = torch.load(run_dir / "runs/test/checkpoints/last.ckpt", weights_only=False)
+    assert not any(k.startswith(("reward_model.", "policy.reference.")) for k in checkpoint["state_dict"])
+
+
+def test_default_run_trains_a_reward_model_first(run_dir):
+    """Without reward_model the fit trains one on the data's pairs, saves it in Hugging Face format with its
+    validation accuracy, and uses exactly those weights frozen; a second run with the same settings reuses it,
+    a changed stage setting trains a new one."""
+    from transformers import AutoModelForSequenceClassification
+
+    args = ["--data.limit_rows=32", "--data.batch_size=4", "--model.sampling.max_new_tokens=6",
+            "--model.reward_stage.epochs=1"]
+    cli = build_cli(fit_args("pdistill.yaml", *args))
+    directory = run_dir / "runs/test/reward_model"
+    saved = AutoModelForSequenceClassification.from_pretrained(directory)
+    used = cli.model.reward_model.model.state_dict()
+    assert all(torch.equal(v, used[k]) for k, v in saved.state_dict().items())
+    info = json.loads((directory / "lit_align_reward_stage.json").read_text())
+    assert 0.0 <= info["val_accuracy"] <= 1.0
+    assert_only_policy_changed(cli.model)
+    weights = next(Path(directory).glob("*.safetensors"))
+    stamp = weights.stat().st_mtime_ns
+    build_cli(fit_args("pdistill.yaml", *args))
+    assert weights.stat().st_mtime_ns == stamp  # reused
+    build_cli(fit_args("pdistill.yaml", *args, "--model.reward_stage.seed=1"))
+    assert weights.stat().st_mtime_ns != stamp  # retrained
+
+
+def test_length_reward_stand_in_is_frozen_in_a_fit():
+    """Guard for the stand-in used above: a module reward model given in Python stays frozen."""
+    module = make_objective(reward_model=LengthReward())
+    assert not any(p.requires_grad for p in module.reward_model.parameters())
