@@ -9,7 +9,9 @@ from lit_align.callbacks.predictions import PredictionWriter
 from lit_align.callbacks.oracle_monitor import OracleMonitor
 from lit_align.callbacks.probe import PolicyProbe
 from lit_align.callbacks.samples import SampleLogger
+from lit_align.callbacks.throughput import ThroughputMonitor
 
 __all__ = [
     "EntropyMonitor", "KLMonitor", "ModeCollapseMonitor", "OracleMonitor", "PolicyProbe", "SampleLogger",
-    "AlignCheckpoint", "HFExport", "NonFiniteError", "NonFiniteGuard", "PredictionWriter"]
+    "AlignCheckpoint", "HFExport", "NonFiniteError", "NonFiniteGuard", "PredictionWriter",
+    "ThroughputMonitor"]

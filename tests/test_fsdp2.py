@@ -43,7 +43,7 @@ def _args(config: str, root: str, steps: int, *extra: str) -> list[str]:
 def _launch(args: list[str]) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run([sys.executable, "-m", "lit_align.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=240)
+                          timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return done.stdout + done.stderr
 

@@ -24,7 +24,7 @@ class ResumableSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())
-        if True or self.epoch == self.skip_epoch:
+        if self.epoch == self.skip_epoch:
             # A checkpoint taken on an epoch's last batch resumes in the next epoch, which must start from the
             # beginning: the skip only ever applies to the epoch it was recorded in.
             indices = indices[self.skip :]
