@@ -34,7 +34,8 @@ from lit_align.data.tabular_oracle import TabularOracle, entropy, kl  # noqa: E4
 
 OBJECTIVES = ["pmle", "distill_learned", "distill_oracle", "reverse_kl", "dpo", "rlhf_tuned"]
 LABELS = {
-    "pmle": "PMLE", "distill_learned": "distillation (learned reward)", "distill_oracle": "distillation (oracle reward)",
+    "pmle": "PMLE", "distill_learned": "distillation (learned reward)",
+    "distill_oracle": "distillation (oracle reward)",
     "reverse_kl": "reverse KL (beta = 0)", "dpo": "DPO (beta = gamma)", "rlhf_tuned": "RLHF (beta tuned per n)",
 }
 
@@ -66,8 +67,9 @@ def run_sweep(exponents: list[int], trials: int, ridge: float, seed: int, progre
                - closed_form_reward_max(oracle, reward, best_beta, 0.0).log_softmax(-1)).abs().max().item()
         for name, values in results.items():
             for trial, value in enumerate(values.tolist()):
+                rlhf_row = name == "rlhf_tuned"
                 rows.append({"n": n, "objective": name, "trial": trial, "forward_kl": value,
-                             "beta": best_beta if name == "rlhf_tuned" else "", "closed_form_gap": gap if name == "rlhf_tuned" else ""})
+                             "beta": best_beta if rlhf_row else "", "closed_form_gap": gap if rlhf_row else ""})
         if progress is not None:
             progress(k, {name: values.mean().item() for name, values in results.items()})
     return rows
@@ -107,7 +109,8 @@ def degeneracy(seed: int = 0, trials: int = 8, n: int = 256, beta: float = 0.1) 
     out = {}
     for name, logits in fitted.items():
         probs = logits.softmax(-1)
-        out[name] = {"entropy": entropy(logits).mean().item(), "mass_off_support": probs[..., ~support].sum(-1).mean().item(),
+        out[name] = {"entropy": entropy(logits).mean().item(),
+                     "mass_off_support": probs[..., ~support].sum(-1).mean().item(),
                      "kl_to_reference": kl(logits, oracle.reference_logits).mean().item(),
                      "forward_kl": oracle.forward_kl(logits).mean().item(),
                      "max_probability": probs.max(-1).values.mean().item()}
@@ -135,7 +138,8 @@ def plot(curves, slopes, rows, fit_from: int, path: str) -> None:
     betas = {row["n"]: row["beta"] for row in rows if row["objective"] == "rlhf_tuned"}
     for n, value in zip(*curves["rlhf_tuned"]):
         right.annotate(f"{betas[n]:g}", (n, value), fontsize=6, textcoords="offset points", xytext=(0, 5))
-    right.set(xscale="log", yscale="log", xlabel="pairs n", title="Paper Fig. 1: RLHF (best beta per n, annotated) vs reverse KL")
+    right.set(xscale="log", yscale="log", xlabel="pairs n",
+              title="Paper Fig. 1: RLHF (best beta per n, annotated) vs reverse KL")
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -190,7 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
     plot(curves, slopes, rows, fit_from, os.path.join(args.out, "convergence.png"))
     for name in OBJECTIVES:
         print(f"{LABELS[name]:32s} slope {slopes[name]:+.3f}  KL at n=2^{exponents[-1]}: {curves[name][1][-1]:.3e}")
-    print(f"done in {time.time() - start:.0f} s; wrote {args.out}/convergence.csv, convergence_slopes.csv, convergence.png")
+    print(f"done in {time.time() - start:.0f} s; wrote convergence.csv, convergence_slopes.csv, convergence.png "
+          f"to {args.out}")
     summary.update(slopes=slopes, curves=curves)
     return summary
 

@@ -21,7 +21,7 @@ from lit_align.data.tabular_oracle import TabularOracle, TabularPairs, pick
 from lit_align.losses import bradley_terry_loss, distillation_loss, dpo_loss, pmle_loss
 
 
-def minimise(loss_fn: Callable[[torch.Tensor], torch.Tensor], init: torch.Tensor, max_iter: int = 300) -> torch.Tensor:
+def minimise(loss_fn: Callable[[torch.Tensor], torch.Tensor], init: torch.Tensor, max_iter: int = 500) -> torch.Tensor:
     """argmin of a smooth loss of an (S, X, A) table by full-batch L-BFGS, starting at ``init``."""
     theta = init.detach().clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-9,
@@ -100,7 +100,9 @@ def fit_dpo(oracle: TabularOracle, pairs: TabularPairs, beta: float, ridge: floa
     return minimise(loss, theta0)
 
 
-def fit_regularised_reward_max(oracle: TabularOracle, reward: torch.Tensor, beta: float, entropy: float) -> torch.Tensor:
+def fit_regularised_reward_max(
+    oracle: TabularOracle, reward: torch.Tensor, beta: float, entropy: float
+) -> torch.Tensor:
     """Exact ``E_x [ -E_pi R - entropy * H(pi) + beta * KL(pi || pi_0) ]``: RLHF (entropy 0, PAPER Eq. 1) or
     reverse-KL minimisation (entropy = gamma, PAPER Eqs. 14-15). Optimum: pi ∝ pi_0^(b/(b+e)) exp(R/(b+e))."""
     theta0 = oracle.reference_logits
@@ -109,7 +111,7 @@ def fit_regularised_reward_max(oracle: TabularOracle, reward: torch.Tensor, beta
     def loss(theta: torch.Tensor) -> torch.Tensor:
         logp = theta.log_softmax(-1)
         per_response = -reward + entropy * logp + beta * (logp - logq)
-        return (logp.exp() * per_response).sum(-1).mean(-1).sum()
+        return (logp.exp() * per_response).sum()  # summed over prompts: mean-scaled gradients stop L-BFGS early
 
     return minimise(loss, theta0)
 

@@ -64,8 +64,8 @@ class ModeCollapseMonitor(PolicyProbe):
         responses = [row[m.bool()].tolist() for row, m in zip(ids.cpu(), response_mask.cpu())]
         device = mask.device
         one = torch.tensor(1.0, device=device)
-        totals: Totals = {"entropy": (entropy, mask.sum()), "mean_length": (rollout.lengths.sum().float(),
-                                                                              torch.tensor(float(len(examples) * self.num_samples), device=device))}
+        samples = torch.tensor(float(len(examples) * self.num_samples), device=device)
+        totals: Totals = {"entropy": (entropy, mask.sum()), "mean_length": (rollout.lengths.sum().float(), samples)}
         # the gathered responses are the same on every rank: divide the global counts by the world size
         world = trainer.world_size
         for n in (1, 2):

@@ -18,8 +18,8 @@ class NonFiniteGuard(L.Callback):
 
     With ``on_nonfinite="stop"`` (the default) the run ends with a ``NonFiniteError`` naming the step, before the
     optimizer touches the weights, so the last checkpoint written stays the last good one. With ``"skip"`` the
-    update is dropped (every gradient set to ``None``, which optimizers skip), counted, logged as
-    ``train/nonfinite_skipped``, and training goes on; more than ``max_skipped`` skipped steps stop the run.
+    update is dropped (every gradient set to ``None``, which optimizers skip), counted (the running count is
+    logged as ``train/nonfinite_skipped``), and training goes on; more than ``max_skipped`` skipped steps stop the run.
     Works for automatic and manual optimisation, since both go through ``on_before_backward`` and
     ``on_before_optimizer_step``. Under fp16 loss scaling (a ``GradScaler``), overflowing gradients are the
     scaler's business (it skips the step and lowers the scale), so only the loss is checked.
@@ -57,8 +57,9 @@ class NonFiniteGuard(L.Callback):
             for group in optimizer.param_groups:
                 for param in group["params"]:
                     param.grad = None  # optimizers skip parameters without a gradient: this step changes nothing
-            pl_module.log("train/nonfinite_skipped", float(self.skipped), on_step=True, on_epoch=False)
             self._bad = None
+        if self.on_nonfinite == "skip":
+            pl_module.log("train/nonfinite_skipped", float(self.skipped), on_step=True, on_epoch=False)
 
     def _flag(self, trainer: L.Trainer, what: str) -> None:
         where = (f"at step {trainer.global_step} (epoch {trainer.current_epoch}, "

@@ -54,8 +54,9 @@ class SampleLogger(PolicyProbe):
         for i in range(ids.shape[0]):
             prompt = tokenizer.decode(prompt_ids[i][prompt_mask[i].bool()].tolist(), skip_special_tokens=True)
             response = ids[i][mask[i].bool()].tolist()
-            rows.append({"step": step, "prompt": prompt, "response": tokenizer.decode(response, skip_special_tokens=True),
-                         "length": len(response), "ended": bool(ended[i])})
+            text = tokenizer.decode(response, skip_special_tokens=True)
+            rows.append({"step": step, "prompt": prompt, "response": text, "length": len(response),
+                         "ended": bool(ended[i])})
         directory = trainer.log_dir or trainer.default_root_dir
         os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, self.filename)
@@ -68,5 +69,6 @@ class SampleLogger(PolicyProbe):
                 logger.log_table(key=f"{self.prefix}/table", columns=columns, data=data)
             elif hasattr(getattr(logger, "experiment", None), "add_text"):
                 lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-                lines += ["| " + " | ".join(str(v).replace("|", "\\|").replace("\n", " ") for v in r) + " |" for r in data]
+                for r in data:
+                    lines.append("| " + " | ".join(str(v).replace("|", "\\|").replace("\n", " ") for v in r) + " |")
                 logger.experiment.add_text(f"{self.prefix}/table", "\n".join(lines), global_step=step)

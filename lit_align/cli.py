@@ -13,7 +13,7 @@ import os
 import sys
 import warnings
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.loggers import CSVLogger
 
@@ -25,11 +25,22 @@ from lit_align.data.sources import DataError
 from lit_align.models import ModelLoadError
 from lit_align.data.base import TextDataModule
 from lit_align.objectives.base import AlignmentModule
+from lit_align.secrets import redact_file, redact_hyperparameters
 from lit_align.trainer import AlignTrainer
 
 
 # The frozen reference (and reward model) are in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+
+
+class RedactingSaveConfigCallback(SaveConfigCallback):
+    """Saves ``config.yaml`` like Lightning, then masks any credential found in it (see ``lit_align.secrets``)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        log_dir = trainer.log_dir if self.save_to_log_dir else None  # a collective: every rank asks
+        super().setup(trainer, pl_module, stage)
+        if log_dir is not None and trainer.is_global_zero:
+            redact_file(os.path.join(log_dir, self.config_filename))
 
 
 class LitAlignCLI(LightningCLI):
@@ -54,6 +65,10 @@ class LitAlignCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         # `evaluate` runs AlignTrainer.evaluate: sampling, judging and the win-rate / KL report.
         return {**LightningCLI.subcommands(), "evaluate": {"model", "dataloaders", "datamodule"}}
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        redact_hyperparameters(self.model, self.datamodule)
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -85,6 +100,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LitAlignCLI:
         subclass_mode_data=True,
         trainer_class=AlignTrainer,
         auto_configure_optimizers=False,
+        save_config_callback=RedactingSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,

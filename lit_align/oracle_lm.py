@@ -68,6 +68,12 @@ def response_logprobs(fn: LogitsFn, prompts: torch.Tensor, responses: torch.Tens
     return torch.cat(parts)
 
 
+def _with_every_next_token(prompts: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Every prompt followed by every token: row ``b * V + v`` is prompt b then token v. (B, P) -> (B*V, P+1)"""
+    tokens = torch.arange(vocab, device=prompts.device).repeat(prompts.shape[0])[:, None]
+    return torch.cat([prompts.repeat_interleave(vocab, 0), tokens], 1)
+
+
 @torch.no_grad()
 def exact_sequence_kl(p: LogitsFn, q: LogitsFn, prompts: torch.Tensor, length: int) -> torch.Tensor:
     """KL(p(.|x) || q(.|x)) over all responses of ``length`` tokens, for each of the (B, P) prompts -> (B,).
@@ -82,8 +88,7 @@ def exact_sequence_kl(p: LogitsFn, q: LogitsFn, prompts: torch.Tensor, length: i
     if length == 1:
         return kl
     batch, vocab = p_first.shape
-    # every prompt followed by every possible first token: row b * V + v
-    extended = torch.cat([prompts.repeat_interleave(vocab, 0), torch.arange(vocab, device=prompts.device).repeat(batch)[:, None]], 1)
+    extended = _with_every_next_token(prompts, vocab)
     second = token_kl(_last_logits(p, extended), _last_logits(q, extended)).view(batch, vocab)  # (B, V)
     return kl + (p_first.softmax(-1) * second).sum(-1)
 
@@ -98,7 +103,7 @@ def exact_sequence_entropy(p: LogitsFn, prompts: torch.Tensor, length: int) -> t
     if length == 1:
         return entropy
     batch, vocab = first.shape
-    extended = torch.cat([prompts.repeat_interleave(vocab, 0), torch.arange(vocab, device=prompts.device).repeat(batch)[:, None]], 1)
+    extended = _with_every_next_token(prompts, vocab)
     second = _last_logits(p, extended).log_softmax(-1)
     second_entropy = -(second.exp() * second).sum(-1).view(batch, vocab)
     return entropy + (first.exp() * second_entropy).sum(-1)

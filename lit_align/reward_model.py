@@ -175,11 +175,12 @@ def _from_checkpoint(path: Path, dtype: str | None) -> RewardScorer:
     checkpoint = load_checkpoint_file(path, map_location="cpu")
     info = checkpoint.get(CHECKPOINT_KEY)
     if info is None:
-        raise ValueError(f"{str(path)!r} is not a lit-align RewardModel checkpoint (it has no {CHECKPOINT_KEY!r} entry)")
+        raise ValueError(f"{str(path)!r} is not a lit-align RewardModel checkpoint (no {CHECKPOINT_KEY!r} entry)")
     config_dict = dict(info["config"])
     config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
     model = AutoModelForSequenceClassification.from_config(config)
-    state = {k[len(CHECKPOINT_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(CHECKPOINT_PREFIX)}
+    weights = checkpoint["state_dict"]
+    state = {k[len(CHECKPOINT_PREFIX) :]: v for k, v in weights.items() if k.startswith(CHECKPOINT_PREFIX)}
     scorer = RewardScorer(model, load_tokenizer(info["tokenizer"]), source=str(path))
     scorer.load_state_dict(state)
     zero_dropout(model)

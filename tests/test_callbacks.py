@@ -20,7 +20,8 @@ def fitted(tmp_path_factory):
     callbacks = [
         KLMonitor(every_n_steps=2, num_prompts=4, num_samples=256, sampling=_sampling(max_new_tokens=1)),
         EntropyMonitor(every_n_steps=2, num_prompts=4, num_samples=2, sampling=_sampling(max_new_tokens=1)),
-        ModeCollapseMonitor(every_n_steps=2, num_prompts=4, num_samples=3, sampling=_sampling(max_new_tokens=4, temperature=0.0)),
+        ModeCollapseMonitor(every_n_steps=2, num_prompts=4, num_samples=3,
+                            sampling=_sampling(max_new_tokens=4, temperature=0.0)),
         OracleMonitor(every_n_steps=2),
         SampleLogger(every_n_steps=2, num_prompts=2, num_samples=2, sampling=_sampling(max_new_tokens=3)),
     ]
@@ -107,7 +108,8 @@ def test_mode_collapse_monitor_counts_greedy_responses(fitted):
         distinct, total = distinct_n(responses, n)
         assert values[f"collapse/distinct_{n}"] == pytest.approx(distinct / max(total, 1))
     assert values["collapse/mean_length"] == pytest.approx(sum(map(len, responses)) / len(responses))
-    assert values["collapse/length_drift"] == pytest.approx(values["collapse/mean_length"] - collapse.history[0][1]["collapse/mean_length"])
+    start = collapse.history[0][1]["collapse/mean_length"]
+    assert values["collapse/length_drift"] == pytest.approx(values["collapse/mean_length"] - start)
 
 
 def test_oracle_monitor_matches_exact_one_token_kls(fitted):

@@ -75,8 +75,13 @@ def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 1
         time.sleep(0.05)
 
 
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint_file(path)["state_dict"]
+def paused_write(partial) -> bool:
+    """A temporary file that is still there 2 s later: the paused write (an ordinary one takes milliseconds)."""
+    before = partial()
+    if not before:
+        return False
+    time.sleep(2.0)
+    return bool(set(before) & set(partial()))
 
 
 def test_killed_and_preempted_runs_resume_to_the_same_weights(tmp_path):
@@ -99,7 +104,7 @@ def test_killed_and_preempted_runs_resume_to_the_same_weights(tmp_path):
     # 2. Resumed; SIGKILL while the second checkpoint of this process (step 6) is being written.
     proc = start(command(chain_dir, "--ckpt_path=last"), **{WRITE_DELAY_ENV: "120:2"})
     partial = lambda: [p for p in last.parent.glob(".ckpt-write-*.tmp") if p.stat().st_size > 0]  # noqa: E731
-    wait_for(partial, proc, "the step-6 checkpoint write")
+    wait_for(lambda: paused_write(partial), proc, "the step-6 checkpoint write")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert partial(), "the half-written temporary file should be what the kill left behind"

@@ -196,7 +196,12 @@ def test_default_run_trains_a_reward_model_first(run_dir):
     assert weights.stat().st_mtime_ns != stamp  # retrained
 
 
-def test_length_reward_stand_in_is_frozen_in_a_fit():
-    """Guard for the stand-in used above: a module reward model given in Python stays frozen."""
-    module = make_objective(reward_model=LengthReward())
-    assert not any(p.requires_grad for p in module.reward_model.parameters())
+def test_a_module_reward_model_is_frozen_and_kept_out_of_hparams():
+    """A reward model given as a module: gradients off, eval mode even after ``train()``, and its weights are not
+    copied into the hyperparameters (which every checkpoint stores)."""
+    reward = LengthReward().train()
+    module = make_objective(reward_model=reward)
+    module.train()
+    assert module.reward_model is reward and not reward.training
+    assert not any(p.requires_grad for p in reward.parameters())
+    assert "reward_model" not in module.hparams

@@ -81,7 +81,8 @@ def test_tabular_toy_labels_have_the_model_frequencies():
     # P(chosen > rejected) is at least 1/2 on average, and a > b is recovered from symmetric relabelling
     probs = oracle.preference_probability(pairs.prompt, pairs.chosen, pairs.rejected)
     # each (x, a, b) appears as (chosen, rejected) with probability P(a > b): counts of both orders match it
-    flat = lambda c, r: (pairs.prompt * 100 + c * 10 + r).flatten() + 1000 * torch.arange(2).repeat_interleave(20000)  # noqa: E731
+    trial = 1000 * torch.arange(2).repeat_interleave(20000)
+    flat = lambda c, r: (pairs.prompt * 100 + c * 10 + r).flatten() + trial  # noqa: E731
     forward, backward = flat(pairs.chosen, pairs.rejected), flat(pairs.rejected, pairs.chosen)
     keys, counts = torch.unique(torch.cat([forward, backward]), return_counts=True)
     wins = torch.zeros_like(keys, dtype=torch.float64)

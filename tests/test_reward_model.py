@@ -18,6 +18,7 @@ from conftest import fit_args
 from lit_align.cli import build_cli
 from lit_align.data import PreferenceDataModule
 from lit_align.losses import bradley_terry_loss
+from lit_align.models import ModelLoadError
 from lit_align.objectives import RewardModel
 from lit_align.reward_model import RewardScorer, build_reward_scorer, last_token_index, load_reward_model
 
@@ -111,8 +112,8 @@ def test_fit_learns_pairs_exports_and_loads_back(run_dir):
     hf = AutoModelForSequenceClassification.from_pretrained(hf_dir)
     assert hf.config.num_labels == 1 and os.path.isfile(os.path.join(hf_dir, "model.safetensors"))
     with torch.no_grad():  # right-padded rows with pad != EOS: transformers' own pooling finds the same token
-        torch.testing.assert_close(hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0],
-                                   want, atol=1e-5, rtol=1e-5)
+        pooled = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+    torch.testing.assert_close(pooled, want, atol=1e-5, rtol=1e-5)
     for source in (hf_dir, os.path.join("runs", "test", "checkpoints", "last.ckpt")):
         loaded = load_reward_model(source)
         assert isinstance(loaded, RewardScorer) and not loaded.training
@@ -137,3 +138,5 @@ def test_missing_sources_are_named():
         load_reward_model("runs/nowhere/last.ckpt")
     with pytest.raises(FileNotFoundError, match="./no/such/reward_model"):
         load_reward_model("./no/such/reward_model")
+    with pytest.raises(ModelLoadError, match="someone/no-such-reward-model"):
+        load_reward_model("someone/no-such-reward-model")  # offline in tests: a hub id that cannot be fetched

@@ -74,7 +74,8 @@ class TabularOracle:
         flat = probs.reshape(-1, num_responses)
         a = torch.multinomial(flat, 1, generator=generator).view(trials, n)
         b = torch.multinomial(flat, 1, generator=generator).view(trials, n)
-        a_wins = torch.rand((trials, n), generator=generator, dtype=torch.float64) < self.preference_probability(prompt, a, b)
+        uniform = torch.rand((trials, n), generator=generator, dtype=torch.float64)
+        a_wins = uniform < self.preference_probability(prompt, a, b)
         return TabularPairs(prompt, torch.where(a_wins, a, b), torch.where(a_wins, b, a))
 
     def forward_kl(self, logits: torch.Tensor) -> torch.Tensor:

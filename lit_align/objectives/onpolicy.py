@@ -126,7 +126,7 @@ class OnPolicyObjective(AlignmentModule):
         self.reward_model = reward_model
 
     def setup(self, stage: str) -> None:
-        if self.reward_model is None:
+        if self.reward_model is None and stage != "predict":  # generating needs no reward model
             self.attach_reward_model(self.reward_stage.provide(self, self.trainer, train=stage == "fit"))
 
     def train(self, mode: bool = True) -> OnPolicyObjective:
