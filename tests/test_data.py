@@ -6,7 +6,6 @@ import json
 
 import datasets
 import pytest
-import torch
 
 from lit_align.data import DataError, PreferenceDataModule, RowEncoder
 from lit_align.data.loader import ResumableSampler

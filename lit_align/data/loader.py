@@ -3,8 +3,8 @@
 Lightning stores the ``state_dict`` of any training data loader that has one in the checkpoint, but hands it back
 only when the loader is created after the loops are restored, which is not the case once ``configure_optimizers``
 has asked for ``estimated_stepping_batches``. ``TextDataModule.state_dict`` therefore carries the position too, and
-the DataModule is restored before any loader exists. The sampler is a ``DistributedSampler`` (seeded shuffling, one shard per rank), so Lightning leaves it
-in place instead of wrapping it.
+the DataModule is restored before any loader exists. The sampler is a ``DistributedSampler`` (seeded shuffling,
+one shard per rank), so Lightning leaves it in place instead of wrapping it.
 """
 
 from __future__ import annotations
