@@ -56,6 +56,8 @@ class LitAlignCLI(LightningCLI):
             "checkpoint.save_top_k": 1,
             "checkpoint.filename": "step{step}",
             "checkpoint.auto_insert_metric_name": False,
+            # a re-run into the same directory replaces its files instead of adding last-v1.ckpt, last-v2.ckpt, ...
+            "checkpoint.enable_version_counter": False,
         })
         parser.add_lightning_class_args(HFExport, "export")
         parser.add_lightning_class_args(NonFiniteGuard, "numerics")
