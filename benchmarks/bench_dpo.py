@@ -73,57 +73,54 @@ def peak_memory_mb() -> float:
 
 
 # -- workers: one framework, one setting, one process ------------------------------------------------------------
+#
+# A step is timed from the end of the previous optimizer step to the end of this one, so it covers everything a
+# user waits for: fetching and collating the batch, both forwards, backward, clipping, the optimizer, logging.
+# Both frameworks clip gradients at norm 1 (TRL's default), log every 10 steps (TRL's default; lit-align's CSV
+# logger as the CLI sets it up) and show no progress bar.
+
+LOG_EVERY = 10
 
 
 def run_lit_align(args) -> dict:
     import lightning as L
     import torch
+    from lightning.pytorch.loggers import CSVLogger
 
     from lit_align.data import PreferenceDataModule
     from lit_align.objectives import DPO
     from lit_align.policy import PolicyWithReference
 
+    rss_start = current_rss_mb()
     reference = "cache" if args.reference == "precomputed" else "copy"
     policy = PolicyWithReference(model=args.model, reference=reference, dtype=args.dtype)
     module = DPO(beta=0.1, policy=policy, learning_rate=1e-5, lr_schedule="constant", warmup_ratio=0.0,
-                 reference_cache_dir=os.path.join(args.workdir, "refcache"))
+                 reference_cache_dir=tempfile.mkdtemp(dir=args.workdir))
     data = PreferenceDataModule(path=args.data, batch_size=args.batch_size, max_length=args.max_length,
                                 max_prompt_length=args.max_length // 2, val_fraction=0.0, seed=0)
-    timer = _StepTimer(args.warmup)
-    trainer = L.Trainer(accelerator="auto", devices=1, max_steps=args.warmup + args.steps, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, callbacks=[timer], precision="bf16-true" if args.dtype == "bfloat16" else "32-true")
+    precompute = []
+    if module.reference_cache is not None:
+        prepare = module.reference_cache.prepare
+
+        def timed_prepare(*a, **kw):
+            start = time.perf_counter()
+            prepare(*a, **kw)
+            precompute.append(time.perf_counter() - start)
+
+        module.reference_cache.prepare = timed_prepare
+    clock = StepClock()
+
+    class Timer(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            clock.tick(int(batch["attention_mask"].sum()))
+
+    trainer = L.Trainer(accelerator="auto", devices=1, max_steps=args.warmup + args.steps,
+                        logger=CSVLogger(args.workdir, name="lit"), log_every_n_steps=LOG_EVERY,
+                        gradient_clip_val=1.0, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, callbacks=[Timer()],
+                        precision="bf16-true" if args.dtype == "bfloat16" else "32-true")
     trainer.fit(module, data)
-    return timer.result()
-
-
-class _StepTimer:
-    """Wall time and real tokens of the timed steps (Lightning callback)."""
-
-    def __new__(cls, warmup: int):
-        import lightning as L
-        import torch
-
-        class Timer(L.Callback):
-            def __init__(self) -> None:
-                self.warmup, self.times, self.tokens = warmup, [], 0
-
-            def on_train_batch_start(self, trainer, module, batch, batch_idx):
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                self.start = time.perf_counter()
-
-            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                if batch_idx >= self.warmup:
-                    self.times.append(time.perf_counter() - self.start)
-                    self.tokens += int(batch["attention_mask"].sum())
-
-            def result(self) -> dict:
-                return _summary(self.times, self.tokens)
-
-        return Timer()
+    return clock.summary(args.warmup, sum(precompute), rss_start)
 
 
 def run_trl(args) -> dict:
@@ -132,6 +129,7 @@ def run_trl(args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
+    rss_start = current_rss_mb()
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
     ref_model = None if args.reference == "precomputed" else AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
@@ -140,47 +138,75 @@ def run_trl(args) -> dict:
     config = DPOConfig(
         output_dir=os.path.join(args.workdir, "trl"), per_device_train_batch_size=args.batch_size,
         max_steps=args.warmup + args.steps, learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0,
-        beta=0.1, max_length=args.max_length, logging_steps=10**6, save_strategy="no", report_to=[],
-        precompute_ref_log_probs=args.reference == "precomputed", use_cpu=not torch.cuda.is_available(),
-        bf16=args.dtype == "bfloat16", dataloader_num_workers=0, seed=0, disable_tqdm=True,
+        beta=0.1, max_length=args.max_length, logging_steps=LOG_EVERY, max_grad_norm=1.0, save_strategy="no",
+        report_to=[], precompute_ref_log_probs=args.reference == "precomputed",
+        use_cpu=not torch.cuda.is_available(), bf16=args.dtype == "bfloat16", dataloader_num_workers=0, seed=0,
+        disable_tqdm=True,
     )
+    precompute = []
+    original = DPOTrainer._precompute_ref_logps
+
+    def timed_precompute(self, *a, **kw):
+        start = time.perf_counter()
+        out = original(self, *a, **kw)
+        precompute.append(time.perf_counter() - start)
+        return out
+
+    DPOTrainer._precompute_ref_logps = timed_precompute
+    clock = StepClock()
 
     class Timer(TrainerCallback):
-        def __init__(self) -> None:
-            self.times, self.tokens, self.step = [], 0, 0
-
-        def on_step_begin(self, targs, state, control, **kw):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.start = time.perf_counter()
+        seen = 0
 
         def on_step_end(self, targs, state, control, **kw):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            if self.step >= args.warmup:
-                self.times.append(time.perf_counter() - self.start)
-            self.step += 1
+            # TRL adds each batch's attention_mask sum (prompt + chosen and prompt + rejected) to this counter
+            total = trainer._total_train_tokens
+            clock.tick(total - self.seen)
+            self.seen = total
 
-    timer = Timer()
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=config, train_dataset=dataset,
-                         processing_class=tokenizer, callbacks=[timer])
+                         processing_class=tokenizer, callbacks=[Timer()])
     trainer.train()
-    # TRL counts the real tokens of every step in _total_train_tokens; the timed share is the same per step
-    # on average, so scale by the fraction of steps timed.
-    total = trainer._total_train_tokens
-    return _summary(timer.times, total * len(timer.times) / max(1, timer.step))
+    return clock.summary(args.warmup, sum(precompute), rss_start)
 
 
-def _summary(times: list[float], tokens: float) -> dict:
-    total = sum(times)
-    return {"step_time": total / len(times), "tokens_per_sec": tokens / total, "peak_memory_mb": peak_memory_mb(),
-            "steps": len(times)}
+class StepClock:
+    """End times and real-token counts of every optimizer step."""
+
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+        self.tokens: list[int] = []
+
+    def tick(self, tokens: int) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.ends.append(time.perf_counter())
+        self.tokens.append(tokens)
+
+    def summary(self, warmup: int, precompute_s: float, rss_start_mb: float) -> dict:
+        import statistics
+
+        times = [b - a for a, b in zip(self.ends[warmup - 1 :], self.ends[warmup:])]  # steps warmup, warmup+1, ...
+        tokens = self.tokens[warmup:]
+        step = statistics.median(times)
+        return {"step_time": step, "tokens_per_step": statistics.mean(tokens),
+                "tokens_per_sec": statistics.mean(tokens) / step, "steps": len(times),
+                "precompute_s": precompute_s, "peak_memory_mb": peak_memory_mb(),
+                "start_memory_mb": rss_start_mb}
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 # -- driver ------------------------------------------------------------------------------------------------------
 
 
 def measure(framework: str, args, reference: str, batch_size: int, seq_len: int) -> dict:
+    """One measurement in a fresh process, so peak memory is this framework's alone."""
     data = Path(args.workdir) / f"pairs_{seq_len}.jsonl"
     if not data.exists():
         build_data(data, rows=max(256, batch_size * (args.warmup + args.steps + 2)), seq_len=seq_len)
@@ -194,6 +220,13 @@ def measure(framework: str, args, reference: str, batch_size: int, seq_len: int)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def median_of(runs: list[dict]) -> dict:
+    import statistics
+
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]} | {
+        "step_time_min": min(r["step_time"] for r in runs), "step_time_max": max(r["step_time"] for r in runs)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", choices=["lit", "trl"])
@@ -203,11 +236,13 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="processes per framework and row (medians reported)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
     parser.add_argument("--quick", action="store_true", help="skip the length and batch-size scaling")
+    parser.add_argument("--json", help="also write every measurement to this file")
     parser.add_argument("--data")
     parser.add_argument("--model")
     parser.add_argument("--workdir")
@@ -229,21 +264,31 @@ def main() -> None:
         build_model(Path(args.model), args.hidden, args.layers)
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {args.threads} threads"
         print(f"# DPO: lit-align vs TRL ({device}; Llama hidden {args.hidden}, {args.layers} layers, {args.dtype}; "
-              f"{args.warmup} warm-up + {args.steps} timed steps)\n")
-        print("| reference | batch | tokens/seq | lit-align step (s) | TRL step (s) | lit-align tok/s | TRL tok/s "
-              "| speed-up | lit-align peak MB | TRL peak MB |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              f"{args.warmup} warm-up + {args.steps} timed steps; median of {args.repeats} processes each)\n")
+        print("| reference | batch | tokens/seq | lit-align step s (min-max) | TRL step s (min-max) | lit-align tok/s "
+              "| TRL tok/s | speed-up | lit-align peak MB | TRL peak MB | precompute s lit / TRL |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         rows = [(r, args.batch_size, args.seq_len) for r in ("live", "precomputed")]
         if not args.quick:
             rows += [("live", args.batch_size, n) for n in (args.seq_len // 2, args.seq_len * 2)]
             rows += [("live", b, args.seq_len) for b in (args.batch_size // 2, args.batch_size * 2)]
+        everything = []
         for reference, batch, seq in rows:
-            lit = measure("lit", args, reference, batch, seq)
-            trl = measure("trl", args, reference, batch, seq)
-            print(f"| {reference} | {batch} | {seq} | {lit['step_time']:.3f} | {trl['step_time']:.3f} | "
-                  f"{lit['tokens_per_sec']:.0f} | {trl['tokens_per_sec']:.0f} | "
+            runs = {"lit": [], "trl": []}
+            for _ in range(args.repeats):  # alternate, so drift in machine speed hits both alike
+                for framework in runs:
+                    runs[framework].append(measure(framework, args, reference, batch, seq))
+            lit, trl = median_of(runs["lit"]), median_of(runs["trl"])
+            everything.append({"reference": reference, "batch": batch, "seq": seq, **runs})
+            precompute = (f"{lit['precompute_s']:.2f} / {trl['precompute_s']:.2f}" if reference == "precomputed"
+                          else "-")
+            print(f"| {reference} | {batch} | {seq} | {lit['step_time']:.3f} ({lit['step_time_min']:.3f}-"
+                  f"{lit['step_time_max']:.3f}) | {trl['step_time']:.3f} ({trl['step_time_min']:.3f}-"
+                  f"{trl['step_time_max']:.3f}) | {lit['tokens_per_sec']:.0f} | {trl['tokens_per_sec']:.0f} | "
                   f"{lit['tokens_per_sec'] / trl['tokens_per_sec']:.2f}x | {lit['peak_memory_mb']:.0f} | "
-                  f"{trl['peak_memory_mb']:.0f} |", flush=True)
+                  f"{trl['peak_memory_mb']:.0f} | {precompute} |", flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(everything, indent=1))
 
 
 if __name__ == "__main__":

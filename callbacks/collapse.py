@@ -49,10 +49,21 @@ class ModeCollapseMonitor(PolicyProbe):
         self.stop_on_collapse = stop_on_collapse
         self.baseline: dict[str, float] = {}
         self.collapsed: list[str] = []
+        self._restored = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.baseline, self.collapsed = {}, []
+        if not self._restored:  # a resumed run keeps the starting values of the run it continues
+            self.baseline, self.collapsed = {}, []
+        self._restored = False
         super().on_train_start(trainer, pl_module)
+
+    def state_dict(self) -> dict:
+        return {"baseline": dict(self.baseline), "collapsed": list(self.collapsed)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.baseline = dict(state_dict.get("baseline", {}))
+        self.collapsed = list(state_dict.get("collapsed", []))
+        self._restored = bool(self.baseline)
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, examples: list[Example]) -> Totals:
         rollout = self.sample(trainer, pl_module, examples)

@@ -94,7 +94,7 @@ class EntropyMonitor(PolicyProbe):
             "entropy": (entropy.sum(), mask.sum()),
             "sequence_entropy": (entropy.sum(), torch.tensor(float(mask.shape[0]), device=mask.device)),
         }
-        batch = self.completion_batch(pl_module, examples) if self.data_completions else None
+        batch = self.completion_batch(trainer, pl_module, examples) if self.data_completions else None
         if batch is not None:
             data_logits = pl_module.policy(batch["input_ids"], batch["attention_mask"])
             _, data_mask = completion_token_logprobs(data_logits, batch["input_ids"], batch["completion_mask"])

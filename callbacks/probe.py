@@ -6,6 +6,11 @@ bounded by ``num_prompts * num_samples`` responses of at most ``max_new_tokens``
 share of the prompts; the probe returns sums and counts, which are summed over ranks before dividing, so the
 logged value is the mean over every measured sample whatever the number of processes. Values go straight to
 the trainer's loggers (``logger.log_metrics`` at the current ``global_step``) and to ``trainer.callback_metrics``.
+
+Under a sharded strategy (FSDP2) every forward pass is a collective (each block's weights are all-gathered), so
+every rank must measure at the same steps, make the same choices (``all_ranks``), run the same number of forward
+passes on equal prompt shares, generate with ``synced_gpus`` and call every other collective (including
+``trainer.log_dir``, a broadcast) whether or not it is the rank that writes.
 """
 
 from __future__ import annotations
@@ -121,10 +126,12 @@ class PolicyProbe(L.Callback):
                       tokenizer.pad_token_id, num_samples=self.num_samples, synced_gpus=trainer.world_size > 1)
 
     @staticmethod
-    def completion_batch(pl_module: L.LightningModule, examples: list[Example]) -> dict[str, torch.Tensor] | None:
-        """The examples' first completions (the chosen ones), right-padded, or None when they have none."""
+    def completion_batch(trainer: L.Trainer, pl_module: L.LightningModule,
+                         examples: list[Example]) -> dict[str, torch.Tensor] | None:
+        """The examples' first completions (the chosen ones), right-padded, or None on every rank when a rank's
+        examples have none (the caller's forward pass on it must run on all ranks or on none)."""
         examples = [Example(ex.index, ex.prompt_ids, ex.completion_ids[:1]) for ex in examples if ex.completion_ids]
-        if not examples:
+        if not all_ranks(trainer, bool(examples)):
             return None
         batch = CompletionCollator(pl_module.tokenizer.pad_token_id)(examples)
         return {k: v.to(pl_module.device) for k, v in batch.items()}
@@ -149,6 +156,14 @@ class PolicyProbe(L.Callback):
     @staticmethod
     def warn(message: str) -> None:
         rank_zero_warn(message)
+
+
+def all_ranks(trainer: L.Trainer, flag: bool) -> bool:
+    """Whether ``flag`` holds on every rank: the same answer everywhere, for a choice every rank must share."""
+    if trainer.world_size == 1:
+        return flag
+    value = torch.tensor(float(flag), device=trainer.strategy.root_device)
+    return bool(trainer.strategy.reduce(value, reduce_op="sum").item() == trainer.world_size)
 
 
 @contextmanager

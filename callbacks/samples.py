@@ -44,11 +44,13 @@ class SampleLogger(PolicyProbe):
         prompt_mask = rollout.attention_mask[:, : rollout.prompt_length]
         ended = rollout.ended.long()
         gathered = [self.gather_rows(trainer, t.contiguous()) for t in (ids, mask, prompt_ids, prompt_mask, ended)]
+        # ``trainer.log_dir`` broadcasts from rank 0, a collective: every rank must ask, not only the writer.
+        directory = trainer.log_dir or trainer.default_root_dir
         if trainer.is_global_zero:
-            self._write(trainer, tokenizer, *gathered)
+            self._write(trainer, tokenizer, directory, *gathered)
         return {"sample_length": (rollout.lengths.sum().float(), torch.tensor(float(len(rollout.lengths))))}
 
-    def _write(self, trainer, tokenizer, ids, mask, prompt_ids, prompt_mask, ended) -> None:
+    def _write(self, trainer, tokenizer, directory, ids, mask, prompt_ids, prompt_mask, ended) -> None:
         step = trainer.global_step
         rows = []
         for i in range(ids.shape[0]):
@@ -57,7 +59,6 @@ class SampleLogger(PolicyProbe):
             text = tokenizer.decode(response, skip_special_tokens=True)
             rows.append({"step": step, "prompt": prompt, "response": text, "length": len(response),
                          "ended": bool(ended[i])})
-        directory = trainer.log_dir or trainer.default_root_dir
         os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, self.filename)
         with open(self.path, "a", encoding="utf-8") as handle:

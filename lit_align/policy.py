@@ -103,13 +103,13 @@ class PolicyWithReference(nn.Module):
         return _run(self.policy, input_ids, attention_mask, **kwargs)
 
     @torch.no_grad()
-    def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
         """Reference logits (B, T, V), without gradient."""
         if self.reference_mode == "copy":
-            return _run(self.reference, input_ids, attention_mask)
+            return _run(self.reference, input_ids, attention_mask, **kwargs)
         if self.reference_mode == "lora":
             with self.policy.disable_adapter():
-                return _run(self.policy, input_ids, attention_mask)
+                return _run(self.policy, input_ids, attention_mask, **kwargs)
         raise RuntimeError(f"reference={self.reference_mode!r} holds no reference weights to run")
 
     @property
@@ -148,7 +148,8 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 def _run(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
     # Without explicit position ids, HF models number positions from the first column, padding included:
     # left-padded prompts (on-policy samples) would then get different log-probs than the same text unpadded.
-    kwargs.setdefault("position_ids", position_ids_from_mask(attention_mask))
+    if "position_ids" not in kwargs:
+        kwargs["position_ids"] = position_ids_from_mask(attention_mask)
     return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits
 
 

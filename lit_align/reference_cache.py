@@ -120,9 +120,13 @@ def _compute(module, datamodule, examples) -> torch.Tensor:
         for start in range(0, len(shard), batch_size):
             batch = collate(shard[start : start + batch_size])
             batch = {k: v.to(module.device) for k, v in batch.items()}
-            logits = module.policy(batch["input_ids"], batch["attention_mask"])
-            token_logps, _ = completion_token_logprobs(logits, batch["input_ids"], batch["completion_mask"])
-            logps = token_logps.sum(-1).view(num_completions, -1).T  # (B, K)
+            if getattr(module, "share_prompt", False):  # the objective's own packed forward (shared_prompt.py)
+                sequence_logps = module.sequence_logps(batch)[0]
+            else:
+                logits = module.policy(batch["input_ids"], batch["attention_mask"])
+                token_logps, _ = completion_token_logprobs(logits, batch["input_ids"], batch["completion_mask"])
+                sequence_logps = token_logps.sum(-1)
+            logps = sequence_logps.view(num_completions, -1).T  # (B, K)
             rows.append(torch.cat([batch["index"][:, None].float(), logps], dim=1))
     module.train(was_training)
     local = torch.cat(rows)  # (per_rank, 1 + K)

@@ -73,7 +73,9 @@ class RewardScorer(nn.Module):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state  # (B, T, H)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        return head(hidden[rows, last_token_index(attention_mask)]).squeeze(-1).float()  # (B,)
+        # A new tensor, not a view of the head's (B, 1) output: under FSDP2 the scorer is the root unit and its
+        # output carries the backward hook that re-gathers the weights, which an in-place op on a view would drop.
+        return head(hidden[rows, last_token_index(attention_mask)]).squeeze(-1).float().clone()  # (B,)
 
     @property
     def head(self) -> nn.Module | None:

@@ -52,21 +52,24 @@ def block_class_names(model: nn.Module) -> set[str]:
 
 
 def shard_policy(policy, mesh, options: ShardingOptions) -> None:
-    """Apply FSDP2 to the policy and the frozen reference of ``policy`` (a ``PolicyWithReference``) in place."""
+    """Apply FSDP2 in place to the policy and the frozen reference of ``policy`` (a ``PolicyWithReference``), or
+    to a ``RewardScorer`` (which holds its sequence-classification model as ``model`` and has no reference)."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
 
     if is_sharded(policy):
         return  # configure_model runs again for validate/test after fit
-    names = set(options.block_classes) if options.block_classes else block_class_names(policy.policy)
+    is_scorer = "policy" not in policy._modules
+    hf_model = policy.model if is_scorer else policy.base_model
+    names = set(options.block_classes) if options.block_classes else block_class_names(hf_model)
     if not names:
         raise ValueError(
-            f"cannot find the transformer blocks of {type(policy.base_model).__name__}: it lists no "
+            f"cannot find the transformer blocks of {type(hf_model).__name__}: it lists no "
             "_no_split_modules; pass the block class names as block_classes"
         )
     if options.activation_checkpointing:
         # HF's own non-reentrant checkpointing keeps parameter names unchanged, so state dicts stay loadable.
-        policy.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        policy.base_model.config.use_cache = False
+        hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        hf_model.config.use_cache = False
     kwargs = {"mesh": mesh, "reshard_after_forward": options.reshard_after_forward}
     if options.mixed_precision is not None:
         # Compute in half precision; gradients are reduced in float32 and the master weights stay float32.
@@ -75,6 +78,11 @@ def shard_policy(policy, mesh, options: ShardingOptions) -> None:
     kwargs["offload_policy"] = (
         CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if options.cpu_offload else OffloadPolicy()
     )
+    if is_scorer:
+        # RewardScorer.forward calls the backbone and then the score head itself, not the HF model's forward, so
+        # the scorer is the root unit: its forward gathers the embeddings, final norm and head around both calls.
+        _shard_blocks_then_root(policy, names, kwargs)
+        return
     for model in (policy.policy, policy.reference):
         if model is None:
             continue
@@ -116,16 +124,23 @@ def full_policy_state_dict(policy) -> dict[str, torch.Tensor] | None:
     rank must call it. With LoRA and ``lora.export="merged"`` the adapters are folded into the base weights and
     the keys are the plain transformers ones; with ``"adapter"`` the peft state dict is returned unchanged.
     """
+    if "policy" not in policy._modules:  # a RewardScorer: its HF model's keys, without the scorer's "model." prefix
+        state = _full_state_dict(policy) if is_sharded(policy) else None
+        return None if state is None else {k.removeprefix("model."): v for k, v in state.items()}
     if not is_sharded(policy.policy):
         return None
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    state = get_model_state_dict(policy.policy, options=options)
+    state = _full_state_dict(policy.policy)
     lora = policy.lora_options
     if lora is None or lora.export == "adapter" or not state:
         return state
     return _merge_lora(state, _lora_scalings(policy.policy))
+
+
+def _full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every weight of a sharded ``model`` gathered whole onto rank 0's CPU (empty on the other ranks)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def _lora_scalings(model: nn.Module) -> dict[str, float]:

@@ -73,7 +73,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         super().setup_environment()
 
     def shard(self, module: torch.nn.Module) -> None:
-        """Shard ``module.policy`` (policy and reference) over the data-parallel mesh."""
+        """Shard ``module.policy`` (policy and reference, or ``RewardModel``'s scorer) over the data-parallel mesh."""
         shard_policy(module.policy, self.device_mesh["data_parallel"], self.sharding)
 
     def lightning_module_state_dict(self) -> dict[str, Any]:

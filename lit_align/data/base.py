@@ -6,7 +6,7 @@ import logging
 from typing import ClassVar, Literal
 
 import lightning as L
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from lit_align.data.collate import CompletionCollator
 from lit_align.data.formats import Example, Format, RowEncoder
@@ -193,7 +193,15 @@ class TextDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
     def predict_dataloader(self) -> DataLoader | list:
-        return self.val_dataloader() if self.val_examples else DataLoader(
-            self.train_examples, batch_size=self.hparams.eval_batch_size or self.hparams.batch_size,
-            collate_fn=self.collator(),
+        examples = self.val_examples or self.train_examples
+        trainer = self.trainer
+        sampler = None
+        if trainer is not None and trainer.world_size > 1:
+            # Every rank gets the same number of prompts (the last ones repeat those at the start), so every rank
+            # runs the same number of batches: under FSDP2 each generation step is a collective. Lightning's own
+            # predict sampler gives ranks unequal shares instead; the writers drop the repeats by data row.
+            sampler = DistributedSampler(examples, trainer.world_size, trainer.global_rank, shuffle=False)
+        return DataLoader(
+            examples, batch_size=self.hparams.eval_batch_size or self.hparams.batch_size, sampler=sampler,
+            collate_fn=self.collator(), num_workers=self.hparams.num_workers,
         )

@@ -18,7 +18,8 @@ class RewardModel(AlignmentModule):
     Batches come from ``PreferenceDataModule`` (chosen rows first, then rejected). The reward is read at the last
     real token of each row (the EOS the data encoder appends). There is no reference model. At the end of ``fit``
     the ``export`` callback writes the model as a one-label ``AutoModelForSequenceClassification`` (safetensors +
-    tokenizer); ``lit_align.reward_model.load_reward_model`` loads that directory or the run's ``.ckpt``.
+    tokenizer); ``lit_align.reward_model.load_reward_model`` loads that directory or the run's ``.ckpt``. Under
+    ``FSDP2Strategy`` the backbone's blocks and the scorer are sharded and the export gathers the full weights.
 
     Args:
         model: Backbone: Hugging Face hub id, local directory, or ``"tiny"`` for the embedded default. A causal LM
@@ -74,9 +75,6 @@ class RewardModel(AlignmentModule):
         super().on_save_checkpoint(checkpoint)
         # Enough to rebuild the architecture without this class: see lit_align.reward_model.load_reward_model.
         checkpoint[CHECKPOINT_KEY] = {"config": self.scorer.model.config.to_dict(), "tokenizer": self.hparams.model}
-
-    def full_policy_state_dict(self) -> dict[str, torch.Tensor] | None:
-        return None  # the reward model is not sharded: the export reads the module directly
 
     def export_hf(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
         """Write the reward model as a one-label ``AutoModelForSequenceClassification`` with its tokenizer."""

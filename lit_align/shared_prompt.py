@@ -1,0 +1,96 @@
+"""One forward pass per example for all its completions: the prompt is run once and shared.
+
+A preference batch holds every example twice (prompt + chosen, prompt + rejected), so the transformer runs over
+each prompt twice. Packing the example into one row ``prompt | completion 1 | ... | completion K`` with an
+attention mask that lets completion k see the prompt and itself but no other completion, and positions that
+restart after the prompt for every completion, gives every completion token exactly the context and position it
+has in its own sequence, so the log-probs are those of the separate rows (up to float rounding), for 2P + C + R
+tokens of work replaced by P + C + R.
+
+The first token of every completion is predicted by the last prompt position; later tokens by the token before
+them. Only the positions from the shortest prompt's last token on go through the LM head (``logits_to_keep``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lit_align.logprobs import token_logprobs
+
+
+@dataclass
+class SharedPromptBatch:
+    """K completions per example packed behind one copy of their prompt (B examples, L packed positions)."""
+
+    input_ids: torch.Tensor  # (B, L), right-padded
+    attention_mask: torch.Tensor  # (B, 1, L, L) bool, True where the query (row) may attend to the key (column)
+    position_ids: torch.Tensor  # (B, L): positions each token has in its own prompt + completion sequence
+    logits_to_keep: int  # the model computes logits for the last logits_to_keep positions only
+    source: torch.Tensor  # (N,) flat index into the kept (B * logits_to_keep) logits predicting each scored token
+    labels: torch.Tensor  # (N,) the scored completion tokens
+    row: torch.Tensor  # (N,) the unpacked row (block k * B + b) each scored token belongs to
+    num_rows: int  # K * B
+
+
+def pack_shared_prompt(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor, num_completions: int
+) -> SharedPromptBatch:
+    """Pack ``CompletionCollator`` rows (K*B, T), right-padded, block k = completion k of every example, into
+    (B, L) rows. Every block must hold the same prompts."""
+    rows, device = input_ids.shape[0], input_ids.device
+    num_examples = rows // num_completions
+    mask = completion_mask.bool()
+    lengths = mask.sum(-1)  # (K*B,)
+    # the completion starts where the prompt ends; a row whose completion was truncated away is all prompt
+    prompt_lengths = torch.where(lengths > 0, mask.int().argmax(-1), attention_mask.sum(-1))
+    prompt_lengths = prompt_lengths.view(num_completions, num_examples).max(0).values  # (B,)
+    sizes = torch.stack([prompt_lengths, *lengths.view(num_completions, num_examples)], 1).tolist()  # one sync
+
+    packed_length = max(sum(s) for s in sizes)
+    ids = torch.zeros(num_examples, packed_length, dtype=input_ids.dtype, device=device)
+    position_ids = torch.zeros(num_examples, packed_length, dtype=torch.long, device=device)
+    segment = torch.full((num_examples, packed_length), -1, dtype=torch.long, device=device)  # -1 pad, 0 prompt
+    sources, labels, row_of = [], [], []
+    min_prompt = min(s[0] for s in sizes)
+    first_kept = max(min_prompt - 1, 0)
+    keep = packed_length - first_kept
+    for b, (prompt, *completions) in enumerate(sizes):
+        ids[b, :prompt] = input_ids[b, :prompt]
+        position_ids[b, :prompt] = torch.arange(prompt, device=device)
+        segment[b, :prompt] = 0
+        start = prompt
+        for k, length in enumerate(completions):
+            row = k * num_examples + b
+            ids[b, start : start + length] = input_ids[row, prompt : prompt + length]
+            position_ids[b, start : start + length] = torch.arange(prompt, prompt + length, device=device)
+            segment[b, start : start + length] = k + 1
+            # token j of completion k sits at start + j and is predicted by start + j - 1, token 0 by the prompt end
+            predictors = torch.arange(start - 1, start + length - 1, device=device)
+            predictors[0] = prompt - 1
+            scored = predictors >= 0  # a completion with no prompt before it: its first token has no predictor
+            sources.append(b * keep + predictors[scored] - first_kept)
+            labels.append(ids[b, start : start + length][scored])
+            row_of.append(torch.full((int(scored.sum()),), row, device=device))
+            start += length
+
+    causal = torch.ones(packed_length, packed_length, dtype=torch.bool, device=device).tril()
+    same_or_prompt = (segment[:, None, :] == 0) | (segment[:, None, :] == segment[:, :, None])  # (B, query, key)
+    return SharedPromptBatch(
+        input_ids=ids, attention_mask=(causal & same_or_prompt)[:, None], position_ids=position_ids,
+        logits_to_keep=keep, source=torch.cat(sources), labels=torch.cat(labels), row=torch.cat(row_of),
+        num_rows=rows,
+    )
+
+
+def shared_prompt_logps(logits: torch.Tensor, packed: SharedPromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence log-probs (K*B,) of every completion and the mean logit over its tokens (K*B,), no gradient on
+    the latter; rows in the unpacked order. ``logits``: (B, logits_to_keep, V)."""
+    picked = logits.reshape(-1, logits.shape[-1])[packed.source]  # (N, V)
+    token_logps = token_logprobs(picked[None], packed.labels[None])[0]  # (N,) float32
+    zeros = torch.zeros(packed.num_rows, dtype=torch.float32, device=logits.device)
+    logps = zeros.index_add(0, packed.row, token_logps)
+    counts = zeros.index_add(0, packed.row, torch.ones_like(token_logps))
+    mean_logits = zeros.index_add(0, packed.row, picked.detach().float().mean(-1)) / counts.clamp(min=1)
+    return logps, mean_logits

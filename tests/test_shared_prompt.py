@@ -1,0 +1,103 @@
+"""Shared-prompt packing (lit_align/shared_prompt.py) gives the log-probs of the separate rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_align.data.collate import CompletionCollator
+from lit_align.data.formats import Example
+from lit_align.logprobs import completion_token_logprobs
+from lit_align.objectives import DPO
+from lit_align.policy import PolicyWithReference
+from lit_align.shared_prompt import pack_shared_prompt, shared_prompt_logps
+
+
+def ragged_examples(num_completions: int) -> list[Example]:
+    """Prompts of 1, 3, 6 and 2 tokens; completions of 1 to 7 tokens, different within each example."""
+    g = torch.Generator().manual_seed(0)
+    prompt_lengths = [1, 3, 6, 2]
+    examples = []
+    for i, p in enumerate(prompt_lengths):
+        prompt = torch.randint(3, 400, (p,), generator=g).tolist()
+        completions = [torch.randint(3, 400, (1 + (i * 3 + k * 2) % 7,), generator=g).tolist()
+                       for k in range(num_completions)]
+        examples.append(Example(index=i, prompt_ids=prompt, completion_ids=completions))
+    return examples
+
+
+def separate_rows_logps(model, batch) -> torch.Tensor:
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    logits = model(ids, mask)
+    token_logps, _ = completion_token_logprobs(logits, ids, batch["completion_mask"])
+    return token_logps.sum(-1)
+
+
+def packed_logps(model, batch, num_completions) -> tuple[torch.Tensor, torch.Tensor]:
+    packed = pack_shared_prompt(batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
+                                num_completions)
+    logits = model(packed.input_ids, packed.attention_mask, position_ids=packed.position_ids,
+                   logits_to_keep=packed.logits_to_keep)
+    return shared_prompt_logps(logits, packed)
+
+
+def test_layout_by_hand():
+    """Prompt [5, 6], completions [7] and [8, 9] pack to [5, 6, 7, 8, 9] with positions [0, 1, 2, 2, 3]; token 8
+    (first of completion 2) is predicted by the prompt end (position 1), never by 7; 8 and 9 cannot see 7. The
+    shortest prompt has 2 tokens, so logits are kept from packed position 1 on (4 positions)."""
+    batch = CompletionCollator(pad_token_id=0)([Example(0, [5, 6], [[7], [8, 9]])])
+    packed = pack_shared_prompt(batch["input_ids"], batch["attention_mask"], batch["completion_mask"], 2)
+    assert packed.input_ids.tolist() == [[5, 6, 7, 8, 9]]
+    assert packed.position_ids.tolist() == [[0, 1, 2, 2, 3]]
+    allowed = [[1, 0, 0, 0, 0],
+               [1, 1, 0, 0, 0],
+               [1, 1, 1, 0, 0],
+               [1, 1, 0, 1, 0],
+               [1, 1, 0, 1, 1]]
+    assert packed.attention_mask[0, 0].int().tolist() == allowed
+    assert packed.logits_to_keep == 4
+    # kept logits start at packed position 1: 7 <- 1, 8 <- 1, 9 <- 3 (kept indices 0, 0, 2)
+    assert packed.source.tolist() == [0, 0, 2]
+    assert packed.labels.tolist() == [7, 8, 9]
+    assert packed.row.tolist() == [0, 1, 1]
+
+
+@pytest.mark.parametrize("num_completions", [2, 3])
+def test_packed_logps_match_separate_rows(num_completions):
+    torch.manual_seed(0)
+    policy = PolicyWithReference(reference="none")
+    batch = CompletionCollator(pad_token_id=0)(ragged_examples(num_completions))
+    expected = separate_rows_logps(policy, batch)
+    got, mean_logits = packed_logps(policy, batch, num_completions)
+    assert got.shape == expected.shape == (4 * num_completions,)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+    # the mean logit over each completion's predicting positions, computed from the separate rows
+    logits = policy(batch["input_ids"], batch["attention_mask"])[:, :-1].float().mean(-1)
+    mask = batch["completion_mask"][:, 1:].float()
+    torch.testing.assert_close(mean_logits, (logits * mask).sum(-1) / mask.sum(-1), atol=1e-4, rtol=1e-4)
+
+    # and the same gradient
+    weights = torch.randn(expected.shape)
+    grads = []
+    for fn in (lambda: separate_rows_logps(policy, batch), lambda: packed_logps(policy, batch, num_completions)[0]):
+        policy.zero_grad()
+        (fn() * weights).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in policy.trainable_parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-4, rtol=1e-3)
+
+
+def test_dpo_loss_same_with_and_without_sharing():
+    batch = CompletionCollator(pad_token_id=0)(ragged_examples(2))
+    results = []
+    for share in (True, False):
+        module = DPO(beta=1.0, policy=PolicyWithReference(reference="copy"), share_prompt=share)
+        with torch.no_grad():  # move the policy away from the reference so the loss is not log 2
+            for p in module.policy.policy.parameters():
+                p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        results.append(module.compute_loss(batch, "train"))
+    (loss_a, metrics_a), (loss_b, metrics_b) = results
+    assert abs(loss_a.item() - torch.log(torch.tensor(2.0)).item()) > 1e-3
+    torch.testing.assert_close(loss_a, loss_b, atol=1e-5, rtol=1e-5)
+    for name in metrics_b:
+        torch.testing.assert_close(metrics_a[name], metrics_b[name], atol=1e-4, rtol=1e-4)
