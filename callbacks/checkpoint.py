@@ -36,13 +36,14 @@ class AlignCheckpoint(ModelCheckpoint):
                            "resume with --ckpt_path last")
         super().on_exception(trainer, pl_module, exception)
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Lightning writes last.ckpt at the end only if it never wrote one; a run whose max_steps is not a
-        # multiple of every_n_train_steps would then keep a last.ckpt from before its final steps.
-        if self.save_last and self._last_global_step_saved != trainer.global_step:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args, **kwargs) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        # The step that reaches max_steps is kept even when it is not a multiple of every_n_train_steps. It is
+        # written here, inside the loop, so the checkpoint records the position within the epoch: one written
+        # after the loop ended would record the epoch as finished, and a resume with a larger max_steps would
+        # start the next epoch's data order instead of continuing this one.
+        if self.save_last and 0 < trainer.max_steps <= trainer.global_step != self._last_global_step_saved:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        else:
-            super().on_train_end(trainer, pl_module)
 
     def _default_dirpath(self, trainer: L.Trainer) -> None:
         if self.dirpath is None:

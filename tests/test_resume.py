@@ -57,11 +57,12 @@ def _weights(cli):
 
 
 @pytest.mark.parametrize(
-    "stop_after, how",
-    [(3, "max_steps"), (4, "max_steps"), (3, "preempted")],
-    ids=["mid-epoch", "epoch-boundary", "preempted-mid-epoch-linear-schedule"],
+    "stop_after, how, every",
+    [(3, "max_steps", 1), (4, "max_steps", 1), (3, "preempted", 1), (3, "max_steps", 2)],
+    ids=["mid-epoch", "epoch-boundary", "preempted-mid-epoch-linear-schedule",
+         "final-step-not-a-multiple-of-the-checkpoint-interval"],
 )
-def test_resumed_run_equals_uninterrupted_run(run_dir, stop_after, how):
+def test_resumed_run_equals_uninterrupted_run(run_dir, stop_after, how, every):
     total = 6
     if how == "max_steps":
         # a shorter max_steps plans a shorter schedule, so compare under a constant rate
@@ -77,7 +78,8 @@ def test_resumed_run_equals_uninterrupted_run(run_dir, stop_after, how):
     RECORDS.clear()
 
     if how == "max_steps":
-        _fit("runs/split", stop_after, *schedule)
+        # the final step is checkpointed too, even when it is not a multiple of every_n_train_steps
+        _fit("runs/split", stop_after, *schedule, f"--checkpoint.every_n_train_steps={every}")
     else:
         STOP_AT[0] = stop_after
         _fit("runs/split", total, *schedule)
