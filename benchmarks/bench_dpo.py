@@ -95,7 +95,7 @@ def run_lit_align(args) -> dict:
     reference = "cache" if args.reference == "precomputed" else "copy"
     policy = PolicyWithReference(model=args.model, reference=reference, dtype=args.dtype)
     module = DPO(beta=0.1, policy=policy, learning_rate=1e-5, lr_schedule="constant", warmup_ratio=0.0,
-                 reference_cache_dir=tempfile.mkdtemp(dir=args.workdir))
+                 reference_cache_dir=tempfile.mkdtemp(dir=args.workdir), share_prompt=not args.no_share_prompt)
     data = PreferenceDataModule(path=args.data, batch_size=args.batch_size, max_length=args.max_length,
                                 max_prompt_length=args.max_length // 2, val_fraction=0.0, seed=0)
     precompute = []
@@ -213,8 +213,10 @@ def measure(framework: str, args, reference: str, batch_size: int, seq_len: int)
     cmd = [sys.executable, __file__, "--worker", framework, "--reference", reference, "--batch-size", str(batch_size),
            "--max-length", str(2 * seq_len), "--data", str(data), "--model", args.model, "--workdir", args.workdir,
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--dtype", args.dtype,
-           "--threads", str(args.threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+           "--threads", str(args.threads)] + (["--no-share-prompt"] if args.no_share_prompt else [])
+    # a fresh datasets cache, or TRL would reuse the reference log-probs an earlier process precomputed
+    env = dict(os.environ, HF_DATASETS_CACHE=tempfile.mkdtemp(dir=args.workdir))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"{framework} failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -243,6 +245,8 @@ def main() -> None:
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
     parser.add_argument("--quick", action="store_true", help="skip the length and batch-size scaling")
     parser.add_argument("--json", help="also write every measurement to this file")
+    parser.add_argument("--no-share-prompt", action="store_true", help="lit-align without prompt sharing (ablation)")
+    parser.add_argument("--rows", nargs="*", help="only these rows, as reference:batch:seq (e.g. live:8:64)")
     parser.add_argument("--data")
     parser.add_argument("--model")
     parser.add_argument("--workdir")
@@ -272,6 +276,8 @@ def main() -> None:
         if not args.quick:
             rows += [("live", args.batch_size, n) for n in (args.seq_len // 2, args.seq_len * 2)]
             rows += [("live", b, args.seq_len) for b in (args.batch_size // 2, args.batch_size * 2)]
+        if args.rows:
+            rows = [(r, int(b), int(n)) for r, b, n in (row.split(":") for row in args.rows)]
         everything = []
         for reference, batch, seq in rows:
             runs = {"lit": [], "trl": []}
