@@ -148,9 +148,25 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 def _run(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
     # Without explicit position ids, HF models number positions from the first column, padding included:
     # left-padded prompts (on-policy samples) would then get different log-probs than the same text unpadded.
-    if "position_ids" not in kwargs:
+    if attention_mask.dim() == 4:  # a packed (B, 1, T, T) mask from lit_align.shared_prompt
+        attention_mask = _mask_for_attention(model, attention_mask)
+    elif "position_ids" not in kwargs:
         kwargs["position_ids"] = position_ids_from_mask(attention_mask)
     return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits
+
+
+def attention_accepts_4d_mask(model: nn.Module) -> bool:
+    """Whether the model's attention honours an arbitrary (B, 1, T, T) mask (eager and SDPA do; flash does not)."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", "sdpa") in ("eager", "sdpa")
+
+
+def _mask_for_attention(model: nn.Module, allowed: torch.Tensor) -> torch.Tensor:
+    # SDPA takes the boolean mask as it is. Eager attention adds the mask to the scores, so it needs 0 where
+    # attention is allowed and a large negative number elsewhere: given True/False it silently adds 1/0.
+    if getattr(model.config, "_attn_implementation", "sdpa") == "sdpa":
+        return allowed
+    dtype = next(model.parameters()).dtype
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 def _wrap_lora(model: nn.Module, options: LoraOptions) -> nn.Module:

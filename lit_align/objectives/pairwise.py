@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from lit_align.logprobs import completion_token_logprobs, masked_mean
 from lit_align.losses import PreferenceLoss
 from lit_align.objectives.base import AlignmentModule, Stage
+from lit_align.policy import attention_accepts_4d_mask
 from lit_align.reference_cache import ReferenceCache
 from lit_align.shared_prompt import pack_shared_prompt, shared_prompt_logps
 
@@ -21,7 +24,8 @@ class PairwiseObjective(AlignmentModule):
         reference_cache_dir: Where ``reference="cache"`` stores precomputed reference log-probs.
         share_prompt: Run each prompt once for both completions (one packed row per pair with a mask that keeps
             chosen and rejected apart; ``lit_align/shared_prompt.py``): the same log-probs for about a quarter
-            less compute. Turn off for models whose attention does not accept a 4D mask.
+            less compute. Turned off automatically (with a warning) for attention implementations that
+            ignore a 4D mask, such as flash attention.
     """
 
     def __init__(
@@ -29,7 +33,10 @@ class PairwiseObjective(AlignmentModule):
     ) -> None:
         super().__init__(**kwargs)
         self.reference_cache = ReferenceCache(reference_cache_dir) if self.policy.reference_mode == "cache" else None
-        self.share_prompt = share_prompt
+        self.share_prompt = share_prompt and attention_accepts_4d_mask(self.policy.base_model)
+        if share_prompt and not self.share_prompt:
+            warnings.warn(f"{self.policy.base_model.config._attn_implementation!r} attention ignores the packed "
+                          "mask of share_prompt; running chosen and rejected as separate rows instead")
         self._packed = None  # (input_ids it was built from, SharedPromptBatch)
 
     def pair_loss(
