@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import torch
 
+from lit_align.losses import PreferenceLoss
+
 
 class MeanAccumulator:
     """Example-weighted running means of named values."""
@@ -41,3 +43,14 @@ class MeanAccumulator:
     def reset(self) -> None:
         self._sums.clear()
         self._counts.clear()
+
+
+def preference_metrics(out: PreferenceLoss) -> dict[str, torch.Tensor]:
+    """Per-example diagnostics of a pairwise loss under the names TRL users know (``rewards/*``)."""
+    return {
+        "loss": out.losses.detach(),
+        "rewards/chosen": out.chosen_rewards,
+        "rewards/rejected": out.rejected_rewards,
+        "rewards/margins": out.chosen_rewards - out.rejected_rewards,
+        "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float(),
+    }

@@ -8,6 +8,7 @@ import torch
 
 from lit_align.logprobs import completion_token_logprobs, masked_mean
 from lit_align.losses import PreferenceLoss
+from lit_align.metrics import preference_metrics
 from lit_align.objectives.base import AlignmentModule, Stage
 from lit_align.policy import attention_accepts_4d_mask
 from lit_align.reference_cache import ReferenceCache
@@ -104,11 +105,7 @@ class PairwiseObjective(AlignmentModule):
         ref_chosen, ref_rejected = (ref[:n], ref[n:]) if ref is not None else (None, None)
         out = self.pair_loss(logps[:n], logps[n:], ref_chosen, ref_rejected)
         metrics = {
-            "loss": out.losses.detach(),
-            "rewards/chosen": out.chosen_rewards,
-            "rewards/rejected": out.rejected_rewards,
-            "rewards/margins": out.chosen_rewards - out.rejected_rewards,
-            "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float(),
+            **preference_metrics(out),
             "logps/chosen": logps[:n].detach(),
             "logps/rejected": logps[n:].detach(),
             "logits/chosen": mean_logits[:n],

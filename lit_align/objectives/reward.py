@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from lit_align.losses import bradley_terry_loss
+from lit_align.metrics import preference_metrics
 from lit_align.objectives.base import AlignmentModule, Stage
 from lit_align.reward_model import CHECKPOINT_KEY, RewardScorer, build_reward_scorer
 
@@ -60,13 +61,7 @@ class RewardModel(AlignmentModule):
         n = batch["index"].numel()
         rewards = self.scorer(batch["input_ids"], batch["attention_mask"])  # (2B,): chosen rows, then rejected
         out = bradley_terry_loss(rewards[:n], rewards[n:])
-        metrics = {
-            "loss": out.losses.detach(),
-            "rewards/chosen": out.chosen_rewards,
-            "rewards/rejected": out.rejected_rewards,
-            "rewards/margins": out.chosen_rewards - out.rejected_rewards,
-            "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float(),
-        }
+        metrics = preference_metrics(out)
         return out.losses.mean(), metrics
 
     # -- saving -----------------------------------------------------------------------------------------------
