@@ -46,3 +46,14 @@ def fit_args(config: str, *extra: str, steps: int = 4) -> list[str]:
         "--trainer.enable_model_summary=false", "--trainer.val_check_interval=null",
         "--trainer.limit_val_batches=2", "--trainer.default_root_dir=runs/test", *extra,
     ]
+
+
+def run_main(args: list[str]) -> int:
+    """Run the ``lit-align`` console entry point in-process; its exit status (0 when it returns)."""
+    from lit_align.cli import main
+
+    try:
+        main(args)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    return 0

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from conftest import fit_args
+from conftest import fit_args, run_main
 from lit_align.cli import main
 
 GOOD = {"prompt": "The sky is", "chosen": " blue.", "rejected": " green."}
@@ -121,12 +121,6 @@ def tokenizer_dirs(tmp_path_factory):
     return root
 
 
-def run_main(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else 1
-    return 0
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -10,21 +10,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import fit_args
+from conftest import fit_args, run_main
 from lit_align.callbacks import NonFiniteError, NonFiniteGuard
 from lit_align.checkpoint_io import load_checkpoint_file
-from lit_align.cli import main
 
 NAN_AT_2 = ["--model=crash_helpers.NaNLossDPO", "--model.nan_step=2", "--checkpoint.every_n_train_steps=1",
             "--data.val_split=null", "--export.enabled=false", "--trainer.log_every_n_steps=1"]
 
 
-def run_main(args):
-    try:
-        main(args)
-    except SystemExit as exit_:
-        return exit_.code
-    return 0
 
 
 def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(run_dir, capsys):

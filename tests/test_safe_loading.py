@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import fit_args
+from conftest import fit_args, run_main
 from lit_align.checkpoint_io import CheckpointLoadError, load_checkpoint_file
-from lit_align.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,12 +27,6 @@ class _Payload:
         return (Path.touch, (Path(self.path),))
 
 
-def run_main(args):
-    try:
-        main(args)
-    except SystemExit as exit_:
-        return exit_.code
-    return 0
 
 
 def test_every_torch_load_in_the_package_is_weights_only():
