@@ -22,6 +22,7 @@ import lit_align.objectives  # noqa: F401  (registers the objectives for short n
 from lit_align.callbacks import AlignCheckpoint, HFExport, NonFiniteError, NonFiniteGuard, PredictionWriter
 from lit_align.checkpoint_io import AtomicCheckpointIO, CheckpointLoadError
 from lit_align.data.sources import DataError
+from lit_align.errors import UserError
 from lit_align.models import ModelLoadError
 from lit_align.data.base import TextDataModule
 from lit_align.objectives.base import AlignmentModule
@@ -111,7 +112,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LitAlignCLI:
 
 
 #: Errors whose message says what is wrong with the user's input; shown as one line instead of a traceback.
-USER_ERRORS = (DataError, ModelLoadError, CheckpointLoadError, NonFiniteError, FileNotFoundError, ValueError)
+USER_ERRORS = (UserError, DataError, ModelLoadError, CheckpointLoadError, NonFiniteError, FileNotFoundError, ValueError)
 #: Exit status of a run stopped by SIGTERM after saving its checkpoint (128 + 15, the shell's convention), so
 #: job scripts and restart policies can tell a preempted run from a finished one.
 EXIT_PREEMPTED = 143
