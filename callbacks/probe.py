@@ -137,11 +137,20 @@ class PolicyProbe(L.Callback):
         return {k: v.to(pl_module.device) for k, v in batch.items()}
 
     @staticmethod
-    def gather_rows(trainer: L.Trainer, rows: torch.Tensor) -> torch.Tensor:
-        """Concatenate (N, ...) tensors of equal shape from every rank -> (world * N, ...)."""
+    def gather_rows(trainer: L.Trainer, rows: torch.Tensor, pad_value: int = 0) -> torch.Tensor:
+        """Concatenate (N, W) or (N,) tensors from every rank -> (world * N, W_max).
+
+        Every rank holds the same number of rows (``probe_examples`` gives equal shares), but widths may differ:
+        each rank pads its own prompts to its own longest. A collective on tensors of different shapes aborts
+        gloo and can hang NCCL, so rows are first padded on the right with ``pad_value`` to the widest rank's.
+        """
         if trainer.world_size == 1:
             return rows
-        return trainer.strategy.all_gather(rows).flatten(0, 1)
+        if rows.dim() == 2:
+            width = torch.tensor(float(rows.shape[1]), device=rows.device)
+            width = int(trainer.strategy.reduce(width, reduce_op="max").item())
+            rows = torch.nn.functional.pad(rows, (0, width - rows.shape[1]), value=pad_value)
+        return trainer.strategy.all_gather(rows.contiguous()).flatten(0, 1)
 
     def padded_responses(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         """Response ids and mask padded to ``max_new_tokens`` columns (equal shapes on every rank)."""
