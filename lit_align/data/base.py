@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lit_align.data.collate import CompletionCollator
 from lit_align.data.formats import Example, Format, RowEncoder
 from lit_align.data.loader import ResumableDataLoader, ResumableSampler
-from lit_align.data.presets import find_preset, load_source
-from lit_align.data.sources import DataError, describe
+from lit_align.data.presets import find_preset, layout_hint, load_source
+from lit_align.data.sources import DataError, describe, holds_one_split
 from lit_align.models import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -27,9 +29,16 @@ class TextDataModule(L.LightningDataModule):
             ``lit_align.data.presets``).
         split: Training split.
         name: The hub data set's configuration name.
-        val_path: Validation data from another file or data set (defaults to ``path``).
-        val_split: Validation split name; ``None`` with ``val_fraction`` 0 means no validation.
-        val_fraction: Fraction of the training rows held out for validation (seeded) when no split is named.
+        val_path: Validation data from another file, directory or data set; a single file is read whole (and
+            ``val_split`` is not consulted). Without it, ``val_split`` is a split of ``path``.
+        val_split: Validation split name, resolved like ``split``; a single-file ``path`` has no other split, so
+            naming one without ``val_path`` is an error. ``None`` with ``val_fraction`` 0 means no validation.
+        val_fraction: Fraction of the training rows held out for validation (seeded); only without ``val_split``
+            and ``val_path``.
+        test_path: Rows for ``lit-align test``, like ``val_path``. ``test`` never falls back to the validation
+            rows: without ``test_path`` or ``test_split`` it stops and says to set one.
+        test_split: Split of ``path`` (or of ``test_path``) for ``lit-align test``, resolved like ``val_split``;
+            presets map ``test`` to the data set's own name.
         format: ``standard``, ``conversational``, ``implicit``, or ``auto`` to detect it.
         columns: Renames from this data's columns to ``prompt``/``chosen``/``rejected``.
         max_length: Longest prompt + completion in tokens.
@@ -58,6 +67,8 @@ class TextDataModule(L.LightningDataModule):
         val_path: str | None = None,
         val_split: str | None = None,
         val_fraction: float = 0.0,
+        test_path: str | None = None,
+        test_split: str | None = None,
         format: Format = "auto",
         columns: dict[str, str] | None = None,
         max_length: int = 256,
@@ -78,9 +89,14 @@ class TextDataModule(L.LightningDataModule):
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if val_fraction > 0 and (val_split is not None or val_path is not None):
+            named = f"val_split={val_split!r}" if val_split is not None else f"val_path={val_path!r}"
+            raise DataError(f"val_fraction={val_fraction} and {named} both choose the validation rows: keep one "
+                            "(set val_split: null to hold out a fraction of the training rows)")
         self.save_hyperparameters()
         self.train_examples: list[Example] = []
         self.val_examples: list[Example] = []
+        self.test_examples: list[Example] = []
         self._tokenizer = None
         self._train_loader: ResumableDataLoader | None = None
         self._pending_loader_state: dict | None = None  # a resumed run's data position, until the loader exists
@@ -109,24 +125,83 @@ class TextDataModule(L.LightningDataModule):
         )
 
     def setup(self, stage: str | None = None) -> None:
+        h = self.hparams
+        if stage == "test":  # test needs its own rows only
+            if not self.test_examples:
+                test = self._role_rows("test", h.test_path, h.test_split)
+                if test is None:
+                    raise DataError("lit-align test needs rows of its own: set data.test_path (a file, directory or "
+                                    "data set) or data.test_split (a split of data.path); validation rows are not "
+                                    "reused as test rows")
+                rows, source = test
+                self.test_examples = self._encode(rows, self._completion_fields(rows, source), source)
+                rank_zero_info(f"data: testing on {source} ({len(self.test_examples)} rows)")
+            return
         if self.train_examples:
             return
-        h = self.hparams
         train_rows = load_source(h.path, h.split, h.name, h.preset)
+        train_source = self._describe(h.path, h.split, "split")
         if h.limit_rows is not None:
             train_rows = train_rows.select(range(min(h.limit_rows, len(train_rows))))
-        val_rows, val_source = None, None
-        if h.val_split is not None or h.val_path is not None:
-            val_path = h.val_path or h.path
-            val_rows = load_source(val_path, h.val_split or "train", h.name, h.preset)
-            val_source = describe(val_path, h.val_split)
-        elif h.val_fraction > 0:
+        val = self._role_rows("val", h.val_path, h.val_split)
+        if val is None and h.val_fraction > 0:
             parts = train_rows.train_test_split(test_size=h.val_fraction, seed=h.seed, shuffle=True)
-            train_rows, val_rows, val_source = parts["train"], parts["test"], describe(h.path, h.split) + " (held out)"
-        fields = self.resolve_completion_fields(train_rows.column_names)
-        self.train_examples = self._encode(train_rows, fields, describe(h.path, h.split))
-        if val_rows is not None:
-            self.val_examples = self._encode(val_rows, fields, val_source)
+            train_rows = parts["train"]
+            val = parts["test"], f"{train_source} (held out: val_fraction={h.val_fraction}, seed={h.seed})"
+        fields = self._completion_fields(train_rows, train_source)
+        self.train_examples = self._encode(train_rows, fields, train_source)
+        said = f"data: training on {train_source} ({len(self.train_examples)} rows)"
+        if val is not None:
+            self.val_examples = self._encode(val[0], fields, val[1])
+            said += f", validating on {val[1]} ({len(self.val_examples)} rows)"
+        rank_zero_info(said + ("" if val is not None else ", no validation rows"))
+
+    def _role_rows(self, role: str, path: str | None, split: str | None):
+        """``(rows, source)`` for validation or test (``role``), or ``None`` when neither is set.
+
+        From a ``<role>_path`` one-split source the whole source; from the training ``path`` only a named split of
+        a source that has several: a single file asked for another split refuses instead of reading itself again.
+        """
+        h = self.hparams
+        if path is None and split is None:
+            return None
+        if path is None and holds_one_split(h.path):
+            kind = "a saved Dataset folder" if Path(h.path).is_dir() else "a single file"
+            raise DataError(
+                f"{h.path} is {kind} with one split, so {role}_split={split!r} cannot be read from it: give "
+                f"the {'validation' if role == 'val' else 'test'} rows as {role}_path"
+                + (", or hold some out with val_fraction (and set val_split: null)" if role == "val" else "")
+            )
+        source_path = path or h.path
+        rows = load_source(source_path, split if not holds_one_split(source_path) else None, h.name, h.preset)
+        return rows, self._describe(source_path, split, f"{role}_split")
+
+    @staticmethod
+    def _describe(path: str, split: str | None, setting: str) -> str:
+        """How the log line names the rows; says so where a single file made the split name moot."""
+        source = describe(path, split)
+        if holds_one_split(path) and split is not None and (setting != "split" or split != "train"):
+            source += f" (read whole; {setting}={split!r} is not consulted)"
+        return source
+
+    def _completion_fields(self, rows, source: str) -> tuple[str, ...]:
+        """The completion columns, after refusing a column mapping onto a column the data already has."""
+        columns = rows.column_names
+        mapping = self.hparams.columns or {}
+        sources_of: dict[str, list[str]] = {}
+        for column in columns:
+            sources_of.setdefault(mapping.get(column, column), []).append(column)
+        for target, found in sources_of.items():
+            if len(found) < 2:
+                continue
+            mapped = [c for c in found if c != target]
+            if target in found:  # the data has the target column itself, unmapped
+                raise DataError(
+                    f"{source}: columns maps {mapped[0]!r} to {target!r}, but the data already has a {target!r} "
+                    f"column: drop one of them from the data, or map {target!r} to another name as well"
+                )
+            raise DataError(f"{source}: columns maps {' and '.join(map(repr, mapped))} all to {target!r}: map one")
+        return self._with_layout_hint(lambda: self.resolve_completion_fields(columns), columns)
 
     def resolve_completion_fields(self, columns: list[str]) -> tuple[str, ...]:
         if self.completion_fields is not None:
@@ -136,8 +211,19 @@ class TextDataModule(L.LightningDataModule):
             return ("chosen", "rejected")
         return ("completion",) if "completion" in mapped else ()
 
+    def _with_layout_hint(self, step, columns: list[str]):
+        """Run ``step``; a data error on rows in a preset's layout, read without it, says which preset to set."""
+        try:
+            return step()
+        except DataError as err:
+            hint = layout_hint(columns) if find_preset(self.hparams.path, self.hparams.preset) is None else None
+            if hint is None or self.hparams.preset == "none":
+                raise
+            raise DataError(f"{err}; {hint}") from err
+
     def _encode(self, rows, fields: tuple[str, ...], source: str) -> list[Example]:
-        examples, stats = self.encoder(fields).encode_all(rows, source)
+        encoder = self.encoder(fields)
+        examples, stats = self._with_layout_hint(lambda: encoder.encode_all(rows, source), rows.column_names)
         log.info(stats.summary(source))
         if stats.kept < stats.rows or stats.truncated_prompts or stats.truncated_completions:
             print(stats.summary(source))  # a dropped or truncated row is never silent
@@ -189,8 +275,14 @@ class TextDataModule(L.LightningDataModule):
             collate_fn=self.collator(), num_workers=self.hparams.num_workers,
         )
 
-    def test_dataloader(self) -> DataLoader | list:
-        return self.val_dataloader()
+    def test_dataloader(self) -> DataLoader:
+        if not self.test_examples:
+            raise DataError("no test rows: set data.test_path or data.test_split (test never reuses the validation "
+                            "rows)")
+        return DataLoader(
+            self.test_examples, batch_size=self.hparams.eval_batch_size or self.hparams.batch_size,
+            collate_fn=self.collator(), num_workers=self.hparams.num_workers,
+        )
 
     def predict_dataloader(self) -> DataLoader | list:
         examples = self.val_examples or self.train_examples

@@ -42,6 +42,8 @@ class Preset:
         drop: Columns removed before encoding (e.g. UltraFeedback's plain-string ``prompt``, which would otherwise
             shadow the conversation's own first message).
         description: What the rows hold.
+        marks: Columns that only this layout has: a local copy that has them all and fails to read without the
+            preset is told to set it (``layouts_like``). Empty for layouts in the canonical columns.
     """
 
     name: str
@@ -51,10 +53,11 @@ class Preset:
     columns: dict[str, str] = field(default_factory=dict)
     drop: tuple[str, ...] = ()
     description: str = ""
+    marks: frozenset[str] = frozenset()
 
-    def split(self, name: str) -> str:
-        """The data set's name for the canonical split ``name`` (other names pass through unchanged)."""
-        return self.splits.get(name, name)
+    def split(self, name: str | None) -> str | None:
+        """The data set's name for the canonical split ``name`` (other names, and ``None``, pass through)."""
+        return self.splits.get(name, name) if name is not None else None
 
     def normalise(self, rows: datasets.Dataset) -> datasets.Dataset:
         """Rename and drop columns so that the rows are in the canonical layout."""
@@ -65,6 +68,8 @@ class Preset:
         renames = {old: new for old, new in self.columns.items() if old in present and old != new}
         return rows.rename_columns(renames) if renames else rows
 
+
+_ULTRAFEEDBACK_MARKS = frozenset({"prompt_id", "messages", "score_chosen", "score_rejected"})
 
 PRESETS: dict[str, Preset] = {
     preset.name: preset
@@ -83,6 +88,7 @@ PRESETS: dict[str, Preset] = {
             "tldr-sft-carper", "CarperAI/openai_summarize_tldr",
             {"train": "train", "validation": "valid", "test": "test"}, "standard", columns={"label": "completion"},
             description="TL;DR reference summaries for SFT and evaluation: prompt ending 'TL;DR:', label = summary",
+            marks=frozenset({"label"}),
         ),
         Preset(
             "tldr-sft", "trl-lib/tldr",
@@ -101,12 +107,14 @@ PRESETS: dict[str, Preset] = {
             drop=("prompt", "messages"),
             description="UltraFeedback binarized preferences: chosen/rejected message lists that start with the "
             "user turn (the prompt); the plain-string prompt column is dropped",
+            marks=_ULTRAFEEDBACK_MARKS,
         ),
         Preset(
             "ultrafeedback-sft", "HuggingFaceH4/ultrafeedback_binarized",
             {"train": "train_sft", "validation": "test_sft", "test": "test_sft"}, "conversational",
             columns={"messages": "completion"}, drop=("prompt", "chosen", "rejected"),
             description="UltraFeedback SFT split: `messages` conversations, the last assistant turn is the response",
+            marks=_ULTRAFEEDBACK_MARKS,
         ),
     )
 }
@@ -128,7 +136,22 @@ def find_preset(path: str, preset: str | None = None) -> Preset | None:
     return PRESETS.get(path) or _BY_HUB_ID.get(path)
 
 
-def load_source(path: str, split: str, name: str | None = None, preset: str | None = None) -> datasets.Dataset:
+def layouts_like(columns: list[str]) -> list[Preset]:
+    """The presets whose marking columns the data has (the first is the likeliest: preference before SFT)."""
+    present = set(columns)
+    return [p for p in PRESETS.values() if p.marks and p.marks <= present]
+
+
+def layout_hint(columns: list[str]) -> str | None:
+    """``this looks like the <name> layout: set preset: <name>`` for data in a preset's layout, else ``None``."""
+    like = layouts_like(columns)
+    if not like:
+        return None
+    others = f" (or {', '.join(p.name for p in like[1:])})" if len(like) > 1 else ""
+    return f"this looks like the {like[0].name} layout: set preset: {like[0].name}{others}"
+
+
+def load_source(path: str, split: str | None, name: str | None = None, preset: str | None = None) -> datasets.Dataset:
     """``load_rows`` with the preset's hub id, split names and column renames applied.
 
     ``path`` that names a preset (short name or hub id) reads the hub data set; any other ``path`` (a local file

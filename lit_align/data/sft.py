@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lit_align.data.base import TextDataModule
+from lit_align.data.sources import DataError
 
 
 class SFTDataModule(TextDataModule):
@@ -22,7 +23,7 @@ class SFTDataModule(TextDataModule):
             return ("completion",)
         if "chosen" in mapped:
             return ("chosen",)
-        raise ValueError(
+        raise DataError(
             f"SFT needs a `completion` or `chosen` column; the data has {sorted(columns)}. "
             "Map yours with `columns`, e.g. {\"response\": \"completion\"}."
         )
