@@ -13,6 +13,7 @@ import os
 import sys
 import warnings
 
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.loggers import CSVLogger
@@ -20,6 +21,8 @@ from lightning.pytorch.loggers import CSVLogger
 import lit_align.data  # noqa: F401  (registers the DataModules for short names)
 import lit_align.objectives  # noqa: F401  (registers the objectives for short names)
 from lit_align.callbacks import AlignCheckpoint, HFExport, NonFiniteError, NonFiniteGuard, PredictionWriter
+from lit_align.callbacks.console import AlignProgressBar, RunSummary
+from lit_align.console import quiet_console, strip_verbose_flag
 from lit_align.checkpoint_io import AtomicCheckpointIO, CheckpointLoadError
 from lit_align.data.sources import DataError
 from lit_align.errors import UserError
@@ -59,6 +62,8 @@ class LitAlignCLI(LightningCLI):
             "checkpoint.auto_insert_metric_name": False,
             # a re-run into the same directory replaces its files instead of adding last-v1.ckpt, last-v2.ckpt, ...
             "checkpoint.enable_version_counter": False,
+            # one line from RunSummary instead of Lightning's table (whose FLOPs column reads 0 for these models)
+            "trainer.enable_model_summary": False,
         })
         parser.add_lightning_class_args(HFExport, "export")
         parser.add_lightning_class_args(NonFiniteGuard, "numerics")
@@ -74,6 +79,7 @@ class LitAlignCLI(LightningCLI):
         redact_hyperparameters(self.model, self.datamodule)
 
     def instantiate_trainer(self, **kwargs):
+        kwargs = {**console_callbacks(self.config_init.get(self.subcommand, self.config_init)["trainer"]), **kwargs}
         trainer = super().instantiate_trainer(**kwargs)
         # Atomic checkpoint writes unless a CheckpointIO plugin was given (`trainer.plugins`).
         if getattr(trainer.strategy, "_checkpoint_io", None) is None:
@@ -87,11 +93,28 @@ class LitAlignCLI(LightningCLI):
             model = config.get("model")
             name = str(getattr(model, "class_path", "run")).rsplit(".", 1)[-1].lower()
             trainer["default_root_dir"] = os.path.join("runs", name)
+        if trainer.get("enable_checkpointing") is False:
+            # Lightning refuses a ModelCheckpoint next to enable_checkpointing=False, and the CLI always adds
+            # one: keep it, writing nothing, so the standard switch does what it says.
+            trainer["enable_checkpointing"] = True
+            config["checkpoint"].update(save_last=False, save_top_k=0, monitor=None, every_n_train_steps=None)
         if trainer.get("logger") in (None, True):
             trainer["logger"] = {
                 "class_path": "lightning.pytorch.loggers.CSVLogger",
                 "init_args": {"save_dir": trainer["default_root_dir"], "name": "logs"},
             }
+
+
+def console_callbacks(trainer_config) -> dict:
+    """The run's callbacks plus ``RunSummary`` and, unless the progress bar is off or the user chose one,
+    ``AlignProgressBar``: Trainer keyword arguments for ``instantiate_trainer``."""
+    callbacks = trainer_config.get("callbacks") or []
+    callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+    extra = [RunSummary()]
+    if trainer_config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks):
+        extra.append(AlignProgressBar())
+    return {"callbacks": callbacks + extra}
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> LitAlignCLI:
@@ -121,7 +144,13 @@ DEBUG_ENV = "LIT_ALIGN_DEBUG"
 
 def main(args: list[str] | None = None) -> None:
     """Console entry point of ``lit-align``: bad input ends with one line naming the problem and exit status 2
-    (``LIT_ALIGN_DEBUG=1`` shows the traceback instead); SIGTERM saves ``last.ckpt`` and exits with 143."""
+    (``LIT_ALIGN_DEBUG=1`` shows the traceback instead); SIGTERM saves ``last.ckpt`` and exits with 143.
+    Other libraries' console noise is silenced for the run unless ``--verbose`` (see ``lit_align.console``)."""
+    if args is None:
+        sys.argv[1:] = strip_verbose_flag(sys.argv[1:])  # LightningCLI reads sys.argv itself
+    else:
+        args = strip_verbose_flag(list(args))
+    quiet_console()
     try:
         build_cli(args)
     except SIGTERMException:

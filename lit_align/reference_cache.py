@@ -1,11 +1,22 @@
-"""Reference log-probs computed once, stored on disk, and looked up by example index during training.
+"""Reference log-probs computed once from pi_0, stored on disk with a checksum, and looked up by example index.
 
-The file name is a hash of everything the values depend on: the model (name, config, and for a local directory
-its weight files' sizes and times), the weight dtype, and every tokenised example (which covers the data, the
-tokenizer, the chat template and the length settings). Change any of them and the cache is recomputed; change
-none and the next run reuses it. Values are computed before the first optimizer step, when the policy still is
-pi_0 (under LoRA, with its adapters disabled); every rank computes a shard and the shards are all-gathered, so
-it works unchanged under DDP and FSDP2.
+The file name is a key over everything the values depend on: the model (name, config, weight dtype, hub revision,
+a local directory's weight files, and for the embedded model the digest of its seeded random weights), the
+tokenizer, the content of the encoded examples (``lit_align.fingerprints.examples_digest``, which covers the data
+file, chat template and truncation) and the length settings. Change any of them and the cache is recomputed;
+change none and the next run reuses it.
+
+The values always come from pi_0. The live policy is used only while it provably still is pi_0: no checkpoint
+has been loaded into it and no training step has run (a fresh fit, where every rank computes a shard and the
+shards are all-gathered, so it works unchanged under DDP and FSDP2; under LoRA with the adapters disabled).
+Otherwise (a resumed fit, ``validate`` from a checkpoint) pi_0 is loaded again from its source and checked to be
+the model the run started from; if it is not, the run stops with one line instead of caching a wrong reference.
+
+Every file stores the SHA-256 of its values in the safetensors metadata. A file that cannot be read or does not
+match its checksum is recomputed from pi_0, with a warning naming it.
+
+Files live in a per-user cache like Hugging Face's: ``$LIT_ALIGN_CACHE/reference_logps``, else
+``$XDG_CACHE_HOME/lit_align/reference_logps``, else ``~/.cache/lit_align/reference_logps``.
 """
 
 from __future__ import annotations
@@ -13,23 +24,48 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from lit_align.models import is_embedded
+from lit_align.errors import UserError
+from lit_align.fingerprints import examples_digest
+from lit_align.models import EMBEDDED_SEED, is_embedded, load_causal_lm, zero_dropout
 
-_VERSION = "1"
+_VERSION = "2"  # files of version 1 carry no checksum; their keys never match again
+
+
+class ReferenceCacheError(UserError):
+    """The reference cache can neither be read nor recomputed from pi_0."""
+
+
+def default_cache_dir() -> Path:
+    """``$LIT_ALIGN_CACHE/reference_logps``, else ``$XDG_CACHE_HOME/lit_align/reference_logps`` (``~/.cache``)."""
+    root = os.environ.get("LIT_ALIGN_CACHE")
+    if root:
+        return Path(root).expanduser() / "reference_logps"
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg).expanduser() / "lit_align" / "reference_logps"
 
 
 class ReferenceCache:
-    """Per-split tensors ``(max_index + 1, K)`` of reference log-probs, K completions per example."""
+    """Per-split tensors ``(max_index + 1, K)`` of reference log-probs, K completions per example.
 
-    def __init__(self, directory: str) -> None:
-        self.directory = Path(directory)
+    ``policy`` is the policy at construction, when it still is pi_0: its identity is taken then, so that a
+    reference rebuilt later from the model's source can be checked against it.
+    """
+
+    def __init__(self, directory: str | None = None, policy=None) -> None:
+        self.directory = Path(directory) if directory else default_cache_dir()
         self.values: dict[str, torch.Tensor] = {}
         self.paths: dict[str, Path] = {}
+        self.identity = model_identity(policy.model_name, policy.base_model) if policy is not None else None
+        #: Set once a checkpoint is loaded into the policy or a training step runs: it may no longer be pi_0.
+        self.policy_moved = False
 
     def ready(self, split: str) -> bool:
         return split in self.values
@@ -44,37 +80,96 @@ class ReferenceCache:
         return values.T.reshape(-1)
 
     def prepare(self, module, datamodule) -> None:
+        if self.identity is None:
+            self.identity = model_identity(module.policy.model_name, module.policy.base_model)
         for split, examples in (("train", datamodule.train_examples), ("val", datamodule.val_examples)):
             if examples and split not in self.values:
                 self.values[split] = self._load_or_compute(module, datamodule, split, examples)
 
     def key(self, module, examples, settings: dict | None = None) -> str:
-        policy = module.policy
+        identity = self.identity or model_identity(module.policy.model_name, module.policy.base_model)
         digest = hashlib.sha256(_VERSION.encode())
-        digest.update(json.dumps(_model_identity(policy), sort_keys=True).encode())
+        digest.update(json.dumps(identity, sort_keys=True, default=str).encode())
         # the length settings count even when they truncate nothing in this data: the key says how it was made
         digest.update(json.dumps(settings or {}, sort_keys=True, default=str).encode())
-        for ex in examples:
-            digest.update(json.dumps([ex.index, ex.prompt_ids, ex.completion_ids]).encode())
+        digest.update(examples_digest(examples).encode())
         return digest.hexdigest()[:32]
 
     def _load_or_compute(self, module, datamodule, split: str, examples) -> torch.Tensor:
-        path = self.directory / f"{self.key(module, examples, _data_settings(datamodule))}.safetensors"
+        key = self.key(module, examples, _data_settings(datamodule))
+        path = self.directory / f"{key}.safetensors"
         self.paths[split] = path
+        num_completions = len(examples[0].completion_ids)
         if path.exists():
-            return load_file(str(path))["logps"]
-        if module.global_step > 0:
-            raise RuntimeError(
-                f"the reference cache {path} is missing and training has already moved the policy away from the "
-                "reference, so it cannot be recomputed; restore the file or start the run again"
-            )
-        values = _compute(module, datamodule, examples)
+            try:
+                values = _read(path, key, num_completions, max(ex.index for ex in examples))
+                rank_zero_info(f"reference cache: reusing {key} ({path})")
+                return values
+            except _Invalid as err:
+                rank_zero_warn(f"reference cache: {path} {err}; recomputing it from the reference model")
+        model = None if self._live_policy_is_reference(module) else self._load_reference(module, path)
+        rank_zero_info(f"reference cache: computing reference log-probs of {len(examples)} pairs ({split}) -> {path}"
+                       + ("" if model is None else f" (reference {module.policy.model_name!r} reloaded from its "
+                                                   "source: the policy has moved away from it)"))
+        values = _compute(module, datamodule, examples, model, split)
+        del model
         if module.trainer.is_global_zero:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
-            save_file({"logps": values.contiguous()}, str(tmp))
+            values = values.contiguous()
+            save_file({"logps": values}, str(tmp), metadata={"sha256": _values_digest(values), "key": key,
+                                                              "split": split, "format": _VERSION})
             os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache behind
         return values
+
+    def _live_policy_is_reference(self, module) -> bool:
+        """Whether the live weights are still pi_0: nothing loaded into them, no step taken since construction."""
+        return not self.policy_moved and module.global_step == 0
+
+    def _load_reference(self, module, path: Path) -> torch.nn.Module:
+        """pi_0 loaded again from its source, refused unless it is the model this run started from."""
+        policy = module.policy
+        base = policy.base_model
+        dtype = str(next(base.parameters()).dtype).removeprefix("torch.")
+        # remote model code runs again only if the run already trusted it (its classes come from the hub cache)
+        trusted = type(base).__module__.startswith("transformers_modules")
+        model = load_causal_lm(policy.model_name, dtype=dtype, trust_remote_code=trusted,
+                               seed=getattr(policy, "seed", EMBEDDED_SEED))
+        found = model_identity(policy.model_name, model)
+        if found != self.identity:
+            changed = sorted(k for k in set(found) | set(self.identity) if found.get(k) != self.identity.get(k))
+            raise ReferenceCacheError(
+                f"the reference cache {path} is missing or invalid and the policy has moved away from pi_0, so it "
+                f"must be recomputed from {policy.model_name!r}, but that source now gives another model than "
+                f"this run's reference ({', '.join(changed)} differ); restore the cache file, or start the run "
+                "from step 0, or use reference: copy")
+        zero_dropout(model)
+        return model.requires_grad_(False).eval().to(module.device)
+
+
+class _Invalid(Exception):
+    """Why a cache file cannot be used."""
+
+
+def _read(path: Path, key: str, num_completions: int, max_index: int) -> torch.Tensor:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            values = f.get_tensor("logps").clone()  # a copy: the file may be replaced while the run goes on
+    except Exception as err:  # a truncated or foreign file: safetensors raises its own error types or OSError
+        raise _Invalid(f"cannot be read ({type(err).__name__}: {err})") from err
+    if "sha256" not in metadata:
+        raise _Invalid("has no checksum (written by an older lit-align)")
+    if metadata["sha256"] != _values_digest(values):
+        raise _Invalid("does not match the checksum stored with it (its values were changed)")
+    if metadata.get("key") != key or values.dim() != 2 or values.shape[1] != num_completions \
+            or values.shape[0] <= max_index:
+        raise _Invalid(f"holds another table (key {metadata.get('key')}, shape {tuple(values.shape)})")
+    return values
+
+
+def _values_digest(values: torch.Tensor) -> str:
+    return hashlib.sha256(values.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()
 
 
 def _data_settings(datamodule) -> dict:
@@ -88,22 +183,41 @@ def _data_settings(datamodule) -> dict:
     }
 
 
-def _model_identity(policy) -> dict:
-    config = policy.base_model.config.to_dict()
-    config.pop("_name_or_path", None)
-    identity = {"model": policy.model_name, "config": config,
-                "dtype": str(next(policy.base_model.parameters()).dtype)}
-    local = Path(policy.model_name)
-    if not is_embedded(policy.model_name) and local.is_dir():
+def model_identity(name: str, model: torch.nn.Module) -> dict:
+    """What pi_0 is, as far as it can be told without hashing a large model's weights: name, config, dtype,
+    hub revision, a local directory's files, and for the embedded model the digest of its seeded weights."""
+    config = model.config.to_dict()
+    for runtime_only in ("_name_or_path", "use_cache"):  # use_cache is switched off by gradient checkpointing
+        config.pop(runtime_only, None)
+    identity = {"model": name, "config": config, "dtype": str(next(model.parameters()).dtype),
+                "revision": getattr(model.config, "_commit_hash", None)}
+    local = Path(name)
+    if is_embedded(name):
+        identity["weights"] = weights_digest(model)  # its seed shows only in the weights
+    elif local.is_dir():
         identity["files"] = sorted(
-            (f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in local.iterdir() if f.is_file()
+            (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in local.iterdir() if f.is_file()
         )
     return identity
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the model's base weights (LoRA adapters left out), the same for the model wrapped or not."""
+    digest = hashlib.sha256()
+    state = {k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if "lora_" not in k}
+    for name in sorted(state):
+        tensor = state[name].detach()
+        digest.update(name.encode())
+        digest.update(tensor.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 @torch.no_grad()
-def _compute(module, datamodule, examples) -> torch.Tensor:
+def _compute(module, datamodule, examples, model, split) -> torch.Tensor:
+    """Reference log-probs of ``examples`` from ``model``, or from the live policy (adapters off) when None."""
     from lit_align.logprobs import completion_token_logprobs
+    from lit_align.policy import _run
+    from lit_align.shared_prompt import shared_prompt_logps
 
     trainer = module.trainer
     world, rank = trainer.world_size, trainer.global_rank
@@ -113,21 +227,31 @@ def _compute(module, datamodule, examples) -> torch.Tensor:
     collate = datamodule.collator()
     batch_size = datamodule.hparams.eval_batch_size or datamodule.hparams.batch_size
     num_completions = len(examples[0].completion_ids)
+    network = module.policy.policy if model is None else model
+    context = module.policy.reference_context() if model is None else nullcontext()
+    starts = range(0, len(shard), batch_size)
+    report_every = max(1, len(starts) // 10)
     rows = []
     was_training = module.training
     module.eval()
-    with module.policy.reference_context():
-        for start in range(0, len(shard), batch_size):
+    with context:
+        for number, start in enumerate(starts, 1):
             batch = collate(shard[start : start + batch_size])
             batch = {k: v.to(module.device) for k, v in batch.items()}
             if getattr(module, "share_prompt", False):  # the objective's own packed forward (shared_prompt.py)
-                sequence_logps = module.sequence_logps(batch)[0]
+                packed = module.packed(batch)
+                logits = _run(network, packed.input_ids, packed.attention_mask, position_ids=packed.position_ids,
+                              logits_to_keep=packed.logits_to_keep)
+                sequence_logps = shared_prompt_logps(logits, packed)[0]
             else:
-                logits = module.policy(batch["input_ids"], batch["attention_mask"])
+                logits = _run(network, batch["input_ids"], batch["attention_mask"])  # (K*B, T, V)
                 token_logps, _ = completion_token_logprobs(logits, batch["input_ids"], batch["completion_mask"])
                 sequence_logps = token_logps.sum(-1)
             logps = sequence_logps.view(num_completions, -1).T  # (B, K)
-            rows.append(torch.cat([batch["index"][:, None].float(), logps], dim=1))
+            rows.append(torch.cat([batch["index"][:, None].float(), logps.float()], dim=1))
+            if number % report_every == 0 or number == len(starts):
+                done = min(len(examples), min(start + batch_size, per_rank) * world)
+                rank_zero_info(f"reference cache: {done}/{len(examples)} pairs ({split})")
     module.train(was_training)
     local = torch.cat(rows)  # (per_rank, 1 + K)
     gathered = module.all_gather(local).reshape(-1, 1 + num_completions) if world > 1 else local

@@ -25,8 +25,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def run_dir(tmp_path, monkeypatch):
-    """A fresh working directory, so runs/ and .cache/ of one test never leak into another."""
+    """A fresh working directory, so runs/ and .cache/ of one test never leak into another; the per-user cache
+    (``$LIT_ALIGN_CACHE``, e.g. reference log-probs) goes to ``.cache/lit_align`` in it, never to ``~/.cache``."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LIT_ALIGN_CACHE", str(tmp_path / ".cache" / "lit_align"))
     return tmp_path
 
 

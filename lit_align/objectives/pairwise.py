@@ -22,7 +22,9 @@ class PairwiseObjective(AlignmentModule):
     rejected ones. A subclass implements ``pair_loss`` (usually one call into ``lit_align.losses``).
 
     Args:
-        reference_cache_dir: Where ``reference="cache"`` stores precomputed reference log-probs.
+        reference_cache_dir: Where ``reference="cache"`` stores precomputed reference log-probs; by default a
+            per-user cache, ``$LIT_ALIGN_CACHE/reference_logps``, else ``$XDG_CACHE_HOME/lit_align/reference_logps``
+            (``~/.cache/lit_align/reference_logps``), shared by every run that has the same model and data.
         share_prompt: Run each prompt once for both completions (one packed row per pair with a mask that keeps
             chosen and rejected apart; ``lit_align/shared_prompt.py``): the same log-probs for about a quarter
             less compute. Turned off automatically (with a warning) for attention implementations that
@@ -30,10 +32,12 @@ class PairwiseObjective(AlignmentModule):
     """
 
     def __init__(
-        self, reference_cache_dir: str = ".cache/lit_align/reference_logps", share_prompt: bool = True, **kwargs
+        self, reference_cache_dir: str | None = None, share_prompt: bool = True, **kwargs
     ) -> None:
         super().__init__(**kwargs)
-        self.reference_cache = ReferenceCache(reference_cache_dir) if self.policy.reference_mode == "cache" else None
+        self.reference_cache = None
+        if self.policy.reference_mode == "cache":  # built now, while the policy still is pi_0 (its identity)
+            self.reference_cache = ReferenceCache(reference_cache_dir, self.policy)
         self.share_prompt = share_prompt and attention_accepts_4d_mask(self.policy.base_model)
         if share_prompt and not self.share_prompt:
             warnings.warn(f"{self.policy.base_model.config._attn_implementation!r} attention ignores the packed "
@@ -58,6 +62,16 @@ class PairwiseObjective(AlignmentModule):
             self.reference_cache.prepare(self, self.trainer.datamodule)
 
     on_test_start = on_validation_start
+
+    # The reference cache is computed from the live policy only while it is pi_0; these mark when it stops being.
+    def on_load_checkpoint(self, checkpoint) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if self.reference_cache is not None:
+            self.reference_cache.policy_moved = True
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self.reference_cache is not None:
+            self.reference_cache.policy_moved = True
 
     def packed(self, batch: dict[str, torch.Tensor]):
         """The batch packed one row per example (``share_prompt``), built once per batch for both forwards."""

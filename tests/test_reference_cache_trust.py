@@ -1,0 +1,123 @@
+"""The reference cache holds pi_0's log-probs or nothing: rebuilt from pi_0 on resume, checked at load, refused
+with one line when pi_0 cannot be had, and kept in a per-user cache directory."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import fit_args, run_main
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import lit_align.reference_cache as reference_cache
+from lit_align.cli import build_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(".cache/lit_align/reference_logps")  # where conftest's run_dir points $LIT_ALIGN_CACHE
+COMMON = ["--model.init_args.policy.init_args.reference=cache", "--data.limit_rows=24", "--data.batch_size=8",
+          "--export.enabled=false"]
+
+
+def _fit(*extra, steps=2):
+    return build_cli(fit_args("dpo.yaml", *COMMON, *extra, steps=steps))
+
+
+def _messages(monkeypatch) -> list[str]:
+    messages = []
+    monkeypatch.setattr(reference_cache, "rank_zero_info", messages.append, raising=False)
+    return messages
+
+
+def test_resume_and_validate_without_the_cache_rebuild_it_from_pi0_not_from_the_trained_policy(run_dir, monkeypatch):
+    """The cache folder is gone when a run resumes (another machine, a cleaned cache): the values recomputed then
+    must be pi_0's, not those of the resumed weights, for this run and for every later run that reuses them."""
+    cli = _fit()
+    paths = dict(cli.model.reference_cache.paths)
+    pi0 = {split: load_file(str(path))["logps"].clone() for split, path in paths.items()}
+
+    shutil.rmtree(CACHE)
+    messages = _messages(monkeypatch)
+    resumed = _fit("--ckpt_path=runs/test/checkpoints/last.ckpt", steps=4)
+    assert resumed.trainer.global_step == 4  # it did resume: two more steps after the two restored
+    assert resumed.model.reference_cache.paths == paths  # the same key: pi_0 and the data did not change
+    for split in ("train", "val"):
+        torch.testing.assert_close(load_file(str(paths[split]))["logps"], pi0[split], atol=1e-6, rtol=0,
+                                   equal_nan=True)
+        torch.testing.assert_close(resumed.model.reference_cache.values[split], pi0[split], atol=1e-6, rtol=0,
+                                   equal_nan=True)
+    computing = [m for m in messages if m.startswith("reference cache: computing")]
+    assert computing == [
+        f"reference cache: computing reference log-probs of 24 pairs (train) -> {paths['train']} (reference 'tiny' "
+        "reloaded from its source: the policy has moved away from it)",
+        f"reference cache: computing reference log-probs of {len(resumed.datamodule.val_examples)} pairs (val) -> "
+        f"{paths['val']} (reference 'tiny' reloaded from its source: the policy has moved away from it)",
+    ]
+    assert any(m.startswith("reference cache: 24/24 pairs (train)") for m in messages)  # progress lines
+
+    # validate from the trained checkpoint: on_validation_start computes the missing validation cache
+    shutil.rmtree(CACHE)
+    validate = ["validate", "--config", str(ROOT / "configs" / "dpo.yaml"), *COMMON, "--trainer.accelerator=cpu",
+                "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=2",
+                "--trainer.default_root_dir=runs/test", "--ckpt_path=runs/test/checkpoints/last.ckpt"]
+    build_cli(validate)
+    torch.testing.assert_close(load_file(str(paths["val"]))["logps"], pi0["val"], atol=1e-6, rtol=0, equal_nan=True)
+
+    messages.clear()
+    _fit(steps=1)  # a fresh run reuses both files
+    assert {m for m in messages if "reusing" in m} == {
+        f"reference cache: reusing {paths[s].stem} ({paths[s]})" for s in ("train", "val")}
+
+
+def test_a_tampered_or_truncated_cache_file_is_recomputed_with_a_warning_naming_it(run_dir):
+    cli = _fit(steps=1)
+    train, val = cli.model.reference_cache.paths["train"], cli.model.reference_cache.paths["val"]
+    # cloned: load_file's tensors may map the file, which is overwritten in place below
+    pi0 = {"train": load_file(str(train))["logps"].clone(), "val": load_file(str(val))["logps"].clone()}
+
+    with safe_open(str(train), framework="pt") as f:
+        metadata = f.metadata() or {}
+    save_file({"logps": pi0["train"] - 0.5}, str(train), metadata=metadata)  # finite, plausible, wrong
+    val.write_bytes(val.read_bytes()[: val.stat().st_size // 2])  # an interrupted copy
+
+    with pytest.warns(UserWarning) as record:
+        again = _fit(steps=1)
+    warnings = [str(w.message) for w in record if str(w.message).startswith("reference cache:")]
+    assert f"reference cache: {train} does not match the checksum stored with it (its values were changed); " \
+           "recomputing it from the reference model" in warnings
+    assert any(w.startswith(f"reference cache: {val} cannot be read (") for w in warnings)
+    for split, path in (("train", train), ("val", val)):
+        torch.testing.assert_close(again.model.reference_cache.values[split], pi0[split], atol=1e-6, rtol=0,
+                                   equal_nan=True)
+        torch.testing.assert_close(load_file(str(path))["logps"], pi0[split], atol=1e-6, rtol=0, equal_nan=True)
+
+
+def test_a_reference_that_cannot_be_rebuilt_is_refused_in_one_line(run_dir, capsys):
+    """A policy seed the source reload does not reproduce: the cache cannot be rebuilt from pi_0 after a resume,
+    so the run stops naming the file and the ways out instead of caching the trained policy's log-probs."""
+    seed = ["--model.init_args.policy.init_args.seed=1", "--data.val_split=null"]
+    assert run_main(fit_args("dpo.yaml", *COMMON, *seed, steps=1)) == 0
+    (path,) = CACHE.glob("*.safetensors")
+    path.unlink()
+    capsys.readouterr()
+    status = run_main(fit_args("dpo.yaml", *COMMON, *seed, "--ckpt_path=runs/test/checkpoints/last.ckpt", steps=2))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert err[0] == (
+        f"lit-align: error: the reference cache {(run_dir / CACHE / path.name)} is missing or invalid and the policy "
+        "has moved away from pi_0, so it must be recomputed from 'tiny', but that source now gives another model "
+        "than this run's reference (weights differ); restore the cache file, or start the run from step 0, or use "
+        "reference: copy")
+    assert not path.exists()  # nothing wrong was stored
+
+
+def test_default_directory_is_a_per_user_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("LIT_ALIGN_CACHE", str(tmp_path / "mine"))
+    assert reference_cache.default_cache_dir() == tmp_path / "mine" / "reference_logps"
+    monkeypatch.delenv("LIT_ALIGN_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert reference_cache.default_cache_dir() == tmp_path / "xdg" / "lit_align" / "reference_logps"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert reference_cache.default_cache_dir() == tmp_path / "home" / ".cache" / "lit_align" / "reference_logps"
+    assert reference_cache.default_cache_dir().is_absolute()  # never relative to the working directory
