@@ -23,6 +23,7 @@ import lit_align.objectives  # noqa: F401  (registers the objectives for short n
 from lit_align.callbacks import AlignCheckpoint, HFExport, NonFiniteError, NonFiniteGuard, PredictionWriter
 from lit_align.callbacks.console import AlignProgressBar, RunSummary
 from lit_align.console import quiet_console, strip_verbose_flag
+from lit_align.plot import main as plot_main
 from lit_align.checkpoint_io import AtomicCheckpointIO, CheckpointLoadError
 from lit_align.data.sources import DataError
 from lit_align.errors import UserError
@@ -97,7 +98,8 @@ class LitAlignCLI(LightningCLI):
             # Lightning refuses a ModelCheckpoint next to enable_checkpointing=False, and the CLI always adds
             # one: keep it, writing nothing, so the standard switch does what it says.
             trainer["enable_checkpointing"] = True
-            config["checkpoint"].update(save_last=False, save_top_k=0, monitor=None, every_n_train_steps=None)
+            for key, value in {"save_last": False, "save_top_k": 0, "monitor": None, "every_n_train_steps": None}.items():
+                config["checkpoint"][key] = value
         if trainer.get("logger") in (None, True):
             trainer["logger"] = {
                 "class_path": "lightning.pytorch.loggers.CSVLogger",
@@ -146,6 +148,8 @@ def main(args: list[str] | None = None) -> None:
     """Console entry point of ``lit-align``: bad input ends with one line naming the problem and exit status 2
     (``LIT_ALIGN_DEBUG=1`` shows the traceback instead); SIGTERM saves ``last.ckpt`` and exits with 143.
     Other libraries' console noise is silenced for the run unless ``--verbose`` (see ``lit_align.console``)."""
+    if (sys.argv[1:] if args is None else args)[:1] == ["plot"]:
+        return _run_user_command(lambda: plot_main(list(sys.argv[2:] if args is None else args[1:])))
     if args is None:
         sys.argv[1:] = strip_verbose_flag(sys.argv[1:])  # LightningCLI reads sys.argv itself
     else:
@@ -163,6 +167,17 @@ def main(args: list[str] | None = None) -> None:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"lit-align: error: {message}", file=sys.stderr)
         print(f"(set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _run_user_command(command) -> None:
+    """Run a command outside LightningCLI (``plot``) with the same one-line errors."""
+    try:
+        command()
+    except USER_ERRORS as err:
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"lit-align: error: {' '.join(str(err).split())}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -31,6 +31,9 @@ class AlignmentModule(L.LightningModule):
         weight_decay: AdamW weight decay (not applied to biases and norms).
         lr_schedule: ``linear`` or ``cosine`` decay to zero after warm-up, or ``constant``.
         warmup_ratio: Fraction of the optimizer steps spent warming up linearly from zero.
+        max_grad_norm: Clip the gradient norm of every update to this value (1.0, the default of TRL and the
+            Hugging Face Trainer); ``None`` turns clipping off. The norm before clipping is logged as
+            ``train/grad_norm``. ``trainer.gradient_clip_val``, when set, takes precedence.
         optimizer: Replaces the default AdamW, e.g. ``{class_path: torch.optim.SGD, init_args: {lr: 0.01}}``.
         lr_scheduler: Replaces the default schedule (stepped every optimizer step).
     """
@@ -47,6 +50,7 @@ class AlignmentModule(L.LightningModule):
         weight_decay: float = 0.0,
         lr_schedule: Schedule = "linear",
         warmup_ratio: float = 0.1,
+        max_grad_norm: float | None = 1.0,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -55,6 +59,9 @@ class AlignmentModule(L.LightningModule):
             raise ValueError(f"learning_rate must be positive, got {learning_rate}")
         if not 0.0 <= warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
+        if max_grad_norm is not None and max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm}")
+        self.max_grad_norm = max_grad_norm
         self.save_hyperparameters(ignore=["policy", "optimizer", "lr_scheduler"])
         self.policy = policy if policy is not None else PolicyWithReference(reference=self.default_reference)
         if self.requires_reference and self.policy.reference_mode == "none":
@@ -137,6 +144,28 @@ class AlignmentModule(L.LightningModule):
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """What the optimizer updates: the policy's trainable weights (subclasses add their own heads)."""
         return self.policy.trainable_parameters()
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Lightning calls this after unscaling (fp16) and before the step; `max_grad_norm` is the default.
+        if gradient_clip_val is not None and gradient_clip_algorithm not in (None, "norm"):
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)  # by value: as Lightning
+            return
+        self.clip_and_log_gradients(optimizer, gradient_clip_val if gradient_clip_val is not None
+                                    else self.max_grad_norm)
+
+    def clip_and_log_gradients(self, optimizer, max_norm: float | None = None) -> None:
+        """Clip the gradients of ``optimizer``'s parameters to ``max_norm`` (no clipping when None) and record their
+        total norm before clipping as ``grad_norm``. On-policy objectives call it before each manual step."""
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
+            return  # e.g. a step NonFiniteGuard dropped
+        if max_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if hasattr(norm, "full_tensor"):  # FSDP2: the norm of sharded gradients is a DTensor
+            norm = norm.full_tensor()
+        self._metrics["train"].update({"grad_norm": norm.detach()})
 
     def configure_optimizers(self):
         params = self.trainable_parameters()
