@@ -11,7 +11,22 @@ prompt-only data). Formats:
   The prompt is their common prefix, cut back to the end of the last ``prompt_delimiter`` in it.
 
 The prompt/completion boundary is decided on whole strings and messages and the two sides are tokenised
-separately, so it never falls inside a token. The tokenizer's own BOS is kept once; EOS ends every completion.
+separately, so it never falls inside a token (the prompt ids are what the model is given when it generates).
+BOS: the tokenizer's own BOS starts every prompt exactly once (a template or text that already starts with it keeps
+its own). End of a completion: exactly one closing token, never followed by anything. A conversational completion
+ends with the end-of-turn token its chat template writes after the reply (see ``lit_align.data.chat``: ChatML's
+``<|im_end|>``, Llama-3's ``<|eot_id|>``, Gemma's ``<end_of_turn>``, ...); a string completion, or one whose
+template writes no end-of-turn token, gets the tokenizer's EOS unless it already ends with it.
+
+A conversational completion is the assistant's reply: assistant messages, with tool results allowed between them,
+the first and the last being the assistant's. A pair whose two completions encode to the same token ids (after
+rendering, before truncation) trains on nothing and is dropped and counted.
+
+Truncation: a prompt longer than ``max_prompt_length`` keeps its BOS and its last tokens; a completion longer than
+what ``max_length`` leaves keeps its first tokens (and so loses its end-of-turn token). Every sequence is then at
+most ``max_length`` tokens and every completion at least one. Refused at start-up, as settings that cannot hold
+this: ``max_length`` < 2, ``max_prompt_length`` < 1 or >= ``max_length``, and ``max_prompt_length`` 1 with a
+tokenizer that adds a BOS token (the prompt would be BOS alone, none of the row's text).
 """
 
 from __future__ import annotations
@@ -21,10 +36,17 @@ from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
+from lit_align.data.chat import ChatRenderer, RenderedCompletion
 from lit_align.data.sources import DataError
+from lit_align.errors import UserError
 
 Format = Literal["auto", "standard", "conversational", "implicit"]
 KNOWN_ROLES = frozenset({"system", "user", "assistant", "tool"})
+REPLY_ROLES = frozenset({"assistant", "tool"})
+
+
+class LengthSettingError(UserError, ValueError):
+    """``max_length`` / ``max_prompt_length`` that no truncation can honour."""
 
 
 @dataclass
@@ -63,8 +85,9 @@ class RowEncoder:
         completion_fields: Columns holding completions, e.g. ``("chosen", "rejected")``, ``("chosen",)`` or ``()``.
         fmt: Data format, or ``auto`` to detect it from the first row.
         columns: Renames from this data's column names to the canonical ones, e.g. ``{"question": "prompt"}``.
-        max_length: Longest prompt + completion, in tokens.
-        max_prompt_length: Longest prompt; longer prompts keep their last tokens.
+        max_length: Longest prompt + completion, in tokens (at least 2).
+        max_prompt_length: Longest prompt, below ``max_length``; longer prompts keep their BOS and last tokens.
+            At least 1, and at least 2 with a tokenizer that adds BOS.
         prompt_delimiter: The ``implicit`` format's marker of where the last response begins.
         invalid_rows: ``error`` stops at the first bad row with a message naming it; ``skip`` drops and counts.
     """
@@ -80,11 +103,8 @@ class RowEncoder:
         prompt_delimiter: str = "\n\nAssistant:",
         invalid_rows: Literal["error", "skip"] = "error",
     ) -> None:
-        if max_prompt_length >= max_length:
-            raise ValueError(
-                f"max_prompt_length ({max_prompt_length}) must be smaller than max_length ({max_length}) so that "
-                "every completion keeps at least one token"
-            )
+        self._bos_added = _tokenizer_adds_bos(tokenizer)
+        _check_lengths(tokenizer, max_length, max_prompt_length, self._bos_added)
         self.tokenizer = tokenizer
         self.completion_fields = completion_fields
         self.fmt = fmt
@@ -93,13 +113,13 @@ class RowEncoder:
         self.max_prompt_length = max_prompt_length
         self.prompt_delimiter = prompt_delimiter
         self.invalid_rows = invalid_rows
-        self._bos_added = _tokenizer_adds_bos(tokenizer)
+        self._renderer: ChatRenderer | None = None
 
     # -- public ------------------------------------------------------------------------------------------------
 
     def encode_all(self, rows, source: str) -> tuple[list[Example], FormatStats]:
         stats = FormatStats()
-        texts: list[tuple[int, str | list, list]] = []
+        texts: list[tuple[int, str, list[RenderedCompletion]]] = []
         fmt = self.fmt
         for index, raw in enumerate(rows):
             stats.rows += 1
@@ -114,10 +134,8 @@ class RowEncoder:
                     raise
                 stats.invalid += 1
                 continue
-            if len(completions) == 2 and completions[0] == completions[1]:
-                stats.identical_pairs += 1
-                continue
-            texts.append((index, prompt, completions))
+            # outside the try: a template that cannot render faithfully is its fault, not the row's, never skipped
+            texts.append((index, *self._render(prompt, completions, source, index)))
         examples = self._tokenize(texts, stats)
         stats.kept = len(examples)
         if not examples:
@@ -178,8 +196,13 @@ class RowEncoder:
         if fmt == "conversational":
             completions = [self._messages(row, f, source, index) for f in fields]
             if "prompt" in row:
-                return self._messages(row, "prompt", source, index), completions
-            return _shared_leading_messages(completions, source, index)
+                prompt, offset = self._messages(row, "prompt", source, index), 0
+            else:
+                prompt, completions = _shared_leading_messages(completions, source, index)
+                offset = len(prompt)  # the reply starts at this message of each field
+            for field, completion in zip(fields, completions):
+                _check_reply(completion, field, offset, source, index)
+            return prompt, completions
         if fmt == "implicit":
             transcripts = [self._text(row, f, source, index) for f in fields]
             return self._implicit_prompt(transcripts, source, index)
@@ -207,52 +230,52 @@ class RowEncoder:
 
     # -- tokenisation --------------------------------------------------------------------------------------------
 
-    def _render(self, prompt, completions) -> tuple[str, list[str]]:
+    def _render(self, prompt, completions, source: str, index: int) -> tuple[str, list[RenderedCompletion]]:
         if isinstance(prompt, str):
-            return prompt, completions
-        if getattr(self.tokenizer, "chat_template", None) is None:
-            raise DataError(
-                f"conversational data needs a tokenizer with a chat template, and the tokenizer "
-                f"{getattr(self.tokenizer, 'name_or_path', '')!r} has none (no chat_template); "
-                "use a chat model's tokenizer or give the data as strings"
-            )
-        prompt_text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        rendered = []
-        for completion in completions:
-            full = self.tokenizer.apply_chat_template(prompt + completion, tokenize=False)
-            if not full.startswith(prompt_text):
-                raise DataError("the chat template renders the prompt differently once a reply follows it")
-            rendered.append(full[len(prompt_text):])
-        return prompt_text, rendered
+            return prompt, [RenderedCompletion(c, closed=False) for c in completions]
+        if self._renderer is None:
+            self._renderer = ChatRenderer(self.tokenizer)
+        return self._renderer.render(prompt, completions, self.completion_fields, source, index)
 
     def _tokenize(self, texts: list, stats: FormatStats) -> list[Example]:
         if not texts:
             return []  # every row dropped: encode_all reports it (tokenizers fail on an empty batch)
-        rendered = [(index, *self._render(prompt, completions)) for index, prompt, completions in texts]
-        prompts = self.tokenizer([p for _, p, _ in rendered], add_special_tokens=False).input_ids
-        flat = [c for _, _, cs in rendered for c in cs]
-        flat_ids = self.tokenizer(flat, add_special_tokens=False).input_ids if flat else []
+        prompts = self.tokenizer([p for _, p, _ in texts], add_special_tokens=False).input_ids
+        flat = [c for _, _, cs in texts for c in cs]
+        flat_ids = self.tokenizer([c.text for c in flat], add_special_tokens=False).input_ids if flat else []
         eos, bos = self.tokenizer.eos_token_id, self.tokenizer.bos_token_id
         examples, cursor = [], 0
-        for (index, _, completions), prompt_ids in zip(rendered, prompts):
-            if self._bos_added and bos is not None and prompt_ids[:1] != [bos]:
+        for (index, _, completions), prompt_ids in zip(texts, prompts):
+            outs = []
+            for completion, ids in zip(flat[cursor : cursor + len(completions)], flat_ids[cursor:]):
+                if not completion.closed and eos is not None and ids[-1:] != [eos]:
+                    ids = ids + [eos]
+                outs.append(ids)
+            cursor += len(completions)
+            if len(outs) == 2 and outs[0] == outs[1]:
+                stats.identical_pairs += 1  # in token space, as rendered: the same sequence twice
+                continue
+            if self._bos_added and prompt_ids[:1] != [bos]:
                 prompt_ids = [bos] + prompt_ids  # once: templates that already start with BOS keep theirs
             if len(prompt_ids) > self.max_prompt_length:
                 stats.truncated_prompts += 1
-                keep = self.max_prompt_length - (1 if prompt_ids[0] == bos else 0)
-                prompt_ids = ([bos] if prompt_ids[0] == bos else []) + prompt_ids[-keep:]
-            budget = self.max_length - len(prompt_ids)
-            outs = []
-            for ids in flat_ids[cursor : cursor + len(completions)]:
-                if eos is not None and ids[-1:] != [eos]:
-                    ids = ids + [eos]
-                if len(ids) > budget:
-                    stats.truncated_completions += 1
-                    ids = ids[:budget]
-                outs.append(ids)
-            cursor += len(completions)
+                prompt_ids = self._keep_prompt_end(prompt_ids, bos)
+            budget = self.max_length - len(prompt_ids)  # >= 1: max_prompt_length < max_length
+            if any(len(ids) > budget for ids in outs):
+                stats.truncated_completions += sum(len(ids) > budget for ids in outs)
+                outs = [ids[:budget] for ids in outs]
             examples.append(Example(index, prompt_ids, outs))
         return examples
+
+    def _keep_prompt_end(self, prompt_ids: list[int], bos: int | None) -> list[int]:
+        head = prompt_ids[:1] if bos is not None and prompt_ids[0] == bos else []
+        keep = self.max_prompt_length - len(head)
+        if keep < 1:  # only a template's own BOS gets here: the tokenizer's is refused at start-up
+            raise LengthSettingError(
+                f"max_prompt_length ({self.max_prompt_length}) leaves room only for the BOS token the chat "
+                "template writes, so no prompt text would reach the model; set max_prompt_length to 2 or more"
+            )
+        return head + prompt_ids[len(prompt_ids) - keep :]
 
 
 def _shared_leading_messages(conversations: list[list[dict]], source: str, index: int) -> tuple[list, list]:
@@ -262,6 +285,49 @@ def _shared_leading_messages(conversations: list[list[dict]], source: str, index
     if n == 0:
         raise DataError(f"{source}, row {index}: the conversations share no leading messages to use as the prompt")
     return conversations[0][:n], [c[n:] for c in conversations]
+
+
+def _check_reply(messages: list[dict], field: str, offset: int, source: str, index: int) -> None:
+    """A completion is the assistant's reply: assistant turns (tool results between them), first and last the
+    assistant's, the last one not empty. ``offset``: the position of the reply's first message in ``field``."""
+    where, last = f"{source}, row {index}", len(messages) - 1
+    if messages[0]["role"] != "assistant":
+        raise DataError(
+            f"{where}: {field}[{offset}] is a {messages[0]['role']!r} turn, but the completion must start with the "
+            "assistant's reply; put the turns before the reply in `prompt`"
+        )
+    if messages[last]["role"] != "assistant":
+        raise DataError(
+            f"{where}: {field}[{offset + last}] is a {messages[last]['role']!r} turn, but the completion must end "
+            "with the assistant's reply; drop the turns after it"
+        )
+    for k, message in enumerate(messages):
+        if message["role"] not in REPLY_ROLES:
+            raise DataError(
+                f"{where}: {field}[{offset + k}] is a {message['role']!r} turn inside the completion, which holds "
+                "only the assistant's reply (tool results may sit between its turns); end the row before it"
+            )
+    if not messages[last]["content"].strip():
+        raise DataError(f"{where}: {field}[{offset + last}] (the assistant's reply) is empty")
+
+
+def _check_lengths(tokenizer, max_length: int, max_prompt_length: int, bos_added: bool) -> None:
+    if max_length < 2:
+        raise LengthSettingError(
+            f"max_length ({max_length}) must be at least 2: one prompt token and one completion token"
+        )
+    if max_prompt_length < 1:
+        raise LengthSettingError(f"max_prompt_length ({max_prompt_length}) must be at least 1")
+    if max_prompt_length >= max_length:
+        raise LengthSettingError(
+            f"max_prompt_length ({max_prompt_length}) must be smaller than max_length ({max_length}) so that "
+            "every completion keeps at least one token"
+        )
+    if bos_added and max_prompt_length < 2:
+        raise LengthSettingError(
+            f"max_prompt_length ({max_prompt_length}) leaves room only for the tokenizer's BOS token "
+            f"{tokenizer.bos_token!r}, so no prompt text would reach the model; set max_prompt_length to 2 or more"
+        )
 
 
 def _tokenizer_adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
