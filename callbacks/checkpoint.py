@@ -1,29 +1,100 @@
-"""Checkpointing defaults for resumable runs."""
+"""Checkpointing defaults for resumable runs, and the run manifest that makes a resume provably the same run."""
 
 from __future__ import annotations
 
 import os
+from typing import Any, Literal
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from lit_align.checkpoint_io import AtomicCheckpointIO, shown_path
+from lit_align.fingerprints import datamodule_digest
+from lit_align.manifest import MANIFEST_KEY, build_manifest, check_resume
 
 
 class AlignCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that always keeps ``last.ckpt`` in a fixed place and the best by ``val/loss``.
+    """``ModelCheckpoint`` that always keeps ``last.ckpt`` in a fixed place and the best by ``val/loss``, and
+    writes the run manifest (``lit_align.manifest``) into every checkpoint.
 
     Checkpoints go to ``<trainer.default_root_dir>/checkpoints`` unless ``dirpath`` is set, so ``--ckpt_path
     last`` finds them again (the logger's versioned folders would change on every run). Without validation
-    data there is no best checkpoint to keep and only ``last.ckpt`` is written. Every argument is
-    ``ModelCheckpoint``'s.
+    data there is no best checkpoint to keep and only ``last.ckpt`` is written. A resume (``fit`` with
+    ``ckpt_path``) is checked against the checkpoint's manifest before any state is restored.
+
+    Args:
+        resume_changes: What a resume does when the checkpoint comes from a different run (another objective,
+            other training rows, batch size, gradient accumulation, world size or length settings): ``refuse``
+            stops with one line naming each difference; ``allow`` warns and resumes anyway (the saved data
+            position is then replayed against the new data and batching as it stands). Other library versions
+            or hyperparameters only warn.
+        **kwargs: ``ModelCheckpoint``'s arguments.
     """
+
+    def __init__(self, resume_changes: Literal["refuse", "allow"] = "refuse", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if resume_changes not in ("refuse", "allow"):
+            raise ValueError(f"checkpoint.resume_changes must be 'refuse' or 'allow', got {resume_changes!r}")
+        self.resume_changes = resume_changes
+        #: ``(global_step, path)`` of the newest checkpoint this run wrote or resumed from, or ``None``.
+        self.latest_saved: tuple[int, str] | None = None
+        self._data_digest: dict | None = None  # computed once per fit: hashing every row at each save is waste
+        self._resume_checked = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._default_dirpath(trainer)
         if self.monitor is not None and not _has_validation(trainer):
             self.monitor, self.save_top_k = None, 0
         super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            datamodule = trainer.datamodule
+            # the data module is set up before callbacks, and both before any checkpoint state is restored
+            self._data_digest = datamodule_digest(datamodule) if datamodule is not None else {}
+            self._resume_checked = False
+            io = getattr(trainer.strategy, "checkpoint_io", None)
+            if isinstance(io, AtomicCheckpointIO):
+                # checked as the file is read, before the weights are loaded into a possibly different objective
+                io.on_load = lambda checkpoint, path: self._check_resume(trainer, pl_module, checkpoint, path)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        io = getattr(trainer.strategy, "checkpoint_io", None)
+        if isinstance(io, AtomicCheckpointIO):
+            io.on_load = None
+        super().teardown(trainer, pl_module, stage)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint[MANIFEST_KEY] = build_manifest(trainer, pl_module, self._data_digest)
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        # Strategies that read checkpoints themselves (FSDP2's sharded directories) reach here unchecked.
+        if trainer.state.fn == "fit" and not self._resume_checked:
+            self._check_resume(trainer, pl_module, checkpoint, str(trainer.ckpt_path))
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+    def _check_resume(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict, ckpt_path: str) -> None:
+        self._resume_checked = True
+        ckpt_path = shown_path(ckpt_path)
+        self.latest_saved = (int(checkpoint.get("global_step", 0)), ckpt_path)
+        current = build_manifest(trainer, pl_module, self._data_digest)
+        comparison = check_resume(checkpoint, current, ckpt_path, self.resume_changes == "allow",
+                                  getattr(pl_module, "hparams", None))
+        if comparison is None:
+            rank_zero_warn(f"{ckpt_path} has no run manifest (written before lit-align recorded one): resuming "
+                           "without checking that it comes from this run's objective, data and batching")
+            return
+        if comparison.refusals:
+            rank_zero_warn(f"resuming {ckpt_path} although it comes from a different run "
+                           f"(checkpoint.resume_changes=allow): {', '.join(comparison.refusals)}")
+        if comparison.warnings:
+            rank_zero_warn(f"resuming {ckpt_path}: {', '.join(comparison.warnings)}")
+        if comparison.notes:
+            rank_zero_info(f"resuming {ckpt_path}: {', '.join(comparison.notes)}")
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        self.latest_saved = (trainer.global_step, filepath)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         # SIGTERM (preemption, SLURM time limit): Lightning stops at the next step boundary by raising
@@ -32,6 +103,7 @@ class AlignCheckpoint(ModelCheckpoint):
             path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
             trainer.save_checkpoint(path, self.save_weights_only)
             self.last_model_path = path
+            self.latest_saved = (trainer.global_step, path)
             rank_zero_info(f"received SIGTERM: saved step {trainer.global_step} to {path}; "
                            "resume with --ckpt_path last")
         super().on_exception(trainer, pl_module, exception)

@@ -17,7 +17,8 @@ class NonFiniteGuard(L.Callback):
     """Checks every loss before its backward pass and every gradient before the optimizer step.
 
     With ``on_nonfinite="stop"`` (the default) the run ends with a ``NonFiniteError`` naming the step, before the
-    optimizer touches the weights, so the last checkpoint written stays the last good one. With ``"skip"`` the
+    optimizer touches the weights, so the last checkpoint written stays the last good one; the message names it
+    (path and step) or says that none has been written yet. With ``"skip"`` the
     update is dropped (every gradient set to ``None``, which optimizers skip), counted (the running count is
     logged as ``train/nonfinite_skipped``), and training goes on; more than ``max_skipped`` skipped steps stop the run.
     Works for automatic and manual optimisation, since both go through ``on_before_backward`` and
@@ -67,7 +68,7 @@ class NonFiniteGuard(L.Callback):
         if self.on_nonfinite == "stop" or self.skipped >= self.max_skipped:
             extra = f" after skipping {self.skipped} steps" if self.skipped else ""
             raise NonFiniteError(
-                f"{what} {where}{extra}; training stopped before the update, so the last checkpoint is still good. "
+                f"{what} {where}{extra}; training stopped before the update; {_last_good_checkpoint(trainer)}. "
                 "Lower the learning rate, check the data, or set numerics.on_nonfinite=skip to drop such steps."
             )
         self.skipped += 1
@@ -79,6 +80,22 @@ class NonFiniteGuard(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.skipped = int(state_dict.get("skipped", 0))
+
+
+def _last_good_checkpoint(trainer: L.Trainer) -> str:
+    """Where to resume from: the newest checkpoint this run wrote or resumed from (every step before the one
+    that failed was finite, so it is good), or that there is none yet."""
+    saved = []
+    for callback in getattr(trainer, "checkpoint_callbacks", None) or []:
+        latest = getattr(callback, "latest_saved", None)  # AlignCheckpoint
+        if latest is None and getattr(callback, "_last_checkpoint_saved", None):  # another ModelCheckpoint
+            latest = (callback._last_global_step_saved, callback._last_checkpoint_saved)
+        if latest is not None:
+            saved.append(latest)
+    if not saved:
+        return "no checkpoint has been written yet"
+    step, path = max(saved, key=lambda item: item[0])
+    return f"the last good checkpoint is {path} (step {step}): resume from it with --ckpt_path {path}"
 
 
 def _describe(tensor: torch.Tensor) -> str:

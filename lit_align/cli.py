@@ -75,6 +75,13 @@ class LitAlignCLI(LightningCLI):
         # `evaluate` runs AlignTrainer.evaluate: sampling, judging and the win-rate / KL report.
         return {**LightningCLI.subcommands(), "evaluate": {"model", "dataloaders", "datamodule"}}
 
+    def _parse_ckpt_path(self) -> None:
+        # Lightning loads a --ckpt_path file's hyperparameters over the parsed config, so `--model.beta 0.5`
+        # (or a --config) would be silently replaced by the checkpoint's value. Here the parsed config wins;
+        # a resume is checked against the checkpoint's run manifest instead (AlignCheckpoint, lit_align.manifest),
+        # and the file is read only by the checkpoint IO, which verifies it and never unpickles objects.
+        return
+
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         redact_hyperparameters(self.model, self.datamodule)
