@@ -8,7 +8,12 @@ left-padded prompt + right-padded response layout of sampled rollouts alike.
 
 ``load_reward_model`` turns what a user names into a frozen ``RewardScorer``: a local Hugging Face directory, a
 hub id, a lit-align ``RewardModel`` checkpoint (``.ckpt``), or ``"tiny"`` (the embedded backbone with a random,
-seeded head: for tests and smoke runs only, it knows nothing about preferences).
+seeded head: for tests and smoke runs only, it knows nothing about preferences). ``PretrainedRewardModel`` does the
+same from a config, with the settings of the reward model's inputs.
+
+A scorer knows its tokenizer and scores text too (``score_texts``): the one way text becomes a reward model's ids
+(``lit_align.reward_inputs``), used by the on-policy objectives when the reward model's tokenizer is not the
+policy's and by ``RewardModelJudge``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from lit_align.models import (
     zero_dropout,
 )
 from lit_align.policy import position_ids_from_mask
+from lit_align.reward_inputs import ChatTemplateUse, Prompt, RewardInputs, default_max_length
 
 #: Key of the extra entry a ``RewardModel`` checkpoint carries to be rebuilt without the training code.
 CHECKPOINT_KEY = "reward_model"
@@ -43,6 +49,11 @@ class RewardScorer(nn.Module):
         model: The sequence-classification model (one label).
         tokenizer: Its tokenizer.
         source: Where the backbone came from (hub id, directory or ``tiny``), kept for checkpoints.
+        max_length: Longest input when scoring text (see ``RewardInputs``); by default the smaller of the
+            tokenizer's and the position embeddings' limits.
+        chat_template: When text is rendered with the tokenizer's chat template: ``auto`` (conversations),
+            ``always`` (plain-text prompts too, as one user turn) or ``never``.
+        append_eos: End a plain-text response with EOS before scoring it.
     """
 
     # The RewardModel objective trains a scorer where other objectives hold a PolicyWithReference:
@@ -52,7 +63,15 @@ class RewardScorer(nn.Module):
     has_live_reference = False
     lora_options = None
 
-    def __init__(self, model: nn.Module, tokenizer, source: str = "") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        source: str = "",
+        max_length: int | None = None,
+        chat_template: ChatTemplateUse = "auto",
+        append_eos: bool = True,
+    ) -> None:
         super().__init__()
         num_labels = getattr(getattr(model, "config", None), "num_labels", 1)
         if num_labels != 1:
@@ -60,6 +79,14 @@ class RewardScorer(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.source = source
+        self.inputs = RewardInputs(
+            tokenizer, max_length or default_max_length(model, tokenizer), chat_template, append_eos
+        )
+
+    def score_texts(self, prompts: list[Prompt], responses: list[str], batch_size: int | None = None) -> torch.Tensor:
+        """(N,) float32 rewards of responses to prompts (text, or lists of messages), tokenised by this model's
+        tokenizer (``RewardInputs``)."""
+        return self.inputs.score(self, prompts, responses, batch_size)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B,) float32 reward read at the last real token (attention_mask == 1) of each row. Works with
@@ -151,6 +178,43 @@ def load_reward_model(source: str, trust_remote_code: bool = False, dtype: str |
         scorer = _from_pretrained(source, trust_remote_code, dtype)
     scorer.requires_grad_(False)
     return scorer.eval()
+
+
+class PretrainedRewardModel(RewardScorer):
+    """A frozen reward model named in a config, with the settings of its inputs, e.g. for an on-policy objective:
+
+    .. code-block:: yaml
+
+        reward_model:
+          class_path: lit_align.reward_model.PretrainedRewardModel
+          init_args: {source: Skywork/Skywork-Reward-Llama-3.1-8B-v0.2, max_length: 4096}
+
+    A plain string ``reward_model: <source>`` is the same with every other setting at its default.
+
+    Args:
+        source: What ``load_reward_model`` loads: a Hugging Face directory or hub id, a ``.ckpt``, or ``tiny``.
+        dtype: Weight dtype (``bfloat16`` on GPU halves the memory).
+        trust_remote_code: Run model code shipped with the hub repository.
+        max_length: Longest prompt + response in the reward model's tokens when it re-tokenises text; by default
+            its own limit.
+        chat_template: When text is rendered with the reward model's chat template: ``auto`` (conversations),
+            ``always`` (plain-text prompts too, as one user turn) or ``never``.
+        append_eos: End a plain-text response with the reward model's EOS.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        dtype: str | None = None,
+        trust_remote_code: bool = False,
+        max_length: int | None = None,
+        chat_template: ChatTemplateUse = "auto",
+        append_eos: bool = True,
+    ) -> None:
+        loaded = load_reward_model(source, trust_remote_code=trust_remote_code, dtype=dtype)
+        super().__init__(loaded.model, loaded.tokenizer, loaded.source, max_length, chat_template, append_eos)
+        self.requires_grad_(False)
+        self.eval()
 
 
 def _from_pretrained(source: str, trust_remote_code: bool, dtype: str | None) -> RewardScorer:

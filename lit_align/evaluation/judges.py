@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lit_align.reward_inputs import ChatTemplateUse, PolicyTextDecoder, Prompt, reads_policy_ids, reward_inputs_of
+
 
 @dataclass
 class Verdict:
@@ -52,9 +54,12 @@ class RewardModelJudge(Judge):
     """Scores response and reference with a reward model; the response wins with probability
     sigma(R(x, response) - R(x, reference)) (Bradley-Terry).
 
-    The texts are tokenised with the reward model's own tokenizer: the prompt with its special tokens (BOS once),
-    then the response, then EOS, where a lit-align reward model reads its score (the data encoder appends EOS to
-    every completion the reward model was trained on).
+    The texts are tokenised with the reward model's own tokenizer, as the on-policy objectives do
+    (``lit_align.reward_inputs.RewardInputs``): a plain-text prompt with BOS once, then the response, then EOS, where
+    a lit-align reward model reads its score (the data encoder appends EOS to every completion the reward model was
+    trained on); a prompt given as messages is rendered with the reward model's chat template. Prompts that are
+    conversations rendered by the evaluated policy's template become messages again once
+    ``read_prompts_with(policy_tokenizer)`` has been called.
 
     Args:
         reward_model: A lit-align ``RewardModel`` checkpoint (``.ckpt``), a directory or hub id of any Hugging Face
@@ -63,8 +68,10 @@ class RewardModelJudge(Judge):
         dtype: Weight dtype of the reward model (``bfloat16`` on GPU saves half the memory).
         trust_remote_code: Run model code shipped with the reward model's hub repository.
         batch_size: Sequences scored per forward pass.
-        append_eos: End every response with the tokenizer's EOS before scoring.
+        append_eos: End every plain-text response with the tokenizer's EOS before scoring.
         max_length: Longest prompt + response in tokens; longer prompts keep their end.
+        chat_template: When the reward model's chat template renders the text: ``auto`` (conversations),
+            ``always`` (plain-text prompts too, as one user turn) or ``never``.
     """
 
     def __init__(
@@ -75,6 +82,7 @@ class RewardModelJudge(Judge):
         batch_size: int = 16,
         append_eos: bool = True,
         max_length: int = 2048,
+        chat_template: ChatTemplateUse = "auto",
     ) -> None:
         self.reward_model = reward_model
         self.dtype = dtype
@@ -82,7 +90,14 @@ class RewardModelJudge(Judge):
         self.batch_size = batch_size
         self.append_eos = append_eos
         self.max_length = max_length
+        self.chat_template = chat_template
         self._scorer: nn.Module | None = reward_model if isinstance(reward_model, nn.Module) else None
+        self._prompt_decoder: PolicyTextDecoder | None = None
+
+    def read_prompts_with(self, policy_tokenizer) -> None:
+        """Prompts are text rendered by ``policy_tokenizer`` (its chat template): a reward model with another
+        tokenizer then gets the recovered conversation rendered with its own template."""
+        self._prompt_decoder = PolicyTextDecoder(policy_tokenizer)
 
     def setup(self, device: torch.device) -> None:
         if self._scorer is None:
@@ -98,31 +113,15 @@ class RewardModelJudge(Judge):
         return self._scorer
 
     @torch.no_grad()
-    def rewards(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        """(N,) float32 rewards of the responses to the prompts."""
+    def rewards(self, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
+        """(N,) float32 rewards of the responses to the prompts (text, or lists of messages)."""
         scorer = self.scorer
-        tokenizer = scorer.tokenizer
-        device = next(scorer.parameters()).device
-        sequences = []
-        for prompt, response in zip(prompts, responses):
-            prompt_ids = tokenizer(prompt, add_special_tokens=True).input_ids
-            response_ids = tokenizer(response, add_special_tokens=False).input_ids
-            if self.append_eos and tokenizer.eos_token_id is not None and response_ids[-1:] != [tokenizer.eos_token_id]:
-                response_ids = response_ids + [tokenizer.eos_token_id]
-            response_ids = response_ids[: self.max_length - 1]
-            prompt_ids = prompt_ids[-(self.max_length - len(response_ids)) :]
-            sequences.append(prompt_ids + response_ids)
-        scores = []
-        for start in range(0, len(sequences), self.batch_size):
-            chunk = sequences[start : start + self.batch_size]
-            width = max(len(s) for s in chunk)
-            input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, ids in enumerate(chunk):  # right padding: the reward is read at the last real token
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                attention_mask[row, : len(ids)] = 1
-            scores.append(scorer(input_ids.to(device), attention_mask.to(device)).float().cpu())
-        return torch.cat(scores) if scores else torch.zeros(0)
+        decoder = self._prompt_decoder
+        if decoder is not None and not reads_policy_ids(scorer.tokenizer, decoder.tokenizer):
+            prompts = [decoder.text_prompt(p) if isinstance(p, str) else p for p in prompts]
+        inputs = reward_inputs_of(scorer, max_length=self.max_length, chat_template=self.chat_template,
+                                  append_eos=self.append_eos)
+        return inputs.score(scorer, prompts, responses, self.batch_size).cpu()
 
     def compare_batch(self, prompts: list[str], responses: list[str], references: list[str]) -> list[Verdict]:
         n = len(prompts)

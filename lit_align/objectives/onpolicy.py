@@ -116,14 +116,19 @@ class OnPolicyObjective(AlignmentModule):
     # -- the reward model --------------------------------------------------------------------------------------
 
     def attach_reward_model(self, reward_model: nn.Module) -> None:
-        """Register ``reward_model`` frozen and in eval mode (a submodule, so it follows the policy's device)."""
-        reward_tokenizer = getattr(reward_model, "tokenizer", None)
-        if reward_tokenizer is not None and reward_tokenizer.get_vocab() != self.tokenizer.get_vocab():
-            raise ValueError("the reward model's tokenizer differs from the policy's: it would read the policy's "
-                             "token ids as other words; use a reward model trained with the policy's tokenizer")
+        """Register ``reward_model`` frozen and in eval mode (a submodule, so it follows the policy's device).
+
+        A reward model whose ``tokenizer`` differs from the policy's (vocabulary, chat template, BOS or EOS) gets
+        each response decoded and re-encoded with its own tokenizer and template (``lit_align.reward_inputs``);
+        one with the policy's tokenizer, or without a ``tokenizer``, reads the policy's token ids as they are.
+        """
+        from lit_align.reward_inputs import RetokenizedReward, reads_policy_ids
+
         reward_model.requires_grad_(False)
         reward_model.eval()
         self.reward_model = reward_model
+        same_ids = reads_policy_ids(getattr(reward_model, "tokenizer", None), self.tokenizer)
+        self._retokenized_reward = None if same_ids else RetokenizedReward(reward_model, self.tokenizer)
 
     def setup(self, stage: str) -> None:
         if self.reward_model is None and stage != "predict":  # generating needs no reward model
@@ -136,9 +141,16 @@ class OnPolicyObjective(AlignmentModule):
         return self
 
     @torch.no_grad()
-    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Reward of every row (N,) in float32."""
-        return self.reward_model(input_ids, attention_mask).float().reshape(-1)
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              completion_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Reward of every row (N,) in float32. A reward model with another tokenizer reads the decoded prompt and
+        response (``completion_mask`` marks the response) re-encoded with its own tokenizer."""
+        if self._retokenized_reward is None:
+            return self.reward_model(input_ids, attention_mask).float().reshape(-1)
+        if completion_mask is None:
+            raise ValueError("the reward model has another tokenizer than the policy: score() needs the "
+                             "completion_mask that tells the response from the prompt")
+        return self._retokenized_reward(input_ids, attention_mask, completion_mask).float().reshape(-1)
 
     # -- experience --------------------------------------------------------------------------------------------
 
@@ -173,7 +185,7 @@ class OnPolicyObjective(AlignmentModule):
     def make_experience(self, batch: dict[str, torch.Tensor]) -> Experience:
         """Responses, their scores, and per-token sampling-policy and reference log-probs (see module doc)."""
         exp = self.sample_responses(batch)
-        scores = self.score(exp["input_ids"], exp["attention_mask"])
+        scores = self.score(exp["input_ids"], exp["attention_mask"], exp["completion_mask"])
         if self.missing_eos_penalty is not None:
             scores = torch.where(exp["ended"], scores, torch.full_like(scores, self.missing_eos_penalty))
         exp["scores"] = scores
