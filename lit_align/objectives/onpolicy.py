@@ -62,8 +62,11 @@ class OnPolicyObjective(AlignmentModule):
     Args:
         reward_model: The reward model: a local Hugging Face directory or hub id of a sequence-classification
             model, a lit-align ``RewardModel`` checkpoint (``.ckpt``), or any module with
-            ``forward(input_ids, attention_mask) -> (B,)`` rewards. When omitted, ``reward_stage`` trains one
-            on the preference pairs of the training data at the start of ``fit``.
+            ``forward(input_ids, attention_mask) -> (B,)`` rewards. Its tokenizer and chat template may differ
+            from the policy's: responses are then re-encoded for it (``attach_reward_model``); name it as a
+            ``lit_align.reward_model.PretrainedRewardModel`` to set its input length and template use. When
+            omitted, ``reward_stage`` trains one on the preference pairs of the training data at the start of
+            ``fit``.
         sampling: How responses are sampled (max/min new tokens, temperature, top-p, top-k).
         num_samples: Responses sampled per prompt.
         epochs_per_batch: Optimisation passes over each sampled batch.
