@@ -173,3 +173,25 @@ def test_tool_results_inside_the_reply_are_trained_on():
     (ex,), _ = encode(tokenizer, rows)
     text = tokenizer.decode(ex.completion_ids[0])
     assert text.startswith("Let me look.") and "sunny" in text and text.endswith("It is sunny.<|im_end|>")
+
+
+def test_a_row_the_template_refuses_is_named_and_can_be_skipped():
+    """Llama-2's template raises on roles that do not alternate: a fault of that row, not of the template."""
+    tokenizer = family_tokenizer("llama2")
+    good = rows_for(BY_NAME["llama2"])[0]
+    bad = {"prompt": [user("Hi"), user("Hi again")], "chosen": [assistant("Yes.")], "rejected": [assistant("No.")]}
+    with pytest.raises(DataError, match=r"^chat\.jsonl, row 1: the chat template of .* refuses the row: "
+                                        r"Conversation roles must alternate"):
+        encode(tokenizer, [good, bad])
+    examples, stats = encode(tokenizer, [good, bad], invalid_rows="skip")
+    assert [e.index for e in examples] == [0] and stats.invalid == 1
+
+
+def test_template_whose_prompt_is_not_a_prefix_of_the_conversation_is_refused(tokenizer):
+    odd = copy.deepcopy(tokenizer)  # the generation prompt says "<|assistant|>\n", a written reply has no newline
+    odd.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    rows = [{"prompt": [user("Hi")], "chosen": [assistant("Yes.")], "rejected": [assistant("No.")]}]
+    with pytest.raises(ChatTemplateError, match=r"^chat\.jsonl, row 0: the chat template of .* renders the prompt "
+                                                r"differently once the 'chosen' reply follows it"):
+        encode(odd, rows, invalid_rows="skip")

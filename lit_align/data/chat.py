@@ -30,8 +30,8 @@ from lit_align.data.sources import DataError
 
 
 class ChatTemplateError(DataError):
-    """The chat template cannot render these rows faithfully. A fault of the template, not of one row: it is
-    raised even with ``invalid_rows: skip``."""
+    """The tokenizer's chat template (or its absence) cannot render the data faithfully. A fault of the template,
+    not of one row: it is raised even with ``invalid_rows: skip``."""
 
 
 @dataclass
@@ -53,7 +53,7 @@ class ChatRenderer:
         self.tokenizer = tokenizer
         self.name = getattr(tokenizer, "name_or_path", "") or "(unnamed)"
         if getattr(tokenizer, "chat_template", None) is None:
-            raise DataError(
+            raise ChatTemplateError(
                 f"conversational data needs a tokenizer with a chat template, and the tokenizer {self.name!r} has "
                 "none (no chat_template); use a chat model's tokenizer or give the data as strings"
             )
@@ -85,8 +85,8 @@ class ChatRenderer:
             text = self.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=generation_prompt
             )
-        except TemplateError as err:  # raise_exception() in the template, e.g. "roles must alternate"
-            raise ChatTemplateError(f"{where}: the chat template of {self.name!r} refuses the row: {err}") from err
+        except TemplateError as err:  # raise_exception() in the template, e.g. "roles must alternate": the row's fault
+            raise DataError(f"{where}: the chat template of {self.name!r} refuses the row: {err}") from err
         return text
 
     def _close(self, text: str, messages: list[dict], field: str, where: str) -> RenderedCompletion:

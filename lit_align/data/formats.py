@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
-from lit_align.data.chat import ChatRenderer, RenderedCompletion
+from lit_align.data.chat import ChatRenderer, ChatTemplateError, RenderedCompletion
 from lit_align.data.sources import DataError
 from lit_align.errors import UserError
 
@@ -128,14 +128,16 @@ class RowEncoder:
                 # a bad row cannot show the format: detection waits for the first good one under "skip"
                 row_fmt = self._detect(row, source, index) if fmt == "auto" else fmt
                 prompt, completions = self._split(row, row_fmt, source, index)
+                rendered = self._render(prompt, completions, source, index)
                 fmt = row_fmt
+            except ChatTemplateError:
+                raise  # the template's fault, not the row's: skipping would drop every row and hide why
             except DataError:
                 if self.invalid_rows == "error":
                     raise
                 stats.invalid += 1
                 continue
-            # outside the try: a template that cannot render faithfully is its fault, not the row's, never skipped
-            texts.append((index, *self._render(prompt, completions, source, index)))
+            texts.append((index, *rendered))
         examples = self._tokenize(texts, stats)
         stats.kept = len(examples)
         if not examples:
