@@ -26,7 +26,8 @@ Truncation: a prompt longer than ``max_prompt_length`` keeps its BOS and its las
 what ``max_length`` leaves keeps its first tokens (and so loses its end-of-turn token). Every sequence is then at
 most ``max_length`` tokens and every completion at least one. Refused at start-up, as settings that cannot hold
 this: ``max_length`` < 2, ``max_prompt_length`` < 1 or >= ``max_length``, and ``max_prompt_length`` 1 with a
-tokenizer that adds a BOS token (the prompt would be BOS alone, none of the row's text).
+tokenizer that adds a BOS token (the prompt would be BOS alone, none of the row's text); the same setting with a
+chat template that writes BOS itself is refused at the first prompt it would cut.
 """
 
 from __future__ import annotations
