@@ -22,6 +22,7 @@ import lit_align.data  # noqa: F401  (registers the DataModules for short names)
 import lit_align.objectives  # noqa: F401  (registers the objectives for short names)
 from lit_align.callbacks import AlignCheckpoint, HFExport, NonFiniteError, NonFiniteGuard, PredictionWriter
 from lit_align.callbacks.console import AlignProgressBar, RunSummary
+from lit_align.cli_help import config_help, help_request, short_help
 from lit_align.console import quiet_console, strip_verbose_flag
 from lit_align.plot import main as plot_main
 from lit_align.checkpoint_io import AtomicCheckpointIO, CheckpointLoadError
@@ -157,6 +158,12 @@ def main(args: list[str] | None = None) -> None:
     Other libraries' console noise is silenced for the run unless ``--verbose`` (see ``lit_align.console``)."""
     if (sys.argv[1:] if args is None else args)[:1] == ["plot"]:
         return _run_user_command(lambda: plot_main(list(sys.argv[2:] if args is None else args[1:])))
+    request = help_request(sys.argv[1:] if args is None else list(args))
+    if request is not None and request[1] != "all":
+        return _print_help(*request, sys.argv[1:] if args is None else list(args))
+    if request is not None:  # `--help all`: LightningCLI's own, complete help
+        position = (sys.argv if args is None else args).index("all")
+        del (sys.argv if args is None else args)[position]
     if args is None:
         sys.argv[1:] = strip_verbose_flag(sys.argv[1:])  # LightningCLI reads sys.argv itself
     else:
@@ -175,6 +182,11 @@ def main(args: list[str] | None = None) -> None:
         print(f"lit-align: error: {message}", file=sys.stderr)
         print(f"(set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr)
         sys.exit(2)
+
+
+def _print_help(subcommand: str, mode: str, args: list[str]) -> None:
+    text = config_help(subcommand, args) if mode == "config" else None
+    print(text or short_help(subcommand))
 
 
 def _run_user_command(command) -> None:

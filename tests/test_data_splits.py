@@ -72,6 +72,17 @@ def test_a_directory_validates_on_its_validation_split_not_on_the_training_rows(
         _module(tmp_path / "set", val_split="dev").setup("fit")
 
 
+def test_a_val_path_with_several_splits_needs_val_split(tmp_path):
+    _write(tmp_path / "set" / "train.jsonl", _rows("train", 4))
+    _write(tmp_path / "set" / "validation.jsonl", _rows("val", 2))
+    train = _write(tmp_path / "train.jsonl", _rows("train", 4))
+    with pytest.raises(DataError, match=r"holds the splits \['train', 'validation'\]: name the one to read"):
+        _module(train, val_path=str(tmp_path / "set")).setup("fit")
+    dm = _module(train, val_path=str(tmp_path / "set"), val_split="validation")
+    dm.setup("fit")
+    assert _prompts(dm, dm.val_examples) == {r["prompt"] for r in _rows("val", 2)}
+
+
 def test_val_fraction_and_val_split_together_are_refused():
     with pytest.raises(DataError, match=r"val_fraction=0.1 and val_split='validation' both choose"):
         PreferenceDataModule(path="tiny", val_split="validation", val_fraction=0.1)

@@ -1,7 +1,8 @@
-"""The shared DataModule: sources, formats, validation split, seeded resumable loading, dynamic padding."""
+"""The shared DataModule: sources, formats, validation and test splits, seeded resumable loading, dynamic padding."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -277,8 +278,11 @@ class TextDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         if not self.test_examples:
-            raise DataError("no test rows: set data.test_path or data.test_split (test never reuses the validation "
-                            "rows)")
+            if "test_path" in inspect.signature(type(self).__init__).parameters:
+                raise DataError("no test rows: set data.test_path or data.test_split (test never reuses the "
+                                "validation rows)")
+            raise DataError(f"{type(self).__name__} has no test rows; lit-align validate reports on its validation "
+                            "rows")
         return DataLoader(
             self.test_examples, batch_size=self.hparams.eval_batch_size or self.hparams.batch_size,
             collate_fn=self.collator(), num_workers=self.hparams.num_workers,
