@@ -9,9 +9,10 @@ as other words. Three steps bridge the two, shared by the on-policy objectives a
    only token ids, so the prompt of conversational data is a conversation rendered with the policy's chat
    template: ``ChatTemplateReader`` inverts that template. It renders a probe conversation with marker contents,
    which shows the markup the template puts before, between and after turns, parses the prompt with that markup,
-   and keeps the messages only when rendering them again gives back the prompt's exact text. A prompt that does
-   not round-trip (plain-text data, a prompt cut at its start by ``max_prompt_length``, a template the probe cannot
-   read) stays plain text, decoded without special tokens.
+   and keeps the messages only when rendering them again gives back the prompt's exact text. A prompt cut at its
+   start by ``max_prompt_length`` keeps the turns after the cut (what is left of a user turn stays, a fragment of
+   a system message or reply goes) when their rendering ends with the prompt's text. Anything else (plain-text
+   data, a template the probe cannot read) stays plain text, decoded without special tokens.
 2. ``RewardInputs.encode`` turns (prompt, response) into the reward model's ids. A conversation, when the reward
    model's tokenizer has a chat template, is rendered with it (the prompt's messages, then the response as the
    assistant turn) and that rendering is tokenised in one go, as ``apply_chat_template(..., tokenize=True)`` does;
@@ -36,6 +37,8 @@ ChatTemplateUse = Literal["auto", "always", "never"]
 # Marker contents of the probe conversation: plain words that no template trims, escapes or splits.
 _MARKS = {"system": "litalignprobesystem", "user": "litalignprobeuserone", "assistant": "litalignprobeassistant",
           "user2": "litalignprobeusertwo"}
+# The turn after each: the alternating conversations the reader parses.
+_FOLLOWING_ROLE = {"system": "user", "user": "assistant", "assistant": "user"}
 # The longest input assumed when neither the tokenizer nor the model config states one.
 FALLBACK_MAX_LENGTH = 4096
 
@@ -67,7 +70,9 @@ class ChatTemplateReader:
 
     Reads conversations of alternating user and assistant turns ending with a user turn, optionally led by one
     system message: the shapes preference and prompt data sets have. ``messages`` returns ``None`` for anything
-    else, and for every text that the recovered messages do not render back to exactly.
+    else, and for every text that the recovered messages do not render back to (exactly, or as its end for a
+    prompt cut at its start). A template that writes the system prompt inside the first user turn (Llama-2)
+    gives that turn back with the system text in it: it renders the same.
     """
 
     def __init__(self, tokenizer) -> None:
@@ -81,20 +86,53 @@ class ChatTemplateReader:
                 self._learn()
             except Exception:  # noqa: BLE001 - a template that cannot render the probe cannot be read
                 self._heads = []
+        added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+        specials = set(tokenizer.all_special_tokens) | {t.content for t in added.values() if t.special}
+        self._markup = [m for m in (*self._between.values(), self._end, *specials) if m]  # never in a content
 
     @property
     def readable(self) -> bool:
         return bool(self._heads)
 
     def messages(self, text: str) -> list[Message] | None:
-        """The messages whose rendering (generation prompt included) is ``text``, or ``None``."""
+        """The messages whose rendering (generation prompt included) is ``text``, or ``None``.
+
+        A prompt cut at its start (``max_prompt_length`` keeps the end of long prompts) is read too: what is left
+        of a user turn is its first message, a leading fragment of a system message or reply is dropped; the
+        rendering of what is read must then end with ``text``, and no content may hold the template's markup.
+        """
         text = self._without_bos(text)
-        for head, role in self._heads:  # without a system message first: a template may add a default one
-            if text.startswith(head):
-                messages = self._turns(text[len(head):], role)
-                if messages is not None and self._render(messages) == text:
-                    return messages
+        try:
+            for head, role in self._heads:  # without a system message first: a template may add a default one
+                if text.startswith(head):
+                    messages = self._turns(text[len(head):], role)
+                    if messages is not None and self._render(messages) == text:
+                        return messages
+            return self._cut_messages(text) if self._heads and text.endswith(self._end) else None
+        except Exception:  # noqa: BLE001 - a template that refuses what was read: the prompt stays text
+            return None
+
+    def _cut_messages(self, text: str) -> list[Message] | None:
+        # What the first separator in the text leads into tells whose turn the cut fell in.
+        into_reply = text.find(self._between[("user", "assistant")])
+        into_user = [(text.find(sep), sep) for key, sep in self._between.items() if key[1] == "user" and sep]
+        into_user = min(((at, sep) for at, sep in into_user if at >= 0), default=(-1, ""))
+        if into_user[0] >= 0 and (into_reply < 0 or into_user[0] < into_reply):
+            rest = text[into_user[0] + len(into_user[1]):]  # a fragment of a reply or system message: dropped
+        else:  # a fragment of a user turn: kept, without what is left of the markup that opened it
+            rest = text[len(self._opener_tail(text, self._heads[0][0])):].lstrip()
+        messages = self._turns(rest, "user")
+        if messages and self._free_of_markup(messages) and self._render(messages).endswith(rest):
+            return messages
         return None
+
+    @staticmethod
+    def _opener_tail(text: str, opener: str) -> str:
+        """The longest end of ``opener`` that ``text`` starts with (the cut may fall inside the markup)."""
+        return next((opener[cut:] for cut in range(len(opener)) if text.startswith(opener[cut:])), "")
+
+    def _free_of_markup(self, messages: list[Message]) -> bool:
+        return all(mark not in message["content"] for message in messages for mark in self._markup)
 
     def _learn(self) -> None:
         marks = _MARKS
@@ -117,19 +155,18 @@ class ChatTemplateReader:
     def _turns(self, rest: str, role: str) -> list[Message] | None:
         messages: list[Message] = []
         while True:
-            if role == "user":
-                last = len(rest) - len(self._end) if rest.endswith(self._end) else -1
+            if role == "user" and rest.endswith(self._end):
+                last = len(rest) - len(self._end)
                 cut = rest.find(self._between[("user", "assistant")])
-                if last >= 0 and (cut < 0 or cut >= last):  # the generation prompt closes the prompt
+                if cut < 0 or cut >= last:  # no other turn before the generation prompt: the last message
                     return messages + [{"role": "user", "content": rest[:last]}]
-                role_next = "assistant"
-            else:
-                role_next = "user"
-                cut = rest.find(self._between.get((role, role_next), "\0"))
+            following = _FOLLOWING_ROLE[role]
+            separator = self._between.get((role, following), "")
+            cut = rest.find(separator) if separator else -1
             if cut < 0:
                 return None
             messages.append({"role": role, "content": rest[:cut]})
-            rest, role = rest[cut + len(self._between[(role, role_next)]):], role_next
+            rest, role = rest[cut + len(separator):], following
 
     def _render(self, messages: list[Message]) -> str:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -194,7 +194,10 @@ def test_chat_template_rendering_is_what_gets_scored(policy, reward_dir, llama3_
 
 
 @pytest.mark.parametrize("template", ["tiny", LLAMA3_TEMPLATE, LLAMA31_TEMPLATE])
-def test_template_reader_round_trips_and_refuses_what_it_cannot_read(template, tokenizer):
+def test_template_reader_round_trips_and_reads_prompts_cut_at_their_start(template, tokenizer):
+    """Whole renderings come back as their messages; a prompt cut at its start (the data's max_prompt_length keeps
+    the end) keeps the turns after the cut (a fragment of a system message or reply is dropped, one of a user
+    turn kept); text that is no rendering is not read."""
     policy_tok = tokenizer if template == "tiny" else bpe_tokenizer(380, template)
     reader = ChatTemplateReader(policy_tok)
     turns = CHAT + [{"role": "assistant", "content": "Wet."}, {"role": "user", "content": "And snow?"}]
@@ -203,7 +206,11 @@ def test_template_reader_round_trips_and_refuses_what_it_cannot_read(template, t
         assert reader.messages(text) == messages
         if not text.startswith(policy_tok.bos_token):  # the data encoder adds BOS where the template does not
             assert reader.messages(policy_tok.bos_token + text) == messages
-        assert reader.messages(text[5:]) is None  # a prompt cut at its start (max_prompt_length) stays text
+    single = policy_tok.apply_chat_template(CHAT[1:], tokenize=False, add_generation_prompt=True)
+    assert reader.messages(single[single.index("Describe") + 3:]) == [{"role": "user", "content": "cribe the rain."}]
+    text = policy_tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    assert reader.messages(text[text.index("Answer") + 3:]) == turns[1:]
+    assert reader.messages(text[text.index("Wet.") + 1:]) == turns[-1:]
     assert reader.messages("Describe the rain.") is None
 
 
