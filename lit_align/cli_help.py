@@ -1,0 +1,160 @@
+"""Help that fits on a screen: ``lit-align fit --help`` lists the objectives and data modules and says where the
+details are; with ``--config`` it shows that config's objective and data arguments; ``--help all`` is
+LightningCLI's full help (every Trainer option)."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import yaml
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "evaluate")
+
+
+def _first_line(obj) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
+def _catalogue(module, base) -> list[tuple[str, str]]:
+    entries = []
+    for name in getattr(module, "__all__", dir(module)):
+        obj = getattr(module, name, None)
+        if inspect.isclass(obj) and issubclass(obj, base) and obj is not base and not inspect.isabstract(obj):
+            entries.append((name, _first_line(obj)))
+    return sorted(entries)
+
+
+def _table(entries: list[tuple[str, str]], width: int = 100) -> list[str]:
+    pad = max(len(n) for n, _ in entries) + 2
+    return [f"  {name:<{pad}}{text[: width - pad - 2]}" for name, text in entries]
+
+
+def short_help(subcommand: str) -> str:
+    import lit_align.data as data
+    import lit_align.objectives as objectives
+    from lit_align.data.base import TextDataModule
+    from lit_align.objectives.base import AlignmentModule
+
+    bases = ("AlignmentModule", "OnPolicyObjective", "PairwiseObjective", "PairObjective")
+    models = [(n, t) for n, t in _catalogue(objectives, AlignmentModule) if n not in bases]
+    datamodules = [(n, t) for n, t in _catalogue(data, TextDataModule) if n != "TextDataModule"]
+    lines = [
+        f"usage: lit-align {subcommand} --config CONFIG.yaml [--model.ARG VALUE] [--data.ARG VALUE] "
+        "[--trainer.ARG VALUE] ...",
+        "",
+        "Objectives (--model NAME, or the class_path of your own subclass):",
+        *_table(models),
+        "",
+        "Data modules (--data NAME):",
+        *_table(datamodules),
+        "",
+        "More help:",
+        f"  lit-align {subcommand} --model.help DPO              every argument of one objective",
+        f"  lit-align {subcommand} --data.help PreferenceDataModule",
+        f"  lit-align {subcommand} --config configs/dpo.yaml --help    that config's objective and data arguments",
+        f"  lit-align {subcommand} --config configs/dpo.yaml --print_config    the whole resolved config",
+        f"  lit-align {subcommand} --help all                     every option, Trainer included (long)",
+        "  lit-align plot RUN_DIR [RUN_DIR ...]              the curves of finished runs as PNGs",
+    ]
+    return "\n".join(lines)
+
+
+def _config_classes(args: list[str]) -> dict[str, str]:
+    """The model's and data's class paths named by the --config files in ``args`` (later files win)."""
+    found: dict[str, str] = {}
+    for i, token in enumerate(args):
+        path = args[i + 1] if token == "--config" and i + 1 < len(args) else (
+            token.split("=", 1)[1] if token.startswith("--config=") else None)
+        if path is None or not Path(path).is_file():
+            continue
+        config = yaml.safe_load(Path(path).read_text()) or {}
+        for key in ("model", "data"):
+            value = config.get(key)
+            class_path = value.get("class_path") if isinstance(value, dict) else value
+            if isinstance(class_path, str):
+                found[key] = class_path
+    return found
+
+
+def _arguments(cls) -> list[tuple[str, str, str]]:
+    """(name, default, first sentence of its docstring) of every ``__init__`` argument of ``cls``, following
+    ``**kwargs`` into the base classes as the config parser does."""
+    from docstring_parser import parse
+
+    rows, seen = [], set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        docs = {p.arg_name: " ".join((p.description or "").split()) for p in parse(klass.__doc__ or "").params}
+        parameters = list(inspect.signature(init).parameters.values())[1:]
+        for p in parameters:
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in seen:
+                continue
+            seen.add(p.name)
+            default = "required" if p.default is inspect.Parameter.empty else repr(p.default)
+            rows.append((p.name, default, re.split(r"(?<!e\.g)(?<!i\.e)\.\s+(?=[A-Z`(])", docs.get(p.name, ""))[0]))
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return rows
+
+
+def config_help(subcommand: str, args: list[str]) -> str | None:
+    """One line per argument of the objective and data module the config names (None if it names neither)."""
+    from jsonargparse._util import import_object
+
+    classes = _config_classes(args)
+    if not classes:
+        return None
+    lines = []
+    for key, class_path in classes.items():
+        cls = import_object(class_path)
+        lines += [f"--{key}: {class_path} -- {_first_line(cls)}"]
+        for name, default, text in _arguments(cls):
+            lines.append(f"  --{key}.{name:<24} {default[:22]:<22} {text[:90]}")
+        lines.append("")
+    lines.append(f"lit-align {subcommand} --{next(iter(classes))}.help CLASS shows the full text of each argument; "
+                 f"lit-align {subcommand} --help all lists every option, Trainer included.")
+    return "\n".join(lines)
+
+
+def help_request(args: list[str]) -> tuple[str, str] | None:
+    """(subcommand, mode) when ``args`` ask for help: ``short``, ``config`` or ``all``; None otherwise."""
+    if not args or args[0] not in SUBCOMMANDS or not {"--help", "-h"} & set(args):
+        return None
+    index = args.index("--help") if "--help" in args else args.index("-h")
+    if args[index + 1 : index + 2] == ["all"]:
+        return args[0], "all"
+    return args[0], "config" if any(a == "--config" or a.startswith("--config=") for a in args) else "short"
+
+
+def unknown_key_message(parser, parse_error: str) -> str | None:
+    """One line with the nearest valid names for a misspelt argument, or None for other parse errors.
+
+    Covers an objective's or data module's own argument (``--model.betta``: the parser says the class does not
+    accept 'betta') and any other unknown key (``--trainer.max_step``: unrecognised arguments)."""
+    import difflib
+
+    from jsonargparse._util import import_object
+
+    accepted = re.search(r"Problem with given class_path '([^']+)':\s*Option '([^']+)' is not accepted", parse_error)
+    key = re.match(r'Parser key "([^"]+)"', parse_error)
+    if accepted and key:
+        class_path, option = accepted.groups()
+        names = [name for name, _, _ in _arguments(import_object(class_path))]
+        near = difflib.get_close_matches(option, names, n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else f"; it takes {', '.join(names)}"
+        short = class_path.rsplit(".", 1)[-1]
+        return (f"--{key.group(1)}.{option}: {class_path} has no argument {option!r}{hint} "
+                f"(--{key.group(1)}.help {short} lists them all)")
+    unrecognised = re.search(r"Unrecognized arguments:\s*(\S+)", parse_error)
+    if unrecognised:
+        option = unrecognised.group(1).split("=", 1)[0]
+        known = [s for s in getattr(parser, "_option_string_actions", {}) if s.startswith("--")]
+        near = difflib.get_close_matches(option, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(near)}?" if near else ""
+        return f"unknown option {option}{hint} (lit-align fit --help lists where to look)"
+    return None
