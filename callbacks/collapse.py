@@ -24,14 +24,17 @@ class ModeCollapseMonitor(PolicyProbe):
     gathered from every rank), ``{prefix}/unique_fraction`` (distinct responses among the ``num_samples`` of a
     prompt, divided by ``num_samples``, averaged over prompts), ``{prefix}/mean_length`` and
     ``{prefix}/length_drift`` (mean length minus its starting value), and ``{prefix}/entropy`` (mean token
-    entropy of the samples). When a watched quantity falls below ``min_fraction`` of its starting value it warns
-    once, and with ``stop_on_collapse`` it stops the run (on every rank: the values are already reduced).
+    entropy of the samples, of the distribution they are sampled from: ``softmax(logits / sampling.temperature)``,
+    default temperature 1, the policy itself; under greedy sampling, which has no distribution of its own, the
+    policy's at temperature 1). When a watched quantity falls below ``min_fraction`` of its starting value it
+    warns once, and with ``stop_on_collapse`` it stops the run (on every rank: the values are already reduced).
 
     Args:
         every_n_steps: Measure every this many optimizer steps (and once before the first).
         num_prompts: Prompts of the fixed probe set.
         num_samples: Responses sampled per prompt (at least 2 for ``unique_fraction`` to mean anything).
-        sampling: How responses are sampled.
+        sampling: How responses are sampled and scored (default: temperature 1, 16 new tokens; greedy, 0, counts
+            the diversity of greedy responses).
         min_fraction: Collapse threshold as a fraction of the starting value.
         watch: Quantities compared with the threshold (names without prefix).
         stop_on_collapse: Stop training when a watched quantity collapses.
@@ -68,8 +71,9 @@ class ModeCollapseMonitor(PolicyProbe):
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, examples: list[Example]) -> Totals:
         rollout = self.sample(trainer, pl_module, examples)
         logits, _ = scored_rollout(pl_module, rollout, with_reference=False)
-        _, mask = completion_token_logprobs(logits, rollout.input_ids, rollout.completion_mask)
-        entropy = (token_entropy(logits[:, :-1]) * mask).sum()
+        temperature = self.sampling.temperature or 1.0  # the distribution the rollout was drawn from
+        _, mask = completion_token_logprobs(logits, rollout.input_ids, rollout.completion_mask, temperature)
+        entropy = (token_entropy(logits[:, :-1], temperature) * mask).sum()
         ids, response_mask = self.padded_responses(rollout)
         ids, response_mask = self.gather_rows(trainer, ids), self.gather_rows(trainer, response_mask)
         responses = [row[m.bool()].tolist() for row, m in zip(ids.cpu(), response_mask.cpu())]

@@ -25,20 +25,23 @@ class KLMonitor(PolicyProbe):
     - ``{prefix}/kl_token``: the exact per-token KL over the vocabulary summed along each sample,
       ``sum_t KL(pi(.|s_t) || pi_0(.|s_t))`` (unbiased and the lowest variance of the three).
 
-    All three estimate the KL of the distribution of responses truncated at ``max_new_tokens``. The policy needs a
-    live reference (``reference: copy`` or ``lora``); with a cached or no reference the monitor does nothing.
+    All three estimate the KL of the distribution of responses truncated at ``max_new_tokens``, and of the
+    distribution the monitor samples from: policy and reference are both scored at ``sampling.temperature``
+    (default 1, the policy itself: KL(pi || pi_0); at T it is KL(pi_T || pi0_T)). The policy needs a live
+    reference (``reference: copy`` or ``lora``); with a cached or no reference the monitor does nothing.
 
     Args:
         every_n_steps: Measure every this many optimizer steps (and once before the first).
         num_prompts: Prompts of the fixed probe set.
         num_samples: Responses sampled per prompt.
-        sampling: How responses are sampled (keep temperature 1 for an estimate of the policy's KL).
+        sampling: How responses are sampled and scored (temperature > 0; default: temperature 1, 16 new tokens).
         prefix: Metric name prefix.
     """
 
     def __init__(self, every_n_steps: int = 50, num_prompts: int = 16, num_samples: int = 4,
                  sampling: SamplingConfig | None = None, prefix: str = "monitor") -> None:
         super().__init__(every_n_steps, num_prompts, num_samples, sampling, prefix)
+        self.sampling.require_distribution(type(self).__name__)
         self._warned = False
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, examples: list[Example]) -> Totals:
@@ -49,10 +52,12 @@ class KLMonitor(PolicyProbe):
             return {}
         rollout = self.sample(trainer, pl_module, examples)
         logits, reference = scored_rollout(pl_module, rollout, with_reference=True)
-        policy_logps, mask = completion_token_logprobs(logits, rollout.input_ids, rollout.completion_mask)
-        reference_logps, _ = completion_token_logprobs(reference, rollout.input_ids, rollout.completion_mask)
+        temperature = self.sampling.temperature  # the distribution the rollout was drawn from
+        policy_logps, mask = completion_token_logprobs(logits, rollout.input_ids, rollout.completion_mask, temperature)
+        reference_logps, _ = completion_token_logprobs(reference, rollout.input_ids, rollout.completion_mask,
+                                                       temperature)
         log_ratio = (policy_logps - reference_logps).sum(-1)  # (N,)
-        per_token = (token_kl(logits[:, :-1], reference[:, :-1]) * mask).sum(-1)  # (N,)
+        per_token = (token_kl(logits[:, :-1], reference[:, :-1], temperature) * mask).sum(-1)  # (N,)
         count = torch.tensor(float(log_ratio.numel()), device=log_ratio.device)
         return {
             "kl_k1": (log_ratio.sum(), count),
@@ -68,13 +73,14 @@ class EntropyMonitor(PolicyProbe):
     (the entropy summed along each sample: an unbiased estimate of the entropy of the response distribution)
     and, when the probe examples have completions, ``{prefix}/entropy_data`` (mean next-token entropy along the
     data's chosen completions). A falling ``entropy`` with a steady ``entropy_data`` is the policy becoming
-    peaked on its own outputs.
+    peaked on its own outputs. Every entropy is of the distribution the monitor samples from,
+    ``softmax(logits / sampling.temperature)`` (default temperature 1: the policy itself).
 
     Args:
         every_n_steps: Measure every this many optimizer steps (and once before the first).
         num_prompts: Prompts of the fixed probe set.
         num_samples: Responses sampled per prompt.
-        sampling: How responses are sampled (keep temperature 1 to measure the policy itself).
+        sampling: How responses are sampled and scored (temperature > 0; default: temperature 1, 16 new tokens).
         data_completions: Also measure along the data's completions.
         prefix: Metric name prefix.
     """
@@ -83,13 +89,15 @@ class EntropyMonitor(PolicyProbe):
                  sampling: SamplingConfig | None = None, data_completions: bool = True,
                  prefix: str = "monitor") -> None:
         super().__init__(every_n_steps, num_prompts, num_samples, sampling, prefix)
+        self.sampling.require_distribution(type(self).__name__)
         self.data_completions = data_completions
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, examples: list[Example]) -> Totals:
         rollout = self.sample(trainer, pl_module, examples)
         logits, _ = scored_rollout(pl_module, rollout, with_reference=False)
-        _, mask = completion_token_logprobs(logits, rollout.input_ids, rollout.completion_mask)
-        entropy = token_entropy(logits[:, :-1]) * mask  # (N, T-1)
+        temperature = self.sampling.temperature
+        _, mask = completion_token_logprobs(logits, rollout.input_ids, rollout.completion_mask, temperature)
+        entropy = token_entropy(logits[:, :-1], temperature) * mask  # (N, T-1)
         totals = {
             "entropy": (entropy.sum(), mask.sum()),
             "sequence_entropy": (entropy.sum(), torch.tensor(float(mask.shape[0]), device=mask.device)),
@@ -98,5 +106,6 @@ class EntropyMonitor(PolicyProbe):
         if batch is not None:
             data_logits = pl_module.policy(batch["input_ids"], batch["attention_mask"])
             _, data_mask = completion_token_logprobs(data_logits, batch["input_ids"], batch["completion_mask"])
-            totals["entropy_data"] = ((token_entropy(data_logits[:, :-1]) * data_mask).sum(), data_mask.sum())
+            data_entropy = token_entropy(data_logits[:, :-1], temperature) * data_mask
+            totals["entropy_data"] = (data_entropy.sum(), data_mask.sum())
         return totals

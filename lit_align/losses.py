@@ -128,21 +128,51 @@ def ppo_token_rewards(
     return TokenRewards(rewards.detach(), non_score.detach(), kl.detach())
 
 
+def _masked_moments(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased variance of ``values`` over the set positions of ``mask``."""
+    m = mask.bool().to(values.dtype)
+    count = m.sum().clamp(min=2)
+    mean = (values * m).sum() / m.sum().clamp(min=1)
+    var = (((values - mean) * m) ** 2).sum() / (count - 1)
+    return mean, var
+
+
+def whitening_scale(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """The factor ``1 / sqrt(var + eps)`` by which ``masked_whiten`` multiplies ``values`` (a detached scalar)."""
+    return torch.rsqrt(_masked_moments(values.detach(), mask)[1] + eps)
+
+
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
     """Normalise ``values`` to unit variance (and zero mean with ``shift_mean``) over the set positions of ``mask``.
 
     Uses the unbiased variance over all masked positions of the batch. Without ``shift_mean`` the mean is kept
     (the rewards are whitened this way, so that their sign survives). Zero off the mask.
+    Example: values (1, 3) on a full mask: mean 2, unbiased variance 2, whitened (-0.7071, 0.7071); without
+    ``shift_mean`` (1.2929, 2.7071).
     """
     mask = mask.bool()
-    m = mask.to(values.dtype)
-    count = m.sum().clamp(min=2)
-    mean = (values * m).sum() / m.sum().clamp(min=1)
-    var = (((values - mean) * m) ** 2).sum() / (count - 1)
+    mean, var = _masked_moments(values, mask)
     whitened = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
     return whitened.masked_fill(~mask, 0.0)
+
+
+def future_entropy_rewards(token_entropies: torch.Tensor, mask: torch.Tensor, entropy_coef: float) -> torch.Tensor:
+    """Per-token rewards ``entropy_coef * H(pi(.|s_{t+1}))`` that complete an exact entropy bonus (PAPER 2d).
+
+    ``token_entropies`` (N, T): the exact entropy over the vocabulary of the state at every position (position t
+    chooses token t+1), from the sampling-time policy; ``mask`` (N, T) the response positions. Differentiating
+    ``sum_t H(pi(.|s_t))`` directly misses that the action at t chooses the states of the later entropies (as in
+    ``token_kl_surrogate``); giving action t the entropy of the next state as its reward puts
+    ``sum_{t' > t} H_t'`` into its return, so that bonus plus rewards have the expected gradient of
+    ``gamma * H(pi(x))``. Example: H = (0.5, 0.2, 0.9), mask (1, 1, 0), coef 0.1: (0.02, 0, 0). Detached.
+    """
+    mask = mask.bool()
+    entropies = token_entropies.detach().masked_fill(~mask, 0.0)
+    rewards = torch.zeros_like(entropies)
+    rewards[:, :-1] = entropy_coef * entropies[:, 1:]
+    return rewards.masked_fill(~mask, 0.0)
 
 
 def generalized_advantages(
@@ -203,6 +233,11 @@ def ppo_value_loss(
     return ClippedLoss(losses, ((clipped > unclipped) & mask).float().detach())
 
 
+def _at_least_float32(values: torch.Tensor) -> torch.Tensor:
+    """``values`` in float32, or in their own dtype when that is wider (float64 stays float64)."""
+    return values.to(torch.promote_types(values.dtype, torch.float32))
+
+
 class DistillationLoss(NamedTuple):
     """Per-example Bernoulli KL and the teacher's and student's probabilities that a1 beats a2 (detached)."""
 
@@ -227,7 +262,7 @@ def distillation_loss(
     it vanishes exactly at the fixed point ``gamma * (ln pi(a1) - ln pi(a2)) = r1 - r2``. Symmetric under
     swapping (a1, r1) with (a2, r2), so no chosen/rejected labels are needed.
     """
-    teacher_logits = (rewards_first - rewards_second).detach().float()
+    teacher_logits = _at_least_float32((rewards_first - rewards_second).detach())
     student_logits = gamma * (policy_first - policy_second)
     p = torch.sigmoid(teacher_logits)
     losses = p * (F.logsigmoid(teacher_logits) - F.logsigmoid(student_logits)) + (1 - p) * (
@@ -260,7 +295,7 @@ def rebel_loss(
     the distillation fixed point for ``eta = 1 / gamma``.
     """
     predictions = (policy_first - old_first.detach()) - (policy_second - old_second.detach())
-    targets = eta * (rewards_first - rewards_second).detach().float()
+    targets = eta * _at_least_float32((rewards_first - rewards_second).detach())
     return RegressionLoss((predictions - targets) ** 2, predictions.detach(), targets)
 
 
@@ -281,7 +316,10 @@ def pmle_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, gamma:
 
 
 def sampled_kl_surrogate(
-    policy_logps: torch.Tensor, reference_logps: torch.Tensor, num_samples: int
+    policy_logps: torch.Tensor,
+    reference_logps: torch.Tensor,
+    num_samples: int,
+    sampling_logps: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Score-function surrogate of KL(pi || pi0) on responses sampled from pi (PAPER 2a, "gradient trap").
 
@@ -292,6 +330,12 @@ def sampled_kl_surrogate(
     its gradient ``(kl_j - b_j) grad ln pi(y_j)``, whose expectation is the exact gradient of KL(pi || pi0) (the
     baseline is independent of y_j, so it adds no bias). Back-propagating through ``kl_j`` itself would have
     expected gradient zero. Returns (surrogate (N,), kl estimate (N,) detached).
+
+    ``sampling_logps`` (N,): ln pi_t(y_j) of the policy that drew the samples, when pi has moved since (several
+    epochs on one batch). Value and gradient are then importance-weighted by ``rho_j = pi(y_j) / pi_t(y_j)``
+    (detached): ``E_{pi_t}[rho f] = E_pi[f]``, so both stay unbiased for KL(pi || pi0) and its gradient.
+    Example: k = 2, ln pi = (-1, -2), ln pi0 = (-1.5, -1), ln pi_t = ln pi - (0, ln 2): rho = (1, 2),
+    value (0.5, -2), gradient in ln pi (1.5, -3).
     """
     if num_samples < 2:
         raise ValueError(f"the leave-one-out baseline needs num_samples >= 2, got {num_samples}")
@@ -301,8 +345,9 @@ def sampled_kl_surrogate(
     grouped = kl.view(-1, num_samples)  # (B, k)
     baseline = (grouped.sum(-1, keepdim=True) - grouped) / (num_samples - 1)
     advantage = (grouped - baseline).reshape(-1)  # (N,)
-    surrogate = kl + advantage * (policy_logps - policy_logps.detach())
-    return surrogate, kl
+    weight = 1.0 if sampling_logps is None else torch.exp(policy_logps.detach() - sampling_logps.detach())
+    surrogate = weight * (kl + advantage * (policy_logps - policy_logps.detach()))
+    return surrogate, (weight * kl).detach()
 
 
 def token_kl_surrogate(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lit_align.errors import UserError
 from lit_align.logprobs import completion_token_logprobs
 
 
@@ -20,16 +21,34 @@ from lit_align.logprobs import completion_token_logprobs
 class SamplingConfig:
     """How responses are sampled.
 
+    On-policy objectives score every sampled response under the distribution it was drawn from:
+    ``softmax(logits / temperature)`` of the current, the sampling-time and the reference policy alike (the
+    paper's own code divides all three by the temperature). The objective is then the paper's objective for the
+    tempered policy pi_T (its KL is KL(pi_T || pi0_T), its entropy H(pi_T)), which is what generation at that
+    temperature produces after training.
+
+    ``top_p`` and ``top_k`` truncate the vocabulary after the temperature, but the log-probs stay those of the
+    untruncated tempered softmax (the truncation set moves with the weights, so it has no gradient). Under
+    truncation the ratios, KL estimates and entropies are those of pi_T evaluated on samples of the truncated
+    distribution: the samples are slightly off-policy, every estimate is biased by the probability mass cut
+    away, and the tokens outside the kept set are never sampled, so never reinforced nor penalised. Keep
+    ``top_p: 1`` and ``top_k: 0`` (the defaults) for on-policy training; truncation is for generation
+    (``lit-align predict``).
+
     Args:
-        max_new_tokens: Longest response in tokens.
-        min_new_tokens: Shortest response (EOS is suppressed before it).
-        temperature: Softmax temperature; 0 means greedy decoding.
-        top_p: Nucleus sampling threshold (1 disables it).
-        top_k: Keep only the k most likely tokens (0 disables it).
+        max_new_tokens: Longest response in tokens. Default 32 (the field's usual short-response cap; PAPER
+            TL;DR: 53, set by the TL;DR configs).
+        min_new_tokens: Shortest response: EOS is suppressed before it, so samples no longer come from the
+            policy itself and on-policy estimates are biased. Default 0 (Hugging Face ``generate``'s default).
+        temperature: Softmax temperature; 0 means greedy decoding (generation only: on-policy training needs a
+            distribution to score and refuses it). Default 1 (Hugging Face ``generate``'s default: the policy
+            itself).
+        top_p: Nucleus sampling threshold (1 disables it, the default; see above).
+        top_k: Keep only the k most likely tokens (0 disables it, the default; see above).
     """
 
     max_new_tokens: int = 32
-    min_new_tokens: int = 1
+    min_new_tokens: int = 0
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -39,6 +58,12 @@ class SamplingConfig:
             raise ValueError(f"need 0 <= min_new_tokens <= max_new_tokens and max_new_tokens >= 1, got {self}")
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0, got {self}")
+
+    def require_distribution(self, owner: str, setting: str = "sampling") -> None:
+        """Refuse greedy decoding where responses are scored as samples of a distribution (training, monitors)."""
+        if self.temperature == 0:
+            raise UserError(f"{owner}: {setting}.temperature=0 is greedy decoding, which has no log-probs to train on "
+                            f"or measure; set {setting}.temperature > 0 (1.0 samples the policy itself)")
 
 
 @dataclass
@@ -52,8 +77,9 @@ class Rollout:
         prompt_length: P, the padded prompt width: ``input_ids[:, P:]`` are the responses.
         ended: (N,) whether the response ended with EOS within ``max_new_tokens``.
         prompt_index: (N,) which prompt of the batch each row answers.
-        logprobs: (N, P + L - 1) token log-probs of the sampling policy, aligned like
-            ``completion_token_logprobs`` (zero off the completion), when requested.
+        logprobs: (N, P + L - 1) token log-probs of the sampling policy at the sampling temperature (greedy:
+            temperature 1, the policy itself), aligned like ``completion_token_logprobs`` (zero off the
+            completion), when requested.
     """
 
     input_ids: torch.Tensor
@@ -120,7 +146,8 @@ def sample(
                 input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
                 position_ids=(rollout.attention_mask.cumsum(-1) - 1).clamp(min=0), use_cache=False,
             ).logits
-            rollout.logprobs, _ = completion_token_logprobs(logits, rollout.input_ids, rollout.completion_mask)
+            rollout.logprobs, _ = completion_token_logprobs(logits, rollout.input_ids, rollout.completion_mask,
+                                                            temperature=config.temperature or 1.0)
         return rollout
     finally:
         model.train(was_training)

@@ -151,3 +151,36 @@ def test_mode_collapse_warns_and_stops_below_the_threshold():
     with pytest.warns(UserWarning, match="mode collapse: entropy"):
         monitor.after_measure(trainer, {"collapse/entropy": 0.9, "collapse/mean_length": 6.0})
     assert trainer.should_stop and monitor.collapsed == ["entropy"]
+
+
+def test_monitors_measure_the_distribution_they_sample():
+    """Sampling at T = 0.5 with one-token responses: kl_token and entropy are the exact KL(pi_T || pi0_T) and
+    H(pi_T) of the first-token distributions softmax(logits / T), whatever tokens were drawn."""
+    from lit_align.data.formats import Example
+    from lit_align.objectives import DPO
+
+    torch.manual_seed(0)
+    module = DPO()
+    with torch.no_grad():
+        for p in module.policy.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    examples = [Example(i, [1, 40 + i, 41 + i], []) for i in range(3)]
+    trainer = SimpleNamespace(world_size=1, global_rank=0)
+    sampling = _sampling(max_new_tokens=1, temperature=0.5)
+    with torch.no_grad():
+        kl = KLMonitor(num_samples=4, sampling=sampling).measure(trainer, module, examples)
+        entropy = EntropyMonitor(num_samples=4, sampling=sampling, data_completions=False).measure(
+            trainer, module, examples)
+        p = (_first_token_logits(module.policy.policy, examples) / 0.5).log_softmax(-1)
+        q = (_first_token_logits(module.policy.reference, examples) / 0.5).log_softmax(-1)
+    value = lambda totals, name: (totals[name][0] / totals[name][1]).item()  # noqa: E731
+    assert value(kl, "kl_token") == pytest.approx((p.exp() * (p - q)).sum(-1).mean().item(), rel=1e-4)
+    assert value(entropy, "entropy") == pytest.approx(-(p.exp() * p).sum(-1).mean().item(), rel=1e-4)
+
+
+def test_kl_and_entropy_monitors_refuse_greedy_sampling():
+    from lit_align.errors import UserError
+
+    for cls in (KLMonitor, EntropyMonitor):
+        with pytest.raises(UserError, match=rf"^{cls.__name__}: sampling.temperature=0 is greedy"):
+            cls(sampling=_sampling(temperature=0.0))

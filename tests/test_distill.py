@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import fit_args
 from test_onpolicy import LengthReward, make_objective, prompt_batch
 
@@ -92,13 +93,39 @@ def test_explicit_beta_adds_the_sampled_kl_surrogate():
     module = make_objective(gamma=0.2, beta=0.5, beta_mode="explicit")
     losses, _ = module.pair_loss(exp, logps)
     plain = distillation_loss(logps[0::2], logps[1::2], exp["scores"][0::2], exp["scores"][1::2], 0.2).losses
-    surrogate, _ = sampled_kl_surrogate(logps, exp["ref_logps"].sum(-1), 2)
+    # the pairs came from pi_t (old_logps), the current logps differ: importance-weighted by pi / pi_t
+    surrogate, _ = sampled_kl_surrogate(logps, exp["ref_logps"].sum(-1), 2, sampling_logps=exp["old_logps"].sum(-1))
     torch.testing.assert_close(losses, plain + 0.5 * (surrogate[0::2] + surrogate[1::2]) / 2)
     zero_explicit, _ = make_objective(gamma=0.2, beta=0.0, beta_mode="explicit").pair_loss(exp, logps)
     zero_shaped, _ = make_objective(gamma=0.2, beta=0.0).pair_loss(exp, logps)
     torch.testing.assert_close(zero_explicit, zero_shaped)
     with pytest.raises(ValueError, match="pairs=on_policy"):
         make_objective(beta_mode="explicit", pairs="dataset")
+
+
+def test_explicit_kl_term_stays_exact_after_the_policy_moved_within_a_batch():
+    """Later passes over one batch score pi_t's pairs under a moved pi: enumerating every ordered pair (a, b) of
+    5 responses drawn from pi_t, the expected gradient of the explicit term, (loss(beta) - loss(0)) / beta, is the
+    exact gradient of KL(pi || pi_0) at the moved pi (26 % off without the importance weight pi / pi_t)."""
+    g = torch.Generator().manual_seed(0)
+    prompts, responses, beta = 3, 5, 0.5
+    sampling = torch.randn(prompts, responses, generator=g, dtype=torch.float64).log_softmax(-1)  # ln pi_t
+    theta = (sampling + 0.5 * torch.randn(prompts, responses, generator=g, dtype=torch.float64)).requires_grad_()
+    reference = torch.randn(prompts, responses, generator=g, dtype=torch.float64).log_softmax(-1)
+    pairs = torch.tensor([(a, b) for a in range(responses) for b in range(responses)])  # (25, 2)
+    rows = (torch.arange(prompts)[:, None, None], pairs[None])  # index (prompts, 25, 2) -> rows a1, a2 interleaved
+    logps = theta.log_softmax(-1)[rows].reshape(-1)  # (prompts * 25 * 2,)
+    exp = {"scores": torch.zeros_like(logps), "old_logps": sampling[rows].reshape(-1, 1),
+           "ref_logps": reference[rows].reshape(-1, 1)}
+    with_kl, _ = make_objective(gamma=0.2, beta=beta, beta_mode="explicit").pair_loss(exp, logps)
+    without, _ = make_objective(gamma=0.2, beta=0.0, beta_mode="explicit").pair_loss(exp, logps)
+    weight = sampling[rows].sum(-1).exp().reshape(-1) / prompts  # pi_t(a) pi_t(b), mean over prompts
+    assert weight.sum().item() == pytest.approx(1.0)
+    expected = torch.autograd.grad((weight * (with_kl - without)).sum() / beta, theta)[0]
+    logp = theta.log_softmax(-1)
+    exact = torch.autograd.grad((logp.exp() * (logp - reference)).sum() / prompts, theta)[0]
+    assert exact.abs().max() > 0.05
+    torch.testing.assert_close(expected, exact, atol=1e-10, rtol=1e-8)
 
 
 # -- where the pairs come from ------------------------------------------------------------------------------
@@ -205,3 +232,19 @@ def test_a_module_reward_model_is_frozen_and_kept_out_of_hparams():
     assert module.reward_model is reward and not reward.training
     assert not any(p.requires_grad for p in reward.parameters())
     assert "reward_model" not in module.hparams
+
+
+def test_float64_rewards_keep_their_precision():
+    """Teacher logits stay in the rewards' dtype when it is wider than float32 (float64 in, float64 out, equal to
+    the float64 formula to 1e-12); narrower ones are computed in float32."""
+    g = torch.Generator().manual_seed(0)
+    l1, l2, r1, r2 = (torch.randn(6, generator=g, dtype=torch.float64) for _ in range(4))
+    out = distillation_loss(l1, l2, r1, r2, gamma=0.3)
+    assert out.teacher_probs.dtype == out.losses.dtype == torch.float64
+    t, u = r1 - r2, 0.3 * (l1 - l2)
+    p = torch.sigmoid(t)
+    want = p * (F.logsigmoid(t) - F.logsigmoid(u)) + (1 - p) * (F.logsigmoid(-t) - F.logsigmoid(-u))
+    torch.testing.assert_close(out.losses, want, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(out.teacher_probs, p, atol=1e-15, rtol=0)
+    half = distillation_loss(l1.float(), l2.float(), r1.bfloat16(), r2.bfloat16(), gamma=0.3)
+    assert half.teacher_probs.dtype == torch.float32

@@ -125,3 +125,38 @@ def test_token_entropy_independent_of_padding():
         ids, attn, comp = _left_padded([b, a], 12)
         padded = token_entropy(policy(ids, attn))[1, -7:]
     torch.testing.assert_close(padded, alone, atol=1e-5, rtol=0)
+
+
+def test_temperature_scores_the_tempered_softmax_in_every_chunk(monkeypatch):
+    """Every function scores softmax(logits / T), chunk by chunk (a chunk of 3 positions here, so 7 positions
+    take three chunks), against a float64 computation of the definition."""
+    import lit_align.logprobs as logprobs
+
+    monkeypatch.setattr(logprobs, "_CHUNK", 3)
+    torch.manual_seed(0)
+    logits_p, logits_q = torch.randn(2, 8, 11) * 3, torch.randn(2, 8, 11) * 3
+    ids = torch.randint(0, 11, (2, 8))
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[:, 0] = 0
+    t = 0.7
+    logp = F.log_softmax(logits_p.double() / t, -1)
+    logq = F.log_softmax(logits_q.double() / t, -1)
+    want = logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+    got, _ = completion_token_logprobs(logits_p, ids, mask, temperature=t)
+    torch.testing.assert_close(got.double(), want * mask[:, 1:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sequence_logprobs(logits_p, ids, mask, temperature=t).double(),
+                               (want * mask[:, 1:]).sum(-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(token_entropy(logits_p, temperature=t).double(), -(logp.exp() * logp).sum(-1),
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(token_kl(logits_p, logits_q, temperature=t).double(),
+                               (logp.exp() * (logp - logq)).sum(-1), atol=1e-5, rtol=1e-5)
+    # T = 1 is the default and unchanged
+    torch.testing.assert_close(token_entropy(logits_p), token_entropy(logits_p, temperature=1.0))
+    assert not torch.allclose(token_entropy(logits_p), token_entropy(logits_p, temperature=t))
+
+
+def test_greedy_temperature_has_no_logprobs():
+    import pytest
+
+    with pytest.raises(ValueError, match="temperature > 0"):
+        token_entropy(torch.zeros(1, 2, 3), temperature=0.0)

@@ -70,3 +70,14 @@ def test_rebel_fit_through_the_cli(run_dir):
     assert_only_policy_changed(cli.model)
     fresh = state(load_reward_model("tiny"))
     assert all(torch.equal(v, fresh[k]) for k, v in state(cli.model.reward_model).items())
+
+
+def test_float64_rewards_keep_their_precision():
+    """The regression target stays in the rewards' dtype when it is wider than float32 (float64 in, float64 out,
+    equal to the float64 formula to 1e-12); narrower ones are computed in float32."""
+    g = torch.Generator().manual_seed(1)
+    l1, l2, o1, o2, r1, r2 = (torch.randn(5, generator=g, dtype=torch.float64) for _ in range(6))
+    out = rebel_loss(l1, l2, o1, o2, r1, r2, eta=0.7)
+    assert out.targets.dtype == out.losses.dtype == torch.float64
+    torch.testing.assert_close(out.losses, ((l1 - o1) - (l2 - o2) - 0.7 * (r1 - r2)) ** 2, atol=1e-12, rtol=1e-12)
+    assert rebel_loss(l1.float(), l2.float(), o1.float(), o2.float(), r1.half(), r2.half()).targets.dtype == torch.float32

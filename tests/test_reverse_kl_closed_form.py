@@ -17,7 +17,14 @@ from __future__ import annotations
 
 import torch
 
-from lit_align.losses import generalized_advantages, ppo_policy_loss, ppo_token_rewards
+from lit_align.losses import (
+    future_entropy_rewards,
+    generalized_advantages,
+    masked_whiten,
+    ppo_policy_loss,
+    ppo_token_rewards,
+    whitening_scale,
+)
 
 PROMPTS, RESPONSES = 3, 5
 BETA, GAMMA = 0.2, 0.3
@@ -90,3 +97,76 @@ def test_entropy_bonus_option_has_the_same_optimum():
     """The alternative: no per-token entropy reward, an exact entropy bonus gamma * H(pi) in the loss instead."""
     learned = _optimise(kl_coef=BETA, entropy_coef=0.0, entropy_bonus=GAMMA)
     torch.testing.assert_close(learned, _closed_form(BETA / (BETA + GAMMA), BETA + GAMMA), atol=2e-4, rtol=0)
+
+
+# -- entropy_mode: bonus, with whitening and on two-token responses -----------------------------------------------
+# 2 prompts x 3 tokens x 2 positions (9 responses of fixed length 2 per prompt): a tabular policy with logits for the
+# first token and, per first token, for the second. This is how ReverseKL's bonus mode builds its update: per-token
+# rewards (score and KL penalty) plus the entropy of the next state (``future_entropy_rewards``), both whitened, and
+# the exact per-token entropy in the loss multiplied by the whitening factor (``whitening_scale``).
+
+VOCAB, LENGTH, SEQ_PROMPTS = 3, 2, 2
+SEQS = torch.tensor([(a, b) for a in range(VOCAB) for b in range(VOCAB)])  # (9, 2)
+
+
+def _two_token_problem():
+    g = torch.Generator().manual_seed(3)
+    ref_first = 1.5 * torch.randn(SEQ_PROMPTS, VOCAB, generator=g)
+    ref_second = 1.5 * torch.randn(SEQ_PROMPTS, VOCAB, VOCAB, generator=g)
+    scores = torch.randn(SEQ_PROMPTS, len(SEQS), generator=g)
+    return ref_first, ref_second, scores
+
+
+def _per_token(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token log-probs (prompts, 9, 2) of every sequence and the entropies (prompts, 9, 2) of its two states."""
+    lp1, lp2 = first.log_softmax(-1), second.log_softmax(-1)  # (P, V), (P, V, V)
+    a, b = SEQS[:, 0], SEQS[:, 1]
+    logps = torch.stack([lp1[:, a], lp2[:, a, b]], -1)
+    h1, h2 = -(lp1.exp() * lp1).sum(-1), -(lp2.exp() * lp2).sum(-1)  # (P,), (P, V)
+    entropies = torch.stack([h1[:, None].expand(-1, len(SEQS)), h2[:, a]], -1)
+    return logps, entropies
+
+
+def _optimise_bonus(exact_bonus: bool, iterations: int = 700) -> torch.Tensor:
+    ref_first, ref_second, scores = _two_token_problem()
+    first = ref_first.clone().requires_grad_(True)
+    second = ref_second.clone().requires_grad_(True)
+    optimizer = torch.optim.SGD([first, second], lr=2.0)
+    ref_logps, _ = _per_token(ref_first, ref_second)
+    mask = torch.ones(SEQ_PROMPTS * len(SEQS), LENGTH, dtype=torch.bool)
+    for _ in range(iterations):
+        old_logps, old_entropies = (t.detach().reshape(-1, LENGTH) for t in _per_token(first, second))
+        weight = old_logps.sum(-1).exp() / SEQ_PROMPTS  # pi_old(sequence), mean over prompts
+        rewards = ppo_token_rewards(scores.reshape(-1), old_logps, ref_logps.reshape(-1, LENGTH), mask,
+                                    kl_coef=BETA, entropy_coef=0.0).rewards
+        if exact_bonus:
+            rewards = rewards + future_entropy_rewards(old_entropies, mask, GAMMA)
+        scale = whitening_scale(rewards, mask)
+        rewards = masked_whiten(rewards, mask, shift_mean=False)
+        advantages, _ = generalized_advantages(rewards, torch.zeros_like(rewards), mask, discount=1.0, lam=1.0)
+        scale = scale * whitening_scale(advantages, mask)
+        advantages = masked_whiten(advantages, mask)
+        for _ in range(2):
+            logps, entropies = (t.reshape(-1, LENGTH) for t in _per_token(first, second))
+            out = ppo_policy_loss(logps, old_logps, advantages, mask, clip_range=0.2)
+            bonus = GAMMA * (scale if exact_bonus else 1.0) * entropies.sum(-1)
+            loss = (weight * (out.losses.sum(-1) - bonus)).sum()  # exact E_{pi_old}
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    logps, _ = _per_token(first.detach(), second.detach())
+    return logps.sum(-1).exp()  # (prompts, 9) probabilities of the sequences
+
+
+def test_entropy_bonus_with_whitening_on_two_token_responses_recovers_the_optimum():
+    """Sequence-level optimum pi(y) ∝ pi0(y)^alpha exp(R(y)/(beta+gamma)), with H the entropy of whole responses.
+
+    Without the whitening factor on the bonus and the next-state entropy rewards (the bonus alone, as before)
+    the update converges elsewhere: max |pi - optimum| 0.16 against 4e-4 here."""
+    ref_first, ref_second, scores = _two_token_problem()
+    ref_seq, _ = _per_token(ref_first, ref_second)
+    optimum = torch.softmax(BETA / (BETA + GAMMA) * ref_seq.sum(-1) + scores / (BETA + GAMMA), -1)
+    learned = _optimise_bonus(exact_bonus=True)
+    torch.testing.assert_close(learned, optimum, atol=1e-3, rtol=0)
+    naive = _optimise_bonus(exact_bonus=False, iterations=300)
+    assert (naive - optimum).abs().max() > 0.05

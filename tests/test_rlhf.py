@@ -91,7 +91,11 @@ def test_entropy_bonus_enters_the_loss(tokenizer):
     exp = module.make_experience(_prompts(tokenizer))
     loss, metrics = module.experience_loss(exp)
     assert metrics["policy/entropy"] > 0
-    torch.testing.assert_close(loss, metrics["loss/policy"] + 0.1 * metrics["loss/value"] - 0.5 * metrics["policy/entropy"])
+    # the bonus is multiplied by the factor the whitening applied to the advantages (rewards, then advantages)
+    scale = exp["advantage_scale"][0]
+    assert 0 < scale.item() != pytest.approx(1.0)
+    torch.testing.assert_close(loss, metrics["loss/policy"] + 0.1 * metrics["loss/value"]
+                               - 0.5 * scale * metrics["policy/entropy"])
 
 
 def _score_curve(run_dir):
@@ -116,3 +120,82 @@ def test_fit_raises_reward_and_keeps_reference(run_dir, config):
     for key, value in cli.model.policy.reference.state_dict().items():
         assert torch.equal(value, fresh[key]), key
     assert any(not torch.equal(v, fresh[k]) for k, v in cli.model.policy.policy.state_dict().items())
+
+
+def test_paper_defaults_for_a_real_run():
+    """Without a config the PPO objectives run the paper's TL;DR settings: -1 for a response without EOS, 4 PPO
+    epochs, samples at temperature 0.7 with up to 53 new tokens."""
+    for cls in (RLHF, ReverseKL):
+        module = cls(reward_model=EvenTokenReward())
+        assert module.missing_eos_penalty == -1.0 and module.epochs_per_batch == 4 and module.mini_batches == 1
+        assert (module.sampling.temperature, module.sampling.max_new_tokens, module.sampling.min_new_tokens) == (
+            0.7, 53, 0)
+        assert module.kl_coef == 0.05 and module.clip_range == 0.2 and module.vf_coef == 0.1
+    assert ReverseKL(reward_model=EvenTokenReward()).entropy_coef == 0.01
+
+
+def _documented_args(cls) -> dict[str, str]:
+    """The Google-style ``Args:`` entries of a class docstring: name -> text."""
+    import inspect
+    import re
+
+    doc = inspect.getdoc(cls)
+    block = doc.split("Args:\n", 1)[1]
+    entries, name = {}, None
+    for line in block.splitlines():
+        match = re.match(r"^    (\w+): (.*)", line)
+        if match:
+            name = match.group(1)
+            entries[name] = match.group(2)
+        elif line.startswith("        ") and name:
+            entries[name] += " " + line.strip()
+        elif line.strip():
+            break
+    return entries
+
+
+def test_class_defaults_name_their_source():
+    """Every default of the on-policy and paper objectives is the paper's value or the field's standard, and the
+    argument's docstring says which (PAPER ... / TRL ... / Hugging Face ...)."""
+    import inspect
+
+    from lit_align.objectives import PMLE, REBEL, PreferenceDistillation
+    from lit_align.objectives.onpolicy import OnPolicyObjective
+    from lit_align.objectives.paired import PairObjective
+
+    no_value = {"reward_model", "reward_stage", "policy"}  # inputs, not tuning values
+    missing = []
+    for cls in (OnPolicyObjective, RLHF, ReverseKL, PairObjective, REBEL, PreferenceDistillation, PMLE):
+        docs = _documented_args(cls)
+        for name, parameter in inspect.signature(cls.__init__).parameters.items():
+            if parameter.default is inspect.Parameter.empty or name in no_value:
+                continue
+            text = docs.get(name, "")
+            if not any(source in text for source in ("PAPER", "TRL", "Hugging Face")):
+                missing.append(f"{cls.__name__}.{name}")
+    assert not missing, f"defaults without a stated source: {missing}"
+
+
+def test_greedy_sampling_is_refused_in_one_line():
+    from lit_align.errors import UserError
+    from lit_align.objectives import PMLE, REBEL, PreferenceDistillation
+    from lit_align.rollout import SamplingConfig
+
+    greedy = SamplingConfig(max_new_tokens=4, temperature=0.0)
+    for cls in (RLHF, ReverseKL, REBEL, PreferenceDistillation):
+        with pytest.raises(UserError, match=rf"^{cls.__name__}: sampling.temperature=0 is greedy decoding"):
+            cls(reward_model=EvenTokenReward(), sampling=greedy)
+    with pytest.raises(UserError, match=r"^PMLE with beta > 0: sampling.temperature=0"):
+        PMLE(beta=0.1, sampling=greedy)
+    PMLE(beta=0.0, sampling=greedy, policy=PolicyWithReference(reference="none"))  # no samples are drawn
+
+
+def test_cli_refuses_greedy_on_policy_training(run_dir, capsys, monkeypatch):
+    from conftest import run_main
+
+    monkeypatch.delenv("LIT_ALIGN_DEBUG", raising=False)
+    status = run_main(fit_args("rlhf.yaml", "--model.sampling.temperature=0", steps=1))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    errors = [line for line in err if line.startswith("lit-align: error:")]
+    assert errors == [err[-2]] and "RLHF: sampling.temperature=0 is greedy decoding" in errors[0], err[-3:]

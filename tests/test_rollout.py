@@ -177,3 +177,36 @@ def test_invalid_config_is_refused():
         SamplingConfig(max_new_tokens=2, min_new_tokens=3)
     with pytest.raises(ValueError):
         SamplingConfig(temperature=-1.0)
+
+
+def test_default_lets_eos_end_a_response_at_the_first_step(tokenizer):
+    """min_new_tokens defaults to 0: with P(EOS) = 0.5 at every step, about half the responses are EOS alone (a
+    minimum of 1 would suppress EOS at the first step, so samples would not come from the policy)."""
+    assert SamplingConfig().min_new_tokens == 0
+    torch.manual_seed(0)
+    model = _fixed_head_model(_eos_probability_bias(474, 0.5))
+    ids, mask = _prompts(tokenizer, ["Hi."])
+    out = sample(model, ids, mask, SamplingConfig(max_new_tokens=4), EOS, PAD, num_samples=64)
+    immediate = (out.lengths == 1) & (out.response_ids[:, 0] == EOS)
+    assert 0.3 < immediate.float().mean().item() < 0.7  # 64 draws of a fair coin: 4 standard deviations
+
+
+def test_return_logprobs_are_of_the_tempered_distribution(model, tokenizer):
+    """Sampling at T draws from softmax(logits / T): the returned log-probs are of that distribution."""
+    torch.manual_seed(0)
+    ids, mask = _prompts(tokenizer, ["Hi.", "What is a bridge like?"])
+    out = sample(model, ids, mask, SamplingConfig(max_new_tokens=5, temperature=0.7), EOS, PAD, return_logprobs=True)
+    with torch.no_grad():
+        logits = model(input_ids=out.input_ids, attention_mask=out.attention_mask,
+                       position_ids=position_ids_from_mask(out.attention_mask)).logits
+    tempered = torch.log_softmax(logits[:, :-1].double() / 0.7, -1).gather(-1, out.input_ids[:, 1:, None])[..., 0]
+    picked = out.completion_mask[:, 1:].bool()
+    torch.testing.assert_close(out.logprobs[picked].double(), tempered[picked], atol=1e-5, rtol=1e-5)
+
+
+def test_greedy_is_refused_where_samples_are_scored():
+    from lit_align.errors import UserError
+
+    SamplingConfig(temperature=0.5).require_distribution("RLHF")  # fine
+    with pytest.raises(UserError, match=r"^RLHF: sampling.temperature=0 is greedy decoding.*temperature > 0"):
+        SamplingConfig(temperature=0.0).require_distribution("RLHF")

@@ -18,13 +18,16 @@ class PreferenceDistillation(PairObjective):
     ``epochs_per_batch`` optimisation passes over them. The KL regulariser towards pi_0 enters in one of two ways
     (``beta_mode``): ``shaped`` subtracts ``beta * (ln pi_t(a) - ln pi_0(a))`` from each reward before the
     teacher's sigmoid, as REBEL does; ``explicit`` adds ``beta * KL(pi || pi_0)`` estimated on the sampled pairs
-    with the score-function surrogate of PAPER 2a (needs ``pairs=on_policy``).
+    with the score-function surrogate of PAPER 2a (needs ``pairs=on_policy``). The pairs come from pi_t, the
+    weights at sampling time, while the later passes over the batch move pi away from it: the explicit KL term
+    is importance-weighted by ``pi(a) / pi_t(a)`` (exactly 1 in the first pass), so its value and gradient stay
+    those of KL(pi || pi_0) at the current weights.
 
     Args:
-        gamma: Tilt of the student's preference model (PAPER: 0.1).
-        beta: Strength of the KL regularisation towards the reference (PAPER: 0.05; 0 disables it).
-        beta_mode: ``shaped`` (default) or ``explicit``, see above.
-        epochs_per_batch: Optimisation passes over each sampled batch (PAPER: 4).
+        gamma: Tilt of the student's preference model. PAPER TL;DR: 0.1.
+        beta: Strength of the KL regularisation towards the reference (0 disables it). PAPER TL;DR: 0.05.
+        beta_mode: ``shaped`` (PAPER 2c default, as the REBEL code the paper built on) or ``explicit``.
+        epochs_per_batch: Optimisation passes over each sampled batch. PAPER TL;DR: 4.
     """
 
     def __init__(
@@ -59,7 +62,9 @@ class PreferenceDistillation(PairObjective):
         pair_losses = out.losses
         if self.beta_mode == "explicit" and self.beta > 0:
             ref = mb["ref_logps"].sum(-1)
-            surrogate, kl = losses.sampled_kl_surrogate(logps, ref, self.num_samples)  # (n,) each
+            # samples of pi_t scored under the current pi: importance-weighted by pi / pi_t
+            surrogate, kl = losses.sampled_kl_surrogate(logps, ref, self.num_samples,
+                                                        sampling_logps=mb["old_logps"].sum(-1))  # (n,) each
             # the KL of a prompt is the mean over its two samples
             pair_losses = pair_losses + self.beta * torch.stack(first_second(surrogate)).mean(0)
             metrics["distill/kl_to_reference"] = kl

@@ -67,22 +67,28 @@ class OnPolicyObjective(AlignmentModule):
             ``lit_align.reward_model.PretrainedRewardModel`` to set its input length and template use. When
             omitted, ``reward_stage`` trains one on the preference pairs of the training data at the start of
             ``fit``.
-        sampling: How responses are sampled (max/min new tokens, temperature, top-p, top-k).
-        num_samples: Responses sampled per prompt.
-        epochs_per_batch: Optimisation passes over each sampled batch.
-        mini_batches: Optimizer updates per pass (the batch is split into this many groups of prompts).
+        sampling: How responses are sampled (max/min new tokens, temperature > 0, top-p, top-k); every log-prob
+            of training is taken at this temperature. PAPER TL;DR: temperature 0.7, 53 new tokens (also TRL's
+            on-policy defaults).
+        num_samples: Responses sampled per prompt. PAPER: 2 (REBEL and preference distillation compare two).
+        epochs_per_batch: Optimisation passes over each sampled batch. PAPER TL;DR: 4 (REBEL, distillation,
+            PPO).
+        mini_batches: Optimizer updates per pass (the batch is split into this many groups of prompts). TRL
+            default: 1.
         missing_eos_penalty: Score given to a response that did not end with EOS within ``max_new_tokens``
-            (replaces the reward model's score); ``None`` keeps the reward model's score.
-        max_grad_norm: Clip the gradient norm of every update to this value; ``None`` disables clipping.
+            (replaces the reward model's score); ``None`` keeps the reward model's score. TRL default: None
+            (RLHF, ReverseKL and REBEL set the PAPER's -1).
+        max_grad_norm: Clip the gradient norm of every update to this value; ``None`` disables clipping. TRL
+            (Hugging Face Trainer) default: 1.0.
         reward_stage: How the reward model is trained when ``reward_model`` is not given.
     """
 
     def __init__(
         self,
         reward_model: str | nn.Module | None = None,
-        sampling: SamplingConfig = SamplingConfig(),
+        sampling: SamplingConfig = SamplingConfig(max_new_tokens=53, temperature=0.7),
         num_samples: int = 2,
-        epochs_per_batch: int = 1,
+        epochs_per_batch: int = 4,
         mini_batches: int = 1,
         missing_eos_penalty: float | None = None,
         max_grad_norm: float | None = 1.0,
@@ -198,19 +204,20 @@ class OnPolicyObjective(AlignmentModule):
 
     def _chunked_logps(self, exp: Experience, forward) -> tuple[torch.Tensor, torch.Tensor]:
         # No-grad forwards in mini-batch sized chunks keep the (rows, T, V) logits as small as in training.
+        # Scored at the sampling temperature: the distribution the responses were drawn from (rollout.py).
         size = math.ceil(exp["input_ids"].shape[0] / self.mini_batches)
         parts = [
-            completion_token_logprobs(forward(ids, mask), ids, comp)
+            completion_token_logprobs(forward(ids, mask), ids, comp, temperature=self.sampling.temperature)
             for ids, mask, comp in zip(*(exp[k].split(size) for k in ("input_ids", "attention_mask", "completion_mask")))
         ]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def experience_metrics(self, exp: Experience) -> dict[str, torch.Tensor]:
         """Per-row diagnostics of freshly sampled responses (logged as means)."""
-        old = exp["old_logps"].sum(-1)  # (N,) ln pi_t(a|x)
+        old = exp["old_logps"].sum(-1)  # (N,) ln pi_t(a|x) at the sampling temperature
         return {
-            "objective/kl": old - exp["ref_logps"].sum(-1),
-            "objective/entropy": -old,  # Monte Carlo estimate of H(pi(x)): -ln pi(a|x) of a sampled a
+            "objective/kl": old - exp["ref_logps"].sum(-1),  # estimates KL(pi_T || pi0_T), both tempered
+            "objective/entropy": -old,  # Monte Carlo estimate of H(pi_T(x)): -ln pi_T(a|x) of a sampled a
             "objective/scores": exp["scores"],
             "completions/mean_length": exp["response_mask"].sum(-1).float(),
             "completions/clipped_ratio": (~exp["ended"]).float(),
@@ -219,7 +226,8 @@ class OnPolicyObjective(AlignmentModule):
     def policy_token_logps(self, mb: Experience) -> torch.Tensor:
         """Current policy's per-token log-probs (n, T-1) of the rows of ``mb``, with gradient, zero off the mask."""
         logits = self.policy(mb["input_ids"], mb["attention_mask"])  # (n, T, V)
-        token_logps, _ = completion_token_logprobs(logits, mb["input_ids"], mb["completion_mask"])
+        token_logps, _ = completion_token_logprobs(logits, mb["input_ids"], mb["completion_mask"],
+                                                   temperature=self.sampling.temperature)
         return token_logps
 
     def experience_loss(self, mb: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -21,10 +21,14 @@ PairSource = Literal["on_policy", "reference", "dataset"]
 class PairObjective(OnPolicyObjective):
     """Two responses per prompt; row ``2i`` is a1 and row ``2i + 1`` is a2 of prompt i.
 
+    Log-probs (``ln pi``, ``ln pi_t``, ``ln pi_0``) are of the tempered policies at ``sampling.temperature``, the
+    distribution the pairs are drawn from; greedy sampling is refused.
+
     Args:
         pairs: Where the two responses come from: ``on_policy`` (sampled from the current policy pi_t at every
-            batch), ``reference`` (sampled from the reference pi_0: the frozen copy, or the base model with the
-            LoRA adapters disabled) or ``dataset`` (the data's own two completions, used unlabelled).
+            batch; PAPER TL;DR, the default), ``reference`` (sampled from the reference pi_0: the frozen copy, or
+            the base model with the LoRA adapters disabled) or ``dataset`` (the data's own two completions, used
+            unlabelled).
     """
 
     def __init__(self, pairs: PairSource = "on_policy", **kwargs: Any) -> None:
@@ -33,6 +37,7 @@ class PairObjective(OnPolicyObjective):
         if kwargs.setdefault("num_samples", 2) != 2:
             raise ValueError(f"{type(self).__name__} compares two responses per prompt: num_samples must be 2")
         super().__init__(**kwargs)
+        self.sampling.require_distribution(type(self).__name__)  # ln pi_t of greedy samples is undefined
         self.pairs = pairs
 
     # -- where the pair comes from ---------------------------------------------------------------------------

@@ -29,18 +29,22 @@ class PMLE(PairwiseObjective):
     Logged besides the pair metrics (rewards are ``gamma * ln pi``): ``loss/preference``, and with ``beta > 0``
     ``objective/kl`` (the estimate of KL(pi || pi0) on the samples) and ``completions/mean_length``.
 
+    The KL term is that of the distribution the samples are drawn from: policy and reference logits are both
+    divided by ``sampling.temperature``, so the term is ``beta * KL(pi_T || pi0_T)`` and both estimators are
+    unbiased for it (and its gradient) at any temperature > 0 without top-p/top-k truncation (``SamplingConfig``).
+    At T = 1 it is KL(pi || pi0) itself; the paper's T = 0.1 regularises the sharpened policy.
+
     Args:
-        gamma: Tilt of the preference model ``P(a > b) = s(gamma * (ln pi(a) - ln pi(b)))``. The paper uses 1e-2
-            on TL;DR and 5e-3 on chat; 0.1 (its gamma for preference distillation) suits short responses.
+        gamma: Tilt of the preference model ``P(a > b) = s(gamma * (ln pi(a) - ln pi(b)))``. PAPER TL;DR: 1e-2
+            (chat: 5e-3).
         beta: Weight of KL(pi || pi0). 0 gives the reference-free loss and needs ``reference: none``; above 0
-            the policy needs a live reference (``copy`` or ``lora``).
-        kl_estimator: ``loo``: score-function surrogate with a leave-one-out baseline over the samples of a
-            prompt (needs ``num_kl_samples >= 2``). ``token_full``: the exact KL over the vocabulary at every
-            sampled position, plus the score-function term for the positions still to come.
-        num_kl_samples: Responses sampled per prompt for the KL term.
-        sampling: How the KL samples are drawn. Both estimators are unbiased at temperature 1 without top-p or
-            top-k truncation; other settings regularise a sharpened distribution (the paper samples at 0.1 on
-            TL;DR).
+            the policy needs a live reference (``copy`` or ``lora``). PAPER TL;DR: 1e-5 (chat: 0).
+        kl_estimator: ``loo`` (PAPER 2a default): score-function surrogate with a leave-one-out baseline over the
+            samples of a prompt (needs ``num_kl_samples >= 2``). ``token_full``: the exact KL over the vocabulary
+            at every sampled position, plus the score-function term for the positions still to come.
+        num_kl_samples: Responses sampled per prompt for the KL term. PAPER 2a default: 2.
+        sampling: How the KL samples are drawn (temperature > 0). PAPER TL;DR: temperature 0.1, 53 new tokens.
+        learning_rate: Peak learning rate of the default AdamW. PAPER TL;DR: 1e-6 (chat: 3e-7).
     """
 
     default_reference = "none"
@@ -48,11 +52,12 @@ class PMLE(PairwiseObjective):
 
     def __init__(
         self,
-        gamma: float = 0.1,
-        beta: float = 0.0,
+        gamma: float = 0.01,
+        beta: float = 1e-5,
         kl_estimator: KLEstimator = "loo",
         num_kl_samples: int = 2,
-        sampling: SamplingConfig = SamplingConfig(),
+        sampling: SamplingConfig = SamplingConfig(max_new_tokens=53, temperature=0.1),
+        learning_rate: float = 1e-6,
         **kwargs,
     ) -> None:
         if gamma <= 0:
@@ -63,9 +68,11 @@ class PMLE(PairwiseObjective):
             raise ValueError(f"kl_estimator must be loo or token_full, got {kl_estimator!r}")
         if num_kl_samples < (2 if kl_estimator == "loo" else 1):
             raise ValueError(f"kl_estimator={kl_estimator} needs more samples per prompt, got {num_kl_samples}")
+        if beta > 0:
+            sampling.require_distribution("PMLE with beta > 0")
         if kwargs.get("policy") is None:
             kwargs["policy"] = PolicyWithReference(reference="copy" if beta > 0 else "none")
-        super().__init__(**kwargs)
+        super().__init__(learning_rate=learning_rate, **kwargs)
         mode = self.policy.reference_mode
         if mode == "cache":
             raise ValueError("PMLE never uses reference log-probs of the data pairs: reference=cache has no use here")
@@ -109,13 +116,15 @@ class PMLE(PairwiseObjective):
             num_samples=self.num_kl_samples, synced_gpus=self._trainer is not None and self.trainer.world_size > 1,
         )
         ids, attention, completion = rollout.input_ids, rollout.attention_mask, rollout.completion_mask
+        temperature = self.sampling.temperature  # score the distribution the samples came from
         logits = self.policy(ids, attention)  # (N, T, V), with gradient
         ref_logits = self.policy.reference_logits(ids, attention)  # (N, T, V)
-        token_logps, mask = completion_token_logprobs(logits, ids, completion)  # (N, T-1)
+        token_logps, mask = completion_token_logprobs(logits, ids, completion, temperature)  # (N, T-1)
         if self.kl_estimator == "loo":
-            ref_token_logps, _ = completion_token_logprobs(ref_logits, ids, completion)
+            ref_token_logps, _ = completion_token_logprobs(ref_logits, ids, completion, temperature)
             surrogate, kl = sampled_kl_surrogate(token_logps.sum(-1), ref_token_logps.sum(-1), self.num_kl_samples)
         else:
-            token_kls = token_kl(logits[:, :-1], ref_logits[:, :-1])  # (N, T-1): KL at the state before each token
+            # (N, T-1): KL(pi_T || pi0_T) at the state before each token
+            token_kls = token_kl(logits[:, :-1], ref_logits[:, :-1], temperature)
             surrogate, kl = token_kl_surrogate(token_kls, token_logps, mask)
         return surrogate, kl, rollout.lengths

@@ -22,6 +22,7 @@ from lit_align.losses import (
     ppo_policy_loss,
     ppo_token_rewards,
     ppo_value_loss,
+    whitening_scale,
 )
 from lit_align.objectives.onpolicy import Experience, OnPolicyObjective
 from lit_align.policy import position_ids_from_mask
@@ -30,19 +31,28 @@ from lit_align.policy import position_ids_from_mask
 class RLHF(OnPolicyObjective):
     """PPO on ``R(x, a) - beta KL(pi || pi_0)``: the per-token reward is ``-kl_coef * KL_t`` at every response token
     plus the reward model's score at the last one (``missing_eos_penalty`` replaces the score of a response that
-    did not end, PAPER: -1). Set ``epochs_per_batch`` (PAPER: 4) and ``mini_batches`` for several PPO updates per
-    sampled batch.
+    did not end). ``epochs_per_batch`` PPO epochs of ``mini_batches`` updates each are taken per sampled batch.
+
+    Every log-prob (current policy, sampling-time policy, reference) is taken at ``sampling.temperature``, so
+    the ratio is one of sampling distributions and the k1 penalty estimates KL(pi_T || pi0_T): the expected
+    update is the gradient of the objective of the tempered policy pi_T, the one generation draws from.
+    Greedy sampling (temperature 0) is refused.
 
     Args:
-        kl_coef: beta, the weight of the per-token KL penalty towards the reference.
+        kl_coef: beta, the weight of the per-token KL penalty towards the reference. PAPER TL;DR: 0.05.
         kl_estimator: Per-token KL estimate in the reward: ``k1`` = ln pi_old - ln pi_0, or ``k3`` (non-negative).
-        discount: Discount factor of the returns (PAPER: 1).
-        gae_lambda: GAE lambda (PAPER: 0.95).
-        clip_range: PPO ratio clip epsilon (PAPER: 0.2).
+            Default ``k1`` (PAPER, and TRL's default).
+        discount: Discount factor of the returns. PAPER: 1.
+        gae_lambda: GAE lambda. PAPER: 0.95.
+        clip_range: PPO ratio clip epsilon. PAPER: 0.2.
         value_clip_range: How far a value may move from its sampling-time value before its loss is clipped.
-        vf_coef: Weight of the value loss (PAPER: 0.1).
-        whiten_rewards: Scale the per-token rewards of each batch to unit variance (mean kept).
-        whiten_advantages: Normalise the advantages of each batch to zero mean and unit variance.
+            PAPER: 0.2.
+        vf_coef: Weight of the value loss. PAPER: 0.1.
+        whiten_rewards: Scale the per-token rewards of each batch to unit variance (mean kept). PAPER: on.
+        whiten_advantages: Normalise the advantages of each batch to zero mean and unit variance. PAPER: on.
+        missing_eos_penalty: Score of a response without EOS within ``max_new_tokens`` (``None`` keeps the reward
+            model's score). PAPER: -1.
+        epochs_per_batch: PPO epochs over each sampled batch. PAPER: 4.
     """
 
     def __init__(
@@ -56,6 +66,8 @@ class RLHF(OnPolicyObjective):
         vf_coef: float = 0.1,
         whiten_rewards: bool = True,
         whiten_advantages: bool = True,
+        missing_eos_penalty: float | None = -1.0,
+        epochs_per_batch: int = 4,
         **kwargs,
     ) -> None:
         if kl_coef < 0 or vf_coef < 0:
@@ -66,7 +78,8 @@ class RLHF(OnPolicyObjective):
             raise ValueError(f"clip ranges must be positive, got {clip_range}, {value_clip_range}")
         if kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator must be k1 or k3, got {kl_estimator!r}")
-        super().__init__(**kwargs)
+        super().__init__(missing_eos_penalty=missing_eos_penalty, epochs_per_batch=epochs_per_batch, **kwargs)
+        self.sampling.require_distribution(type(self).__name__)
         self.kl_coef = kl_coef
         self.kl_estimator = kl_estimator
         self.discount = discount
@@ -87,8 +100,14 @@ class RLHF(OnPolicyObjective):
         """gamma of the per-token reward ``-gamma * ln pi_old`` (0 for RLHF)."""
         return 0.0
 
+    def extra_token_rewards(self, logits: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor | None:
+        """Per-token rewards (n, T-1) added to those of ``ppo_token_rewards`` before whitening, from the
+        sampling-time logits (n, T, V) of the rows; none for RLHF."""
+        return None
+
     def extra_loss(self, logits: torch.Tensor, mb: Experience) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
-        """An additional term of the mini-batch loss (none for RLHF)."""
+        """An additional term of the mini-batch loss (none for RLHF). ``mb["advantage_scale"]`` is the factor by
+        which whitening scaled the advantages: a term that is part of the objective must be scaled alike."""
         return 0.0, {}
 
     # -- forward -----------------------------------------------------------------------------------------------
@@ -106,7 +125,8 @@ class RLHF(OnPolicyObjective):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
             use_cache=False, output_hidden_states=True,
         )
-        token_logps, _ = completion_token_logprobs(out.logits, input_ids, completion_mask)
+        token_logps, _ = completion_token_logprobs(out.logits, input_ids, completion_mask,
+                                                   temperature=self.sampling.temperature)
         hidden = out.hidden_states[-1][:, :-1]  # (n, T-1, H)
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
         return out.logits, token_logps, values
@@ -118,18 +138,29 @@ class RLHF(OnPolicyObjective):
         exp = super().make_experience(batch)
         mask = exp["response_mask"]
         size = math.ceil(exp["input_ids"].shape[0] / self.mini_batches)
-        values = torch.cat([
-            self.forward_with_values(ids, attn, comp)[2]
-            for ids, attn, comp in zip(*(exp[k].split(size) for k in ("input_ids", "attention_mask", "completion_mask")))
-        ]).masked_fill(~mask, 0.0)  # (N, T-1)
+        values, extras = [], []
+        for ids, attn, comp in zip(*(exp[k].split(size) for k in ("input_ids", "attention_mask", "completion_mask"))):
+            logits, _, chunk_values = self.forward_with_values(ids, attn, comp)
+            values.append(chunk_values)
+            extras.append(self.extra_token_rewards(logits, comp[:, 1:].bool()))
+        values = torch.cat(values).masked_fill(~mask, 0.0)  # (N, T-1)
         parts = ppo_token_rewards(exp["scores"], exp["old_logps"], exp["ref_logps"], mask, self.kl_coef,
                                   self.entropy_reward_coef, self.kl_estimator)
-        rewards = masked_whiten(parts.rewards, mask, shift_mean=False) if self.whiten_rewards else parts.rewards
+        rewards = parts.rewards
+        if extras[0] is not None:
+            rewards = rewards + torch.cat(extras).masked_fill(~mask, 0.0)
+        # Whitening multiplies the advantages by a batch constant (a shift adds no expected gradient); a loss
+        # term outside the advantages (ReverseKL's entropy bonus) is multiplied by it too, or its weight changes.
+        scale = torch.ones((), device=rewards.device)
+        if self.whiten_rewards:
+            scale = scale * whitening_scale(rewards, mask)
+            rewards = masked_whiten(rewards, mask, shift_mean=False)
         advantages, returns = generalized_advantages(rewards, values, mask, self.discount, self.gae_lambda)
         if self.whiten_advantages:
+            scale = scale * whitening_scale(advantages, mask)
             advantages = masked_whiten(advantages, mask)
         exp.update(values=values, rewards=rewards, advantages=advantages, returns=returns,
-                   non_score_rewards=parts.non_score_rewards)
+                   non_score_rewards=parts.non_score_rewards, advantage_scale=scale.expand(mask.shape[0]))
         return exp
 
     def experience_metrics(self, exp: Experience) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 
 from lit_align.logprobs import masked_mean, token_entropy
+from lit_align.losses import future_entropy_rewards
 from lit_align.objectives.onpolicy import Experience
 from lit_align.objectives.ppo import RLHF
 
@@ -14,14 +15,18 @@ from lit_align.objectives.ppo import RLHF
 class ReverseKL(RLHF):
     """Minimises ``-E R - gamma H(pi) + beta KL(pi || pi_0)``, whose optimum is
     ``pi ∝ pi_0^(beta/(beta+gamma)) exp(R/(beta+gamma))``: the prior is flattened (PAPER 2d). ``kl_coef`` is beta;
-    with ``entropy_coef = 0`` this is exactly ``RLHF``.
+    with ``entropy_coef = 0`` this is exactly ``RLHF``. As there, every log-prob and entropy is of the tempered
+    policy pi_T that ``sampling`` draws from.
 
     Args:
-        entropy_coef: gamma, the weight of the entropy (PAPER TL;DR: 0.01).
-        entropy_mode: ``reward`` (default): a per-token reward ``-gamma * ln pi_old(a_t|s_t)`` next to the KL
-            penalty, whose expectation is gamma times the entropy of the response; ``bonus``: subtract
-            ``gamma`` times the exact per-token entropy (over the vocabulary, token-weighted mean) from the PPO
-            loss instead.
+        entropy_coef: gamma, the weight of the entropy. PAPER TL;DR: 0.01.
+        entropy_mode: ``reward`` (PAPER 2d default): a per-token reward ``-gamma * ln pi_old(a_t|s_t)`` next to
+            the KL penalty, whose expectation is gamma times the entropy of the response. ``bonus``: the exact
+            per-token entropy over the vocabulary instead (lower variance): ``gamma * sum_t H(pi(.|s_t))`` is
+            subtracted from the PPO loss, multiplied by the same factor as the whitened advantages so that its
+            weight against the reward stays gamma, and each token gets the entropy of the state it leads to as a
+            reward (the state-distribution part of the entropy's gradient, as ``token_kl_surrogate`` for the KL).
+            Both modes have the same optimum.
     """
 
     def __init__(self, entropy_coef: float = 0.01, entropy_mode: Literal["reward", "bonus"] = "reward", **kwargs) -> None:
@@ -37,8 +42,20 @@ class ReverseKL(RLHF):
     def entropy_reward_coef(self) -> float:
         return self.entropy_coef if self.entropy_mode == "reward" else 0.0
 
+    @property
+    def _bonus(self) -> bool:
+        return self.entropy_mode == "bonus" and self.entropy_coef > 0
+
+    def extra_token_rewards(self, logits: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor | None:
+        if not self._bonus:
+            return None
+        entropies = token_entropy(logits[:, :-1], self.sampling.temperature)  # (n, T-1): H of pi_old at each state
+        return future_entropy_rewards(entropies, response_mask, self.entropy_coef)
+
     def extra_loss(self, logits: torch.Tensor, mb: Experience):
-        if self.entropy_mode != "bonus" or self.entropy_coef == 0:
+        if not self._bonus:
             return 0.0, {}
-        entropy = masked_mean(token_entropy(logits[:, :-1]), mb["response_mask"])  # exact, per response token
-        return -self.entropy_coef * entropy, {"policy/entropy": entropy.detach()}
+        # token-weighted mean over the mini-batch, like the policy loss it is added to
+        entropy = masked_mean(token_entropy(logits[:, :-1], self.sampling.temperature), mb["response_mask"])
+        scale = mb["advantage_scale"][0]  # the whitening factor of this batch's advantages
+        return -self.entropy_coef * scale * entropy, {"policy/entropy": entropy.detach()}
