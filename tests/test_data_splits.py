@@ -163,7 +163,7 @@ def test_cli_user_file_with_the_shipped_val_split_stops_in_one_line(run_dir, cap
                     "set val_split: null)")
 
 
-def test_cli_test_without_test_rows_stops_in_one_line(run_dir, capsys, monkeypatch):
+def test_cli_test_without_test_rows_stops_in_one_line(run_dir, capsys, caplog, monkeypatch):
     monkeypatch.delenv("LIT_ALIGN_DEBUG", raising=False)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     args = ["test", "--config", os.path.join(root, "configs", "dpo.yaml"), "--trainer.accelerator=cpu",
@@ -171,6 +171,10 @@ def test_cli_test_without_test_rows_stops_in_one_line(run_dir, capsys, monkeypat
     assert run_main(args) == 2
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit-align: error:")]
     assert "lit-align test needs rows of its own: set data.test_path" in line
+    _write(run_dir / "test.jsonl", _rows("test", 3))
+    with caplog.at_level("INFO"):
+        assert run_main([*args, "--data.test_path=test.jsonl", "--trainer.logger=false"]) == 0
+    assert "data: testing on test.jsonl (3 rows)" in caplog.text and "test/loss" in capsys.readouterr().out
 
 
 def test_fit_says_once_which_rows_it_trains_and_validates_on(run_dir, caplog):

@@ -21,6 +21,18 @@ from lit_align.schedules import Schedule, warmup_then_decay
 Stage = Literal["train", "val", "test"]
 
 
+def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all ``grads`` together, as a plain float32 scalar on their device.
+
+    Sharded (FSDP2 DTensor) gradients contribute the norm of the whole tensor, all-reduced over its shards; they
+    may be mixed with plain tensors, which torch's own clip refuses."""
+    squares = []
+    for grad in grads:
+        norm = torch.linalg.vector_norm(grad.detach(), dtype=torch.float32)
+        squares.append((norm.full_tensor() if hasattr(norm, "full_tensor") else norm) ** 2)
+    return torch.stack(squares).sum().sqrt()
+
+
 class AlignmentModule(L.LightningModule):
     """Shared training logic of every lit-align objective.
 
@@ -156,16 +168,16 @@ class AlignmentModule(L.LightningModule):
     def clip_and_log_gradients(self, optimizer, max_norm: float | None = None) -> None:
         """Clip the gradients of ``optimizer``'s parameters to ``max_norm`` (no clipping when None) and record their
         total norm before clipping as ``grad_norm``. On-policy objectives call it before each manual step."""
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not params:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
             return  # e.g. a step NonFiniteGuard dropped
+        norm = total_norm(grads)
         if max_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        if hasattr(norm, "full_tensor"):  # FSDP2: the norm of sharded gradients is a DTensor
-            norm = norm.full_tensor()
-        self._metrics["train"].update({"grad_norm": norm.detach()})
+            scale = float(max_norm / (norm + 1e-6))
+            if scale < 1.0:
+                torch._foreach_mul_(grads, scale) if all(type(g) is type(grads[0]) for g in grads) else [
+                    g.mul_(scale) for g in grads]
+        self._metrics["train"].update({"grad_norm": norm})
 
     def configure_optimizers(self):
         params = self.trainable_parameters()
