@@ -69,6 +69,20 @@ def test_resume_and_validate_without_the_cache_rebuild_it_from_pi0_not_from_the_
         f"reference cache: reusing {paths[s].stem} ({paths[s]})" for s in ("train", "val")}
 
 
+def test_lora_resume_without_the_cache_rebuilds_it_from_pi0(run_dir, monkeypatch):
+    """Under LoRA the resumed base is not proof of pi_0 (it came out of a checkpoint), so pi_0 is loaded from its
+    source; the rebuilt values equal those the fresh run computed with the adapters disabled."""
+    lora = ["--model.init_args.policy.init_args.lora.r=4", "--data.val_split=null"]
+    cli = _fit(*lora)
+    path = cli.model.reference_cache.paths["train"]
+    pi0 = load_file(str(path))["logps"].clone()
+    path.unlink()
+    messages = _messages(monkeypatch)
+    resumed = _fit(*lora, "--ckpt_path=runs/test/checkpoints/last.ckpt", steps=4)
+    assert resumed.trainer.global_step == 4 and any("reloaded from its source" in m for m in messages)
+    torch.testing.assert_close(load_file(str(path))["logps"], pi0, atol=1e-6, rtol=0)
+
+
 def test_a_tampered_or_truncated_cache_file_is_recomputed_with_a_warning_naming_it(run_dir):
     cli = _fit(steps=1)
     train, val = cli.model.reference_cache.paths["train"], cli.model.reference_cache.paths["val"]
