@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_align.data.collate import CompletionCollator, left_padded_prompts
 from lit_align.data.formats import Example
+from lit_align.errors import UserError
 from lit_align.rollout import Rollout, SamplingConfig, sample
 
 Totals = dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (sum, count)
@@ -63,6 +64,11 @@ class PolicyProbe(L.Callback):
         """React to the reduced values (e.g. warn or stop)."""
 
     # -- schedule ----------------------------------------------------------------------------------------------
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not hasattr(getattr(pl_module, "policy", None), "generation_model"):
+            raise UserError(f"{type(self).__name__} samples responses from a policy, and {type(pl_module).__name__} "
+                            "trains no policy to sample (a reward model scores text): remove this callback")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_step = -1

@@ -54,8 +54,6 @@ def block_class_names(model: nn.Module) -> set[str]:
 def shard_policy(policy, mesh, options: ShardingOptions) -> None:
     """Apply FSDP2 in place to the policy and the frozen reference of ``policy`` (a ``PolicyWithReference``), or
     to a ``RewardScorer`` (which holds its sequence-classification model as ``model`` and has no reference)."""
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
-
     if is_sharded(policy):
         return  # configure_model runs again for validate/test after fit
     is_scorer = "policy" not in policy._modules
@@ -70,14 +68,7 @@ def shard_policy(policy, mesh, options: ShardingOptions) -> None:
         # HF's own non-reentrant checkpointing keeps parameter names unchanged, so state dicts stay loadable.
         hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         hf_model.config.use_cache = False
-    kwargs = {"mesh": mesh, "reshard_after_forward": options.reshard_after_forward}
-    if options.mixed_precision is not None:
-        # Compute in half precision; gradients are reduced in float32 and the master weights stay float32.
-        dtype = _DTYPES[options.mixed_precision]
-        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-    kwargs["offload_policy"] = (
-        CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if options.cpu_offload else OffloadPolicy()
-    )
+    kwargs = _fully_shard_kwargs(mesh, options)
     if is_scorer:
         # RewardScorer.forward calls the backbone and then the score head itself, not the HF model's forward, so
         # the scorer is the root unit: its forward gathers the embeddings, final norm and head around both calls.
@@ -87,6 +78,35 @@ def shard_policy(policy, mesh, options: ShardingOptions) -> None:
         if model is None:
             continue
         _shard_blocks_then_root(model, names, kwargs)
+
+
+def _fully_shard_kwargs(mesh, options: ShardingOptions) -> dict:
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
+
+    kwargs = {"mesh": mesh, "reshard_after_forward": options.reshard_after_forward}
+    if options.mixed_precision is not None:
+        # Compute in half precision; gradients are reduced in float32 and the master weights stay float32.
+        dtype = _DTYPES[options.mixed_precision]
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    kwargs["offload_policy"] = (
+        CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if options.cpu_offload else OffloadPolicy()
+    )
+    return kwargs
+
+
+def shard_trainable_heads(module: nn.Module, mesh, options: ShardingOptions) -> None:
+    """Shard the objective's own trainable submodules beside the policy (RLHF's value head) as FSDP2 roots.
+
+    Under FSDP2 nothing else averages gradients across ranks: a head left as a plain module would get each rank's
+    own gradient and drift apart on every rank, and its plain-tensor gradients cannot be clipped together with the
+    policy's sharded ones.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for name, child in module.named_children():
+        if name == "policy" or is_sharded(child) or not any(p.requires_grad for p in child.parameters()):
+            continue
+        fully_shard(child, **_fully_shard_kwargs(mesh, options))
 
 
 def _shard_blocks_then_root(model: nn.Module, names: set[str], kwargs: dict) -> None:

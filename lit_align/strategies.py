@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from lit_align.sharding import ShardingOptions, shard_policy, without_reference
+from lit_align.sharding import ShardingOptions, shard_policy, shard_trainable_heads, without_reference
 
 
 class FSDP2Strategy(ModelParallelStrategy):
@@ -73,8 +73,10 @@ class FSDP2Strategy(ModelParallelStrategy):
         super().setup_environment()
 
     def shard(self, module: torch.nn.Module) -> None:
-        """Shard ``module.policy`` (policy and reference, or ``RewardModel``'s scorer) over the data-parallel mesh."""
+        """Shard ``module.policy`` (policy and reference, or ``RewardModel``'s scorer) and the objective's own
+        trainable heads over the data-parallel mesh."""
         shard_policy(module.policy, self.device_mesh["data_parallel"], self.sharding)
+        shard_trainable_heads(module, self.device_mesh["data_parallel"], self.sharding)
 
     def lightning_module_state_dict(self) -> dict[str, Any]:
         with without_reference(self.lightning_module):

@@ -26,11 +26,19 @@ def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
 
     Sharded (FSDP2 DTensor) gradients contribute the norm of the whole tensor, all-reduced over its shards; they
     may be mixed with plain tensors, which torch's own clip refuses."""
-    squares = []
-    for grad in grads:
-        norm = torch.linalg.vector_norm(grad.detach(), dtype=torch.float32)
-        squares.append((norm.full_tensor() if hasattr(norm, "full_tensor") else norm) ** 2)
-    return torch.stack(squares).sum().sqrt()
+    sharded = [g for g in grads if hasattr(g, "to_local")]
+    plain = [g for g in grads if not hasattr(g, "to_local")]
+    device = grads[0].device
+    squares = torch.zeros((), dtype=torch.float32, device=device)
+    for grad in plain:  # whole on every rank
+        squares = squares + torch.linalg.vector_norm(grad.detach(), dtype=torch.float32).to(device) ** 2
+    if sharded:
+        local = torch.zeros((), dtype=torch.float32, device=device)
+        for grad in sharded:  # this rank's shard of each: one all-reduce adds the shards up
+            local = local + torch.linalg.vector_norm(grad.to_local().detach(), dtype=torch.float32).to(device) ** 2
+        torch.distributed.all_reduce(local, group=sharded[0].device_mesh.get_group())
+        squares = squares + local
+    return squares.sqrt()
 
 
 class AlignmentModule(L.LightningModule):
@@ -175,8 +183,8 @@ class AlignmentModule(L.LightningModule):
         if max_norm is not None:
             scale = float(max_norm / (norm + 1e-6))
             if scale < 1.0:
-                torch._foreach_mul_(grads, scale) if all(type(g) is type(grads[0]) for g in grads) else [
-                    g.mul_(scale) for g in grads]
+                for grad in grads:
+                    grad.mul_(scale)
         self._metrics["train"].update({"grad_norm": norm})
 
     def configure_optimizers(self):

@@ -254,8 +254,7 @@ class OnPolicyObjective(AlignmentModule):
             for rows in self.mini_batch_rows(exp):
                 loss, metrics = self.experience_loss({k: v[rows] for k, v in exp.items()})
                 self.manual_backward(loss)
-                if self.max_grad_norm is not None:
-                    self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+                self.clip_and_log_gradients(optimizer, self.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 self._metrics["train"].update({"loss": loss.detach(), **metrics})
