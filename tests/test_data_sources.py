@@ -131,7 +131,8 @@ def test_hub_layout_directories_resolve_named_splits(tmp_path):
 
 
 def test_json_checks_run_on_the_files_of_a_directory(tmp_path):
-    (tmp_path / "train.jsonl").write_text(_lines(ROWS) + '{"prompt": "a", "prompt": "b", "chosen": "c", "rejected": "d"}\n')
+    duplicate = '{"prompt": "a", "prompt": "b", "chosen": "c", "rejected": "d"}\n'
+    (tmp_path / "train.jsonl").write_text(_lines(ROWS) + duplicate)
     with pytest.raises(DataError, match=r"train\.jsonl, line 5: duplicate key 'prompt'"):
         load_rows(str(tmp_path), "train")
 
