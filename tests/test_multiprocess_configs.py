@@ -5,7 +5,7 @@ prompts, rank 1 the short ones. Every collective on per-rank tensors (the sample
 monitors' reductions, the reference cache, the reward stage's barrier, the export) must then still line up;
 before this was handled, gloo aborted in ``on_train_start``. Each case is a real two-process ``lit-align fit``
 launch (``launch`` kills both ranks on a hang). These launches take most of a minute each on two cores, so they
-carry the ``multiprocess`` marker and run as their own step of ``.ci/run``.
+carry the ``extended`` marker and run as their own step of ``.ci/run``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 from launch_helpers import CONFIGS, launch
 
-pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 PAIRED = ["dpo.yaml", "ipo.yaml", "pmle.yaml", "reward.yaml", "sft.yaml"]
 ON_POLICY = ["pdistill.yaml", "rebel.yaml", "rlhf.yaml", "rkl.yaml"]
