@@ -135,6 +135,15 @@ def test_presets_map_test_to_the_data_sets_own_split(monkeypatch, preset, hub_id
     assert calls == [(hub_id, hub_test)]
 
 
+def test_predict_says_which_rows_it_samples_prompts_from(tmp_path, caplog):
+    path = _write(tmp_path / "data.jsonl", _rows("train", 4))
+    dm = _module(path)
+    dm.setup("predict")
+    with caplog.at_level("INFO"):
+        assert len(dm.predict_dataloader().dataset) == 4
+    assert "data: predicting on the training rows (4 rows)" in caplog.text
+
+
 def test_embedded_tiny_validates_on_its_own_validation_file():
     dm = PreferenceDataModule(path="tiny", val_split="validation", tokenizer="tiny")
     dm.setup("fit")

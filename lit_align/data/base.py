@@ -289,7 +289,9 @@ class TextDataModule(L.LightningDataModule):
         )
 
     def predict_dataloader(self) -> DataLoader | list:
-        examples = self.val_examples or self.train_examples
+        examples = self.val_examples or self.train_examples  # documented: the training prompts when no validation
+        rank_zero_info(f"data: predicting on the {'validation' if self.val_examples else 'training'} rows "
+                       f"({len(examples)} rows)")
         trainer = self.trainer
         sampler = None
         if trainer is not None and trainer.world_size > 1:
