@@ -56,7 +56,7 @@ class AlignCheckpoint(ModelCheckpoint):
             io = getattr(trainer.strategy, "checkpoint_io", None)
             if isinstance(io, AtomicCheckpointIO):
                 # checked as the file is read, before the weights are loaded into a possibly different objective
-                io.on_load = lambda checkpoint, path: self._check_resume(trainer, pl_module, checkpoint, path)
+                io.on_load = lambda checkpoint, path: self._check_resume_once(trainer, pl_module, checkpoint, path)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         io = getattr(trainer.strategy, "checkpoint_io", None)
@@ -69,11 +69,15 @@ class AlignCheckpoint(ModelCheckpoint):
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         # Strategies that read checkpoints themselves (FSDP2's sharded directories) reach here unchecked.
-        if trainer.state.fn == "fit" and not self._resume_checked:
-            self._check_resume(trainer, pl_module, checkpoint, str(trainer.ckpt_path))
+        if trainer.state.fn == "fit":
+            self._check_resume_once(trainer, pl_module, checkpoint, str(trainer.ckpt_path))
         super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
-    def _check_resume(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict, ckpt_path: str) -> None:
+    def _check_resume_once(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict,
+                           ckpt_path: str) -> None:
+        """The first checkpoint a fit reads is the one it resumes from; any later read is not a resume."""
+        if self._resume_checked:
+            return
         self._resume_checked = True
         ckpt_path = shown_path(ckpt_path)
         self.latest_saved = (int(checkpoint.get("global_step", 0)), ckpt_path)

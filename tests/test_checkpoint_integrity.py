@@ -148,9 +148,10 @@ def test_checksum_round_trips_every_kind_of_value_and_changes_with_any_of_them(t
     base = payload_digest(payload)
     assert payload_digest({**payload, "global_step": 6}) != base
     assert payload_digest({**payload, "global_step": 5.0}) != base
-    assert payload_digest({**payload, "hyper_parameters": {**payload["hyper_parameters"], "lora": LoraOptions(r=8)}}) != base
+    hparams = payload["hyper_parameters"]
+    assert payload_digest({**payload, "hyper_parameters": {**hparams, "lora": LoraOptions(r=8)}}) != base
     weights = payload["state_dict"]
     assert payload_digest({**payload, "state_dict": {**weights, "w": weights["w"] + 1e-7}}) != base
     assert payload_digest({**payload, "state_dict": {**weights, "n": torch.tensor(7, dtype=torch.int32)}}) != base
     # unpickling may rebuild a container as a sibling type; the checksum follows values, not container types
-    assert payload_digest({**payload, "hyper_parameters": AttributeDict(payload["hyper_parameters"])}) == base
+    assert payload_digest({**payload, "hyper_parameters": AttributeDict(hparams)}) == base
