@@ -315,3 +315,23 @@ def test_ultrafeedback_config_with_llama_family_stand_ins(reward_dir, llama3_pol
         assert all(p[-1]["role"] == "user" and p[-1]["content"] in questions for p in prompts)
         assert all(inputs.tokenizer.decode(row).startswith("<|begin_of_text|><|start_header_id|>system") for row in ids)
     assert len(encoded) == 2
+
+
+def test_evaluation_tells_the_judge_which_tokenizer_rendered_the_prompts():
+    """``lit-align evaluate`` hands the judge the policy's tokenizer before the first comparison, so a reward-model
+    judge with another tokenizer re-renders the conversation instead of reading the policy's markup as text."""
+    from types import SimpleNamespace
+
+    from lit_align.evaluation import EvaluationReport, Judge
+
+    class Recorder(Judge):
+        tokenizer = None
+
+        def read_prompts_with(self, policy_tokenizer) -> None:
+            self.tokenizer = policy_tokenizer
+
+    judge, policy_tokenizer = Recorder(), object()
+    module = SimpleNamespace(device=torch.device("cpu"), tokenizer=policy_tokenizer,
+                             policy=SimpleNamespace(has_live_reference=True))
+    EvaluationReport(judge=judge).on_predict_start(None, module)
+    assert judge.tokenizer is policy_tokenizer

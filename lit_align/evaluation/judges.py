@@ -41,6 +41,9 @@ class Judge:
     def setup(self, device: torch.device) -> None:
         """Load what the judge needs onto ``device``."""
 
+    def read_prompts_with(self, policy_tokenizer) -> None:
+        """The prompts it will be given were rendered by ``policy_tokenizer`` (with its chat template, if any)."""
+
     def compare(self, prompt: str, response: str, reference: str) -> Verdict:
         """Judge one response against its reference."""
         raise NotImplementedError

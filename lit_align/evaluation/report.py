@@ -72,6 +72,7 @@ class EvaluationReport(L.Callback):
         self._rows = []
         if self.judge is not None:
             self.judge.setup(pl_module.device)
+            self.judge.read_prompts_with(pl_module.tokenizer)  # a reward model of another tokenizer re-renders them
         if self.reference_model is not None:
             from lit_align.models import load_causal_lm
 
