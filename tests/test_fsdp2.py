@@ -108,10 +108,11 @@ def test_dpo_fsdp2_matches_one_process_through_sharded_checkpoint_and_export(run
 
 def test_on_policy_pmle_fsdp2_matches_one_process(run_dir):
     """PMLE with beta > 0 samples from the sharded policy every step (generation with synced ranks) and scores the
-    samples under the sharded reference copy. Greedy decoding and the exact per-token KL make the samples and
-    the loss deterministic, so two processes must reproduce the one-process curve."""
+    samples under the sharded reference copy. Top-1 sampling (greedy responses; training refuses temperature 0)
+    and the exact per-token KL make the samples and the loss deterministic, so two processes must reproduce the
+    one-process curve."""
     deterministic = ["--model.init_args.kl_estimator=token_full", "--model.init_args.num_kl_samples=1",
-                     "--model.init_args.sampling.temperature=0", "--model.init_args.sampling.max_new_tokens=6"]
+                     "--model.init_args.sampling.top_k=1", "--model.init_args.sampling.max_new_tokens=6"]
     build_cli(_args("pmle.yaml", "single", 3, "--data.init_args.batch_size=8", *deterministic))
     _launch(_args("pmle.yaml", "sharded", 3, "--data.init_args.batch_size=4", *FSDP2, *deterministic))
     _assert_curves_match(_losses("single"), _losses("sharded"))

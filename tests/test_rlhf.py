@@ -159,13 +159,15 @@ def test_class_defaults_name_their_source():
     argument's docstring says which (PAPER ... / TRL ... / Hugging Face ...)."""
     import inspect
 
-    from lit_align.objectives import PMLE, REBEL, PreferenceDistillation
+    from lit_align.objectives import DPO, IPO, PMLE, REBEL, PreferenceDistillation
+    from lit_align.objectives.base import AlignmentModule
     from lit_align.objectives.onpolicy import OnPolicyObjective
     from lit_align.objectives.paired import PairObjective
 
-    no_value = {"reward_model", "reward_stage", "policy"}  # inputs, not tuning values
+    no_value = {"reward_model", "reward_stage", "policy", "optimizer", "lr_scheduler"}  # inputs, not tuning values
     missing = []
-    for cls in (OnPolicyObjective, RLHF, ReverseKL, PairObjective, REBEL, PreferenceDistillation, PMLE):
+    for cls in (AlignmentModule, DPO, IPO, OnPolicyObjective, RLHF, ReverseKL, PairObjective, REBEL,
+                PreferenceDistillation, PMLE):
         docs = _documented_args(cls)
         for name, parameter in inspect.signature(cls.__init__).parameters.items():
             if parameter.default is inspect.Parameter.empty or name in no_value:

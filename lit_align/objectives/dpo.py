@@ -10,8 +10,10 @@ class DPO(PairwiseObjective):
     """Direct preference optimisation (PAPER Eq. 6), with cDPO label smoothing.
 
     Args:
-        beta: Strength of the implicit KL regularisation towards the reference.
-        label_smoothing: Assumed probability that a preference label is flipped (0 is plain DPO).
+        beta: Strength of the implicit KL regularisation towards the reference. TRL default: 0.1 (PAPER
+            TL;DR and chat: 0.05, set by configs/tldr and configs/ultrafeedback).
+        label_smoothing: Assumed probability that a preference label is flipped (0 is plain DPO, the TRL
+            default).
     """
 
     def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, **kwargs) -> None:
@@ -32,7 +34,8 @@ class IPO(PairwiseObjective):
     """Identity preference optimisation (Azar et al. 2023): squared regression of the log-ratio margin.
 
     Args:
-        tau: Regularisation strength; the margin is regressed onto ``1 / (2 tau)``.
+        tau: Regularisation strength; the margin is regressed onto ``1 / (2 tau)``. TRL default: 0.1 (its
+            ``beta`` with ``loss_type: ipo``).
     """
 
     def __init__(self, tau: float = 0.1, **kwargs) -> None:
