@@ -37,6 +37,8 @@ from lit_align.fingerprints import examples_digest
 from lit_align.models import EMBEDDED_SEED, is_embedded, load_causal_lm, zero_dropout
 
 _VERSION = "2"  # files of version 1 carry no checksum; their keys never match again
+#: Where a checkpoint records the identity of the pi_0 its policy was trained against.
+CHECKPOINT_KEY = "lit_align_reference_identity"
 
 
 class ReferenceCacheError(UserError):
@@ -122,6 +124,24 @@ class ReferenceCache:
             os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache behind
         return values
 
+    def save_identity(self, checkpoint: dict) -> None:
+        """Record in a checkpoint which pi_0 its policy was trained against."""
+        checkpoint[CHECKPOINT_KEY] = _portable(self.identity)
+
+    def check_identity(self, checkpoint: dict, source) -> None:
+        """Refuse to resume a policy trained against another pi_0 than the one the model now loads: its cached or
+        recomputed reference log-probs would belong to a different reference."""
+        self.policy_moved = True
+        saved = checkpoint.get(CHECKPOINT_KEY)
+        if saved is None or self.identity is None or saved == _portable(self.identity):
+            return
+        now = _portable(self.identity)
+        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        raise ReferenceCacheError(
+            f"checkpoint {source} was trained against another reference than {self.identity['model']!r} gives now "
+            f"({', '.join(changed)} differ), so reference log-probs computed now would not be its pi_0's; resume "
+            "with the model settings it started from, or start a new run")
+
     def _live_policy_is_reference(self, module) -> bool:
         """Whether the live weights are still pi_0: nothing loaded into them, no step taken since construction."""
         return not self.policy_moved and module.global_step == 0
@@ -145,6 +165,16 @@ class ReferenceCache:
                 "from step 0, or use reference: copy")
         zero_dropout(model)
         return model.requires_grad_(False).eval().to(module.device)
+
+
+def _portable(identity: dict | None) -> dict | None:
+    """The identity as plain JSON types, without file times (a copied model directory is the same model)."""
+    if identity is None:
+        return None
+    identity = json.loads(json.dumps(identity, default=str))
+    if "files" in identity:
+        identity["files"] = [[name, size] for name, size, _ in identity["files"]]
+    return identity
 
 
 class _Invalid(Exception):

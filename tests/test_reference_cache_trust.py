@@ -125,6 +125,22 @@ def test_a_reference_that_cannot_be_rebuilt_is_refused_in_one_line(run_dir, caps
     assert not path.exists()  # nothing wrong was stored
 
 
+def test_resuming_against_another_reference_is_refused_in_one_line(run_dir, capsys):
+    """The checkpoint names its pi_0: resumed with another one (here another seed of the embedded model), the run
+    stops instead of training on against reference log-probs of a different model."""
+    assert run_main(fit_args("dpo.yaml", *COMMON, "--data.val_split=null", steps=1)) == 0
+    capsys.readouterr()
+    checkpoint = "runs/test/checkpoints/last.ckpt"
+    other_seed = "--model.init_args.policy.init_args.seed=1"
+    status = run_main(fit_args("dpo.yaml", *COMMON, "--data.val_split=null", other_seed, f"--ckpt_path={checkpoint}",
+                               steps=2))
+    assert status == 2
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"lit-align: error: checkpoint {checkpoint} was trained against another reference than 'tiny' gives now "
+        "(weights differ), so reference log-probs computed now would not be its pi_0's; resume with the model "
+        "settings it started from, or start a new run")
+
+
 def test_default_directory_is_a_per_user_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("LIT_ALIGN_CACHE", str(tmp_path / "mine"))
     assert reference_cache.default_cache_dir() == tmp_path / "mine" / "reference_logps"

@@ -63,11 +63,17 @@ class PairwiseObjective(AlignmentModule):
 
     on_test_start = on_validation_start
 
-    # The reference cache is computed from the live policy only while it is pi_0; these mark when it stops being.
+    # The reference cache is computed from the live policy only while it is pi_0; these mark when it stops being,
+    # and a checkpoint names its pi_0 so that it is never resumed against another one.
+    def on_save_checkpoint(self, checkpoint) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.reference_cache is not None:
+            self.reference_cache.save_identity(checkpoint)
+
     def on_load_checkpoint(self, checkpoint) -> None:
         super().on_load_checkpoint(checkpoint)
         if self.reference_cache is not None:
-            self.reference_cache.policy_moved = True
+            self.reference_cache.check_identity(checkpoint, getattr(self._trainer, "ckpt_path", None) or "being loaded")
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         if self.reference_cache is not None:
