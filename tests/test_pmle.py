@@ -71,6 +71,22 @@ def test_loo_surrogate_hand_values():
         sampled_kl_surrogate(lp, lp.detach(), num_samples=1)
 
 
+def test_loo_surrogate_importance_weighted_hand_values():
+    """Samples of pi_t scored under a moved pi: ln pi = [-1, -2], ln pi0 = [-1.5, -1], ln pi_t = [-1, -2 - ln 2]:
+    rho = pi / pi_t = [1, 2]; kl = [0.5, -1], advantages [1.5, -1.5] as above, times rho:
+    value = [0.5, -2], d/d ln pi = [1.5, -3]. With pi_t = pi it is the unweighted surrogate."""
+    lp = torch.tensor([-1.0, -2.0], requires_grad=True)
+    sampling = torch.tensor([-1.0, -2.0 - math.log(2.0)])
+    surrogate, kl = sampled_kl_surrogate(lp, torch.tensor([-1.5, -1.0]), 2, sampling_logps=sampling)
+    torch.testing.assert_close(surrogate.detach(), torch.tensor([0.5, -2.0]))
+    torch.testing.assert_close(kl, torch.tensor([0.5, -2.0]))
+    surrogate.sum().backward()
+    torch.testing.assert_close(lp.grad, torch.tensor([1.5, -3.0]))
+    same, _ = sampled_kl_surrogate(lp, torch.tensor([-1.5, -1.0]), 2, sampling_logps=lp.detach())
+    plain, _ = sampled_kl_surrogate(lp, torch.tensor([-1.5, -1.0]), 2)
+    torch.testing.assert_close(same, plain)
+
+
 def test_token_surrogate_hand_values():
     kls = torch.tensor([[0.1, 0.2, 0.3]], requires_grad=True)
     logps = torch.tensor([[-1.0, -2.0, -3.0]], requires_grad=True)

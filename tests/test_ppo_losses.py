@@ -106,3 +106,17 @@ def test_masked_whiten():
     s = 1 / math.sqrt(2)
     torch.testing.assert_close(masked_whiten(values, mask), T([[-s, s, 0.0]]))
     torch.testing.assert_close(masked_whiten(values, mask, shift_mean=False), T([[2 - s, 2 + s, 0.0]]))
+
+
+def test_whitening_scale_and_future_entropy_rewards_by_hand():
+    """Docstring examples: values (1, 3) have unbiased variance 2, so whitening multiplies them by 1/sqrt(2);
+    entropies (0.5, 0.2, 0.9) on the mask (1, 1, 0) with coefficient 0.1 give rewards (0.1 * 0.2, 0, 0): the
+    first token leads to the state of entropy 0.2, the second to no response state."""
+    from lit_align.losses import future_entropy_rewards, whitening_scale
+
+    values, mask = torch.tensor([[1.0, 3.0]]), torch.ones(1, 2, dtype=torch.bool)
+    assert whitening_scale(values, mask).item() == pytest.approx(2 ** -0.5, rel=1e-6)
+    torch.testing.assert_close(masked_whiten(values, mask), torch.tensor([[-0.7071068, 0.7071068]]))
+    torch.testing.assert_close(masked_whiten(values, mask, shift_mean=False), torch.tensor([[1.2928932, 2.7071068]]))
+    rewards = future_entropy_rewards(torch.tensor([[0.5, 0.2, 0.9]]), torch.tensor([[1, 1, 0]]), 0.1)
+    torch.testing.assert_close(rewards, torch.tensor([[0.02, 0.0, 0.0]]))
