@@ -38,7 +38,7 @@ def test_predict_writes_one_line_per_response_with_the_sampling_settings(run_dir
         assert row["reference"] == val[row["index"]]["chosen"]
         assert 1 <= row["length"] <= 6
         assert row["ended"] or row["length"] == 6  # without EOS a response runs to max_new_tokens
-        assert row["sampling"] == {"max_new_tokens": 6, "min_new_tokens": 1, "temperature": 0.7, "top_p": 0.9,
+        assert row["sampling"] == {"max_new_tokens": 6, "min_new_tokens": 0, "temperature": 0.7, "top_p": 0.9,
                                    "top_k": 0}
 
 
