@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -25,13 +26,16 @@ from lit_align.callbacks.console import AlignProgressBar, RunSummary
 from lit_align.cli_help import config_help, help_request, short_help
 from lit_align.console import quiet_console, strip_verbose_flag
 from lit_align.plot import main as plot_main
-from lit_align.checkpoint_io import AtomicCheckpointIO, CheckpointLoadError
+from lit_align.checkpoint_io import CheckpointLoadError
 from lit_align.data.sources import DataError
 from lit_align.errors import UserError
 from lit_align.models import ModelLoadError
 from lit_align.data.base import TextDataModule
 from lit_align.objectives.base import AlignmentModule
-from lit_align.secrets import redact_file, redact_hyperparameters
+from lit_align.outputs import RunCheckpointIO
+from lit_align.run_lock import RunLock
+from lit_align.run_settings import check_trainer_settings, instantiate_checked, one_line_parse_errors
+from lit_align.secrets import MaskingStream, mask_logged_hyperparameters, redact_file, refuse_keys_as_names
 from lit_align.trainer import AlignTrainer
 
 
@@ -83,16 +87,28 @@ class LitAlignCLI(LightningCLI):
         # and the file is read only by the checkpoint IO, which verifies it and never unpickles objects.
         return
 
-    def instantiate_classes(self) -> None:
-        super().instantiate_classes()
-        redact_hyperparameters(self.model, self.datamodule)
+    def parse_arguments(self, parser, args) -> None:
+        # `--print_config` prints through the masking stream; a bad precision is one line, not a page of types.
+        subparsers = getattr(self, "_subcommand_parsers", {}).values()
+        with contextlib.redirect_stdout(MaskingStream(sys.stdout)), one_line_parse_errors(parser, *subparsers):
+            super().parse_arguments(parser, args)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        # One fit per run folder at a time (lit_align.run_lock), taken by global rank 0 only, before the trainer
+        # writes anything, and released however the fit ends.
+        if subcommand != "fit" or not _is_rank_zero(self.trainer):
+            return super()._run_subcommand(subcommand)
+        with RunLock(self.trainer.default_root_dir):
+            return super()._run_subcommand(subcommand)
 
     def instantiate_trainer(self, **kwargs):
         kwargs = {**console_callbacks(self.config_init.get(self.subcommand, self.config_init)["trainer"]), **kwargs}
-        trainer = super().instantiate_trainer(**kwargs)
+        trainer = instantiate_checked(super().instantiate_trainer, **kwargs)
         # Atomic checkpoint writes unless a CheckpointIO plugin was given (`trainer.plugins`).
         if getattr(trainer.strategy, "_checkpoint_io", None) is None:
-            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+            trainer.strategy.checkpoint_io = RunCheckpointIO()
+        for logger in trainer.loggers:  # hparams.yaml and the like get a masked copy (lit_align.secrets)
+            mask_logged_hyperparameters(logger)
         return trainer
 
     def before_instantiate_classes(self) -> None:
@@ -102,6 +118,8 @@ class LitAlignCLI(LightningCLI):
             model = config.get("model")
             name = str(getattr(model, "class_path", "run")).rsplit(".", 1)[-1].lower()
             trainer["default_root_dir"] = os.path.join("runs", name)
+        check_trainer_settings(trainer, config)  # run folder, max_steps; a fast_dev_run moves to <root>/debug
+        refuse_keys_as_names(config)  # a key typed as judge.api_key_env: refused before any message shows it
         if trainer.get("enable_checkpointing") is False:
             # Lightning refuses a ModelCheckpoint next to enable_checkpointing=False, and the CLI always adds
             # one: keep it, writing nothing, so the standard switch does what it says.
@@ -207,6 +225,15 @@ def _unwrap(err: BaseException) -> BaseException:
         if not isinstance(inner, USER_ERRORS) or not _raised_in(err, "jsonargparse"):
             return err
         err = inner
+
+
+def _is_rank_zero(trainer) -> bool:
+    """Whether this process is global rank 0, asked before the trainer sets up its processes: from the cluster
+    environment's node and local rank (the environment variables the launcher set), 0 for one process."""
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if environment is None:
+        return True
+    return environment.node_rank() == 0 and environment.local_rank() == 0
 
 
 def _raised_in(err: BaseException, package: str) -> bool:

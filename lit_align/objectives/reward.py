@@ -10,6 +10,7 @@ import torch
 from lit_align.losses import bradley_terry_loss
 from lit_align.metrics import preference_metrics
 from lit_align.objectives.base import AlignmentModule, Stage
+from lit_align.outputs import atomic_directory
 from lit_align.reward_model import CHECKPOINT_KEY, RewardScorer, build_reward_scorer
 
 
@@ -72,5 +73,8 @@ class RewardModel(AlignmentModule):
         checkpoint[CHECKPOINT_KEY] = {"config": self.scorer.model.config.to_dict(), "tokenizer": self.hparams.model}
 
     def export_hf(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-        """Write the reward model as a one-label ``AutoModelForSequenceClassification`` with its tokenizer."""
-        return self.scorer.save_pretrained(directory, state_dict)
+        """Write the reward model as a one-label ``AutoModelForSequenceClassification`` with its tokenizer, whole
+        or not at all (``lit_align.outputs.atomic_directory``)."""
+        with atomic_directory(directory) as temp:
+            self.scorer.save_pretrained(temp, state_dict)
+        return Path(directory)

@@ -1,0 +1,144 @@
+"""Trainer settings checked before anything runs, and debug runs kept out of a real run's outputs.
+
+Each check ends ``lit-align`` with one line naming the setting and the fix (``UserError``) where Lightning or the
+argument parser would print a traceback or a page of type errors: a run folder that is a file or cannot be
+written, ``max_steps`` below -1, a precision Lightning does not know or whose plugin cannot be built.
+
+A ``fast_dev_run`` is a debug run: it writes under ``<run folder>/debug/`` (checkpoints, export, logs), so that
+trying a change on an existing run folder never replaces its ``last.ckpt`` or ``hf_model/``. Runs that only
+shorten an epoch (``limit_train_batches``) are real runs and write where they are told: their checkpoints are
+meant to be resumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import tempfile
+import typing
+from pathlib import Path
+from typing import Any, Iterator
+
+from lightning.fabric.connector import _PRECISION_INPUT
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities import rank_zero_info
+
+from lit_align.errors import UserError
+from lit_align.outputs import disk_error
+
+DEBUG_FOLDER = "debug"
+
+
+def _literals(hint) -> list:
+    args = typing.get_args(hint)
+    return [value for arg in args for value in _literals(arg)] if args else [hint]
+
+
+#: The values ``trainer.precision`` accepts, in Lightning's own order.
+PRECISIONS = list(dict.fromkeys(str(p) for p in _literals(_PRECISION_INPUT)))
+
+
+def check_trainer_settings(trainer: dict, config: dict) -> None:
+    """Check the run folder and ``max_steps`` and redirect a debug run; ``trainer`` is the parsed ``trainer``
+    section (changed in place), ``config`` the subcommand's whole config."""
+    max_steps = trainer.get("max_steps")
+    if isinstance(max_steps, int) and max_steps < -1:
+        raise UserError(f"trainer.max_steps={max_steps}: use a number of optimizer steps (0 or more), or -1 for no "
+                        "limit (the epochs then decide)")
+    if trainer.get("fast_dev_run"):
+        _redirect_debug_run(trainer, config)
+    check_run_folder(trainer["default_root_dir"])
+
+
+def check_run_folder(folder: str | os.PathLike) -> None:
+    """Create the run folder if needed and prove it writable, or raise one line saying why not."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"trainer.default_root_dir {folder} is a file, not a folder: choose a folder for the run's "
+                        "checkpoints, logs and export")
+    parent = next((p for p in (path, *path.parents) if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"trainer.default_root_dir {folder}: {parent} is a file, not a folder: choose another "
+                        "folder for the run's outputs")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        mapped = disk_error(err, folder)
+        reason = mapped if mapped is not None else f"{os.strerror(err.errno or errno.EIO)} creating or writing {folder}"
+        raise UserError(f"trainer.default_root_dir cannot be used: {reason}") from err
+
+
+def _redirect_debug_run(trainer: dict, config: dict) -> None:
+    root = trainer["default_root_dir"]
+    debug = os.path.join(root, DEBUG_FOLDER)
+    trainer["default_root_dir"] = debug
+    moved = []
+    for section in ("checkpoint", "export"):  # explicit output folders would still name the real run's files
+        options = config.get(section)
+        if options is not None and options.get("dirpath") is not None:
+            options["dirpath"] = None
+            moved.append(f"{section}.dirpath")
+    also = f" (and {', '.join(moved)} with it)" if moved else ""
+    rank_zero_info(f"fast_dev_run: a debug run writes under {debug}{also}, never into the outputs of {root}")
+
+
+@contextlib.contextmanager
+def one_line_parse_errors(*parsers) -> Iterator[None]:
+    """Turn the parsers' page-long type error for ``trainer.precision`` and ``trainer.plugins`` into a one-line
+    ``UserError``; every other parse error is reported by the parser as usual (usage and exit status 2)."""
+
+    def one_line(report):
+        def error(message: str, ex: Exception | None = None):
+            line = setting_message(message)
+            if line is not None:
+                raise UserError(line) from ex
+            return report(message, ex)
+        return error
+
+    for parser in parsers:
+        parser.error = one_line(parser.error)  # shadows the method on this instance only
+    try:
+        yield
+    finally:
+        for parser in parsers:
+            vars(parser).pop("error", None)
+
+
+def setting_message(parse_error: str) -> str | None:
+    """One line for a parse error of ``trainer.precision`` or ``trainer.plugins``; ``None`` for others."""
+    key = re.match(r'Parser key "([^"]+)"', parse_error)
+    given = re.search(r"Given value: (.*)", parse_error)
+    given = given.group(1).strip() if given else "?"
+    if key and key.group(1) == "trainer.precision":
+        return f"trainer.precision={given} is not a precision Lightning knows; use one of: {', '.join(PRECISIONS)}"
+    if key and key.group(1) == "trainer.plugins":
+        problem = re.search(r"Problem with given class_path (.*)\n?(.*)", parse_error)
+        why = " ".join(problem.groups()).strip() if problem else (
+            f"{given} is not a precision, cluster environment, checkpoint IO or layer sync plugin")
+        return f"trainer.plugins: {why}"
+    return None
+
+
+def trainer_error(err: BaseException) -> UserError | None:
+    """A one-line ``UserError`` for the Trainer's refusal of its settings (``MisconfigurationException``), or for
+    a precision plugin whose package is missing (``precision: transformer-engine`` without it); else ``None``."""
+    if isinstance(err, MisconfigurationException):
+        return UserError(f"trainer: {err}")
+    if isinstance(err, ImportError) and "Requirement" in str(err):
+        return UserError(f"trainer: a setting needs a package that is not installed: {err}")
+    return None
+
+
+def instantiate_checked(build: Any, *args, **kwargs):
+    """``build(*args, **kwargs)`` with ``trainer_error`` applied to what it raises."""
+    try:
+        return build(*args, **kwargs)
+    except Exception as err:
+        mapped = trainer_error(err)
+        if mapped is None:
+            raise
+        raise mapped from err
