@@ -25,15 +25,18 @@ GOOD = ["calm", "bright", "kind", "gentle", "warm", "clear", "lovely", "quiet", 
 BAD = ["bad", "dull", "boring", "ugly", "loud", "cold", "awful"]
 ASKS = ["Describe {t}.", "Tell me about {t}.", "Write a line about {t}.", "What is {t} like?", "Say something about {t}."]
 SYSTEM_PROMPTS = ["You are a helpful assistant.", "Answer briefly."]
+# The validation prompts are asked in words the training prompts never use, so that no validation prompt is a
+# training prompt: val/* measures held-out pairs, not remembered ones.
+VAL_ASKS = ["How would you describe {t}?", "Give me one sentence on {t}.", "What comes to mind about {t}?"]
 
 
 def _capital(text: str) -> str:
     return text[0].upper() + text[1:]
 
 
-def make_row(rng: random.Random) -> dict[str, str]:
+def make_row(rng: random.Random, asks: list[str] = ASKS) -> dict[str, str]:
     thing = rng.choice(THINGS)
-    prompt = rng.choice(ASKS).format(t=thing)
+    prompt = rng.choice(asks).format(t=thing)
     a, b = rng.sample(GOOD, 2)
     chosen = rng.choice([
         f"{_capital(thing)} is {a} and {b}.",
@@ -59,7 +62,11 @@ def make_data(rng: random.Random) -> list[dict[str, str]]:
     data_dir = ROOT / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     train = [make_row(rng) for _ in range(512)]
-    val = [make_row(rng) for _ in range(64)]
+    # Drawn as in the first release so the shipped tokenizer, trained on these rows too, is reproduced exactly;
+    # the validation file itself holds held-out prompts (VAL_ASKS), from a generator of its own.
+    tokenizer_rows = [make_row(rng) for _ in range(64)]
+    val_rng = random.Random(1)
+    val = [make_row(val_rng, VAL_ASKS) for _ in range(64)]
     write_jsonl(data_dir / "tiny_preferences_train.jsonl", train)
     write_jsonl(data_dir / "tiny_preferences_val.jsonl", val)
     # The same pairs as chat messages, exercising the conversational format and the chat template.
@@ -72,7 +79,7 @@ def make_data(rng: random.Random) -> list[dict[str, str]]:
             "rejected": [{"role": "assistant", "content": row["rejected"]}],
         })
     write_jsonl(data_dir / "tiny_preferences_chat.jsonl", chat)
-    return train + val
+    return train + tokenizer_rows
 
 
 SPECIAL = ["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]

@@ -205,3 +205,13 @@ def test_the_data_line_shows_on_a_default_console(run_dir):
     assert done.returncode == 0, done.stderr[-2000:]
     said = "data: training on tiny [train] (16 rows), validating on tiny [validation] (64 rows)"
     assert (done.stdout + done.stderr).count(said) == 1, done.stderr[-3000:]
+
+
+def test_the_embedded_validation_prompts_are_held_out():
+    """The embedded default's validation pairs ask about things in other words than the training pairs, so no
+    validation prompt is a training prompt and val/* measures pairs the policy never trained on."""
+    from lit_align.data.sources import load_rows
+
+    train = set(load_rows("tiny", "train")["prompt"])
+    validation = load_rows("tiny", "validation")["prompt"]
+    assert len(validation) == 64 and not train & set(validation)
