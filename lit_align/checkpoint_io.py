@@ -107,23 +107,22 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     _fsync_directory(path.parent)  # the rename itself survives a power cut only once the directory is synced
 
 
-def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = True,
-                         mmap: bool = False, verify: bool = True) -> dict:
+def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = True) -> dict:
     """Read a checkpoint with ``weights_only`` unpickling (lit-align's config dataclasses allowed) and verify its
-    checksum (``verify``; skipped with ``mmap``, which reads only what is touched).
+    checksum.
 
     Raises ``CheckpointLoadError`` naming the file when it pickles anything other than tensors and plain values,
     cannot be read (truncated, not a checkpoint), or its content no longer matches its checksum.
     """
     try:
         if not weights_only:
-            checkpoint = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
+            checkpoint = torch.load(path, map_location=map_location, weights_only=False)
         else:
             with torch.serialization.safe_globals(_safe_globals()):
-                checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+                checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         raise _load_error(shown_path(path), err) from err
-    if verify and not mmap and isinstance(checkpoint, dict):
+    if isinstance(checkpoint, dict):
         verify_checksum(checkpoint, shown_path(path))
     return checkpoint
 
