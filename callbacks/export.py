@@ -13,6 +13,11 @@ from lit_align.export import export_policy
 class HFExport(L.Callback):
     """Writes the policy (safetensors + tokenizer) when training ends, from rank 0 only.
 
+    The folder is written beside its target and moved into place once complete (``lit_align.outputs``): a
+    previous export stays whole until then, and a run killed mid-export never leaves weights without their
+    tokenizer. An objective with its own ``export_hf`` (``RewardModel``) should write the same way. ``lit-align``
+    sends a ``fast_dev_run``'s export to ``<default_root_dir>/debug/hf_model``.
+
     Args:
         dirpath: Output directory; defaults to ``<trainer.default_root_dir>/hf_model``.
         enabled: Set to false to skip the export.

@@ -32,7 +32,7 @@ from lit_align.errors import UserError
 from lit_align.models import ModelLoadError
 from lit_align.data.base import TextDataModule
 from lit_align.objectives.base import AlignmentModule
-from lit_align.outputs import RunCheckpointIO
+from lit_align.outputs import RunCheckpointIO, unplaced_disk_errors
 from lit_align.run_lock import RunLock
 from lit_align.run_settings import check_trainer_settings, instantiate_checked, one_line_parse_errors
 from lit_align.secrets import MaskingStream, mask_logged_hyperparameters, redact_file, refuse_keys_as_names
@@ -188,7 +188,8 @@ def main(args: list[str] | None = None) -> None:
         args = strip_verbose_flag(list(args))
     quiet_console()
     try:
-        build_cli(args)
+        with unplaced_disk_errors():  # a full disk under a logger or sample writer: one line too
+            build_cli(args)
     except SIGTERMException:
         print("lit-align: stopped by SIGTERM after saving last.ckpt; resume with --ckpt_path last", file=sys.stderr)
         sys.exit(EXIT_PREEMPTED)

@@ -8,7 +8,8 @@ folder under a hidden ``.old`` name, which the next write puts back. Never a fol
 tokenizer.
 
 ``disk_errors(path)`` turns the write failures a user fixes on their side (no space, no permission, a read-only
-file system, a quota) into ``DiskWriteError``, whose one line names the file and the fix.
+file system, a quota) into ``DiskWriteError``, whose one line names the file and the fix; ``lit-align`` treats
+any such failure the same way as a last resort (``unplaced_disk_errors``).
 """
 
 from __future__ import annotations
@@ -70,6 +71,23 @@ def disk_errors(path: str | os.PathLike) -> Iterator[None]:
         if mapped is None:
             raise
         raise mapped from err
+
+
+@contextlib.contextmanager
+def unplaced_disk_errors() -> Iterator[None]:
+    """The last resort for writes that no ``disk_errors`` names (loggers, sample files): such an ``OSError``
+    raised anywhere in the block becomes one line, naming its file when the error knows it."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in _FIXES:
+            raise
+        if err.errno in (errno.EACCES, errno.EPERM):
+            where, fix = f"on {err.filename}", "check its permissions"
+        else:
+            where = f"writing {err.filename}" if err.filename else "while writing the run's logs or samples"
+            fix = _FIXES[err.errno].replace("free space there", "free space on the run folder's file system")
+        raise DiskWriteError(f"{os.strerror(err.errno)} {where}: {fix}") from err
 
 
 @contextlib.contextmanager

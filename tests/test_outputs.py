@@ -210,3 +210,18 @@ def test_lock_refuses_a_second_holder_and_respects_another_hosts_record(tmp_path
     with pytest.raises(RunFolderLockedError, match="pid 1 on host elsewhere, started 2026-01-01T00:00:00 may be "
                                                    "using it"):
         RunLock(tmp_path).acquire()
+
+
+@pytest.mark.slow
+@pytest.mark.extended
+def test_two_process_fit_locks_once_from_rank_zero(run_dir):
+    """Under DDP the second process starts the CLI again (LOCAL_RANK=1): it must join the run rank 0 locked,
+    not refuse it."""
+    from launch_helpers import launch
+
+    args = fit_args("dpo.yaml", "--data.val_split=null", "--data.batch_size=4", "--export.enabled=false",
+                    "--trainer.strategy=ddp", "--trainer.devices=2", steps=1)
+    output = launch(args, timeout=180)
+    assert "is locked" not in output
+    assert (run_dir / "runs/test/checkpoints/last.ckpt").is_file()
+    assert not (run_dir / "runs/test" / LOCK_NAME).exists()

@@ -98,3 +98,15 @@ def test_missing_judge_key_is_one_line(run_dir, capsys, monkeypatch):
         "the judge needs an API key: set the environment variable NO_SUCH_JUDGE_KEY to the API key of "
         "http://127.0.0.1:9/v1 (judge.api_key_env), or set judge.api_key_env to null for an endpoint without "
         "authentication")
+
+
+def test_full_disk_under_the_logger_is_one_line(run_dir, capsys, monkeypatch):
+    """A writer that names no file (the CSV logger's metrics) still ends in one line saying what happened."""
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("lightning.fabric.loggers.csv_logs._ExperimentWriter.save", full_disk)
+    assert run_main(fit_args("dpo.yaml", "--data.val_split=null", "--export.enabled=false", steps=1)) == 2
+    assert _error_line(capsys) == (
+        "No space left on device while writing the run's logs or samples: free space on the run folder's file "
+        "system or write the run elsewhere (--trainer.default_root_dir)")
