@@ -225,3 +225,20 @@ def test_two_process_fit_locks_once_from_rank_zero(run_dir):
     assert "is locked" not in output
     assert (run_dir / "runs/test/checkpoints/last.ckpt").is_file()
     assert not (run_dir / "runs/test" / LOCK_NAME).exists()
+
+
+def test_a_previous_export_a_killed_writer_left_moved_aside_is_put_back(tmp_path):
+    """Killed between its two renames, a writer leaves the old export under a hidden name and no target: the next
+    write on this host puts it back before anything else (here the next write fails, and the old one remains)."""
+    from lit_align.run_lock import host_tag
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    aside = tmp_path / f".hf_model.old-{host_tag()}-{dead.pid}-0123abcd"
+    aside.mkdir()
+    (aside / "config.json").write_text('{"old": true}')
+    with pytest.raises(RuntimeError, match="stop"):
+        with atomic_directory(tmp_path / "hf_model"):
+            raise RuntimeError("stop")
+    assert (tmp_path / "hf_model" / "config.json").read_text() == '{"old": true}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf_model"]

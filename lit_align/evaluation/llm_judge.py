@@ -146,7 +146,7 @@ class LLMJudge(Judge):
             found = [last] if last in ("A", "B") else []
         if not found:
             self.unparsed += 1
-            log.warning("the judge named no winner (scored as a tie): %r", text[-200:])
+            log.warning("the judge named no winner (scored as a tie): %s", self._mask(repr(text[-200:])))
             return None
         return found[-1]
 
