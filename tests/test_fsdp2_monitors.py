@@ -2,7 +2,8 @@
 
 Every forward pass of a sharded model is a collective, so a monitor that makes one rank generate (or call any
 other collective, such as ``trainer.log_dir``) while the other is elsewhere deadlocks the run; ``launch`` fails
-the test after a timeout instead of hanging. With greedy decoding the probe samples are deterministic, so the
+the test after a timeout instead of hanging. With top-1 sampling (greedy responses; the KL and entropy monitors
+refuse temperature 0, which has no distribution to score) the probe samples are deterministic, so the
 two-process values (each rank measures half of the prompts, sums and counts are reduced over ranks) must equal
 those of one process measuring all of them.
 """
@@ -20,7 +21,7 @@ from launch_helpers import CONFIGS, FSDP2, launch, metrics_by_run
 pytestmark = pytest.mark.slow
 
 PROBE = {"every_n_steps": 2, "num_prompts": 4, "num_samples": 2,
-         "sampling": {"max_new_tokens": 6, "temperature": 0}}  # greedy: the same samples in every run
+         "sampling": {"max_new_tokens": 6, "top_k": 1}}  # top-1 (greedy) responses: the same samples in every run
 CALLBACKS = json.dumps([{"class_path": f"lit_align.callbacks.{name}", "init_args": PROBE}
                         for name in ("KLMonitor", "EntropyMonitor", "ModeCollapseMonitor", "SampleLogger")])
 METRICS = ["monitor/kl_k1", "monitor/kl_k3", "monitor/kl_token", "monitor/entropy", "monitor/sequence_entropy",
