@@ -80,6 +80,8 @@ class PolicyWithReference(nn.Module):
         if reference == "lora" and lora is None:
             lora = LoraOptions()
         self.model_name = model
+        self.seed = seed  # with the name, enough to load pi_0 again from its source (lit_align.reference_cache)
+        self.trust_remote_code = trust_remote_code
         self.reference_mode: ReferenceMode = reference
         self.lora_options = lora
         self.tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)

@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 
 from lit_align.errors import UserError
 from lit_align.fingerprints import examples_digest
-from lit_align.models import EMBEDDED_SEED, is_embedded, load_causal_lm, zero_dropout
+from lit_align.models import is_embedded, load_causal_lm, zero_dropout
 
 _VERSION = "2"  # files of version 1 carry no checksum; their keys never match again
 #: Where a checkpoint records the identity of the pi_0 its policy was trained against.
@@ -151,10 +151,8 @@ class ReferenceCache:
         policy = module.policy
         base = policy.base_model
         dtype = str(next(base.parameters()).dtype).removeprefix("torch.")
-        # remote model code runs again only if the run already trusted it (its classes come from the hub cache)
-        trusted = type(base).__module__.startswith("transformers_modules")
-        model = load_causal_lm(policy.model_name, dtype=dtype, trust_remote_code=trusted,
-                               seed=getattr(policy, "seed", EMBEDDED_SEED))
+        model = load_causal_lm(policy.model_name, dtype=dtype, trust_remote_code=policy.trust_remote_code,
+                               seed=policy.seed)
         found = model_identity(policy.model_name, model)
         if found != self.identity:
             changed = sorted(k for k in set(found) | set(self.identity) if found.get(k) != self.identity.get(k))

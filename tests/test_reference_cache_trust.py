@@ -151,3 +151,18 @@ def test_default_directory_is_a_per_user_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert reference_cache.default_cache_dir() == tmp_path / "home" / ".cache" / "lit_align" / "reference_logps"
     assert reference_cache.default_cache_dir().is_absolute()  # never relative to the working directory
+
+
+def test_pi0_is_reloaded_with_the_policys_own_seed():
+    """A reference reloaded from its source is built with the seed the policy was built with (the embedded
+    model's weights come from it), so a run on ``seed: 3`` is rebuilt, not refused."""
+    from types import SimpleNamespace
+
+    from lit_align.policy import PolicyWithReference
+    from lit_align.reference_cache import ReferenceCache
+
+    policy = PolicyWithReference(model="tiny", reference="none", seed=3)
+    cache = ReferenceCache(policy=policy)
+    reloaded = cache._load_reference(SimpleNamespace(policy=policy, device=torch.device("cpu")), Path("unused"))
+    for name, weight in policy.base_model.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], weight, rtol=0, atol=0)
