@@ -252,3 +252,32 @@ def test_evaluate_with_a_reward_model_and_a_separate_reference(run_dir):
                for s in samples)
     assert float(row["reward"]) == pytest.approx(sum(s["reward"] for s in samples) / 8, rel=1e-5, abs=1e-6)
     assert re.search(r"\| DPO \| 8 \| 8 \|", open("report/report.md").read())
+
+
+def test_kl_column_scores_the_distribution_the_samples_came_from():
+    """Responses sampled at temperature T come from pi_T: the KL column is the log-ratio of pi_T and pi_0,T, not of
+    the untempered models (which at T != 1 estimates no KL); greedy decoding leaves it empty."""
+    from lit_align.evaluation import EvaluationReport
+    from lit_align.logprobs import completion_token_logprobs
+    from lit_align.policy import PolicyWithReference
+    from lit_align.rollout import SamplingConfig, sample
+
+    policy = PolicyWithReference(model="tiny", reference="copy")
+    with torch.no_grad():
+        for p in policy.policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    tokenizer = policy.tokenizer
+    prompts = tokenizer(["Describe the sea.", "A cat?"], padding=True, return_tensors="pt")
+    rollout = sample(policy.generation_model, prompts.input_ids, prompts.attention_mask,
+                     SamplingConfig(max_new_tokens=6, temperature=0.5), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    module = type("M", (), {"policy": policy})()
+    report = EvaluationReport()
+    with torch.no_grad():
+        tempered = report._sequence_kl(module, rollout, 0.5)
+        ids, mask, completion = rollout.input_ids, rollout.attention_mask, rollout.completion_mask
+        expected = (completion_token_logprobs(policy(ids, mask), ids, completion, 0.5)[0]
+                    - completion_token_logprobs(policy.reference_logits(ids, mask), ids, completion, 0.5)[0]).sum(-1)
+        untempered = report._sequence_kl(module, rollout, 1.0)
+    torch.testing.assert_close(tempered, expected.float(), atol=1e-5, rtol=0)
+    assert (tempered - untempered).abs().max() > 1e-3
+    assert torch.isnan(report._sequence_kl(module, rollout, 0.0)).all()

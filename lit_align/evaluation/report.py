@@ -65,6 +65,7 @@ class EvaluationReport(L.Callback):
         self.results: dict[str, Any] = {}
         self._rows: list[dict[str, Any]] = []
         self._reference: torch.nn.Module | None = None
+        self._warned_greedy = False
 
     # -- hooks -------------------------------------------------------------------------------------------------
 
@@ -85,7 +86,8 @@ class EvaluationReport(L.Callback):
     @torch.no_grad()
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         rows = prediction_records(outputs, pl_module.tokenizer)
-        for row, kl in zip(rows, self._sequence_kl(pl_module, outputs["rollout"]).tolist()):
+        kls = self._sequence_kl(pl_module, outputs["rollout"], outputs["sampling"].temperature)
+        for row, kl in zip(rows, kls.tolist()):
             row["kl"] = kl
         if self.judge is not None:
             if any("reference" not in r for r in rows):
@@ -115,10 +117,17 @@ class EvaluationReport(L.Callback):
 
     # -- KL on the policy's own samples ------------------------------------------------------------------------
 
-    def _sequence_kl(self, pl_module, rollout) -> torch.Tensor:
-        """(N,) sum over response tokens of ln pi - ln pi_0, NaN without a reference."""
+    def _sequence_kl(self, pl_module, rollout, temperature: float) -> torch.Tensor:
+        """(N,) sum over response tokens of ln pi_T - ln pi_0,T at the sampling temperature T: the samples come from
+        pi_T, so this estimates KL(pi_T || pi_0,T) (at T = 1 the policy's own KL). NaN without a reference, and
+        for greedy decoding, whose single response per prompt estimates no KL."""
         ids, mask = rollout.input_ids, rollout.attention_mask
-        logps, _ = completion_token_logprobs(pl_module.policy(ids, mask), ids, rollout.completion_mask)
+        if temperature == 0:
+            if not self._warned_greedy:
+                rank_zero_warn("greedy decoding samples no distribution: the KL column stays empty")
+                self._warned_greedy = True
+            return torch.full((ids.shape[0],), math.nan)
+        logps, _ = completion_token_logprobs(pl_module.policy(ids, mask), ids, rollout.completion_mask, temperature)
         if self._reference is not None:
             ref_logits = self._reference(
                 input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False
@@ -127,7 +136,7 @@ class EvaluationReport(L.Callback):
             ref_logits = pl_module.policy.reference_logits(ids, mask)
         else:
             return torch.full((ids.shape[0],), math.nan)
-        ref_logps, _ = completion_token_logprobs(ref_logits, ids, rollout.completion_mask)
+        ref_logps, _ = completion_token_logprobs(ref_logits, ids, rollout.completion_mask, temperature)
         return (logps - ref_logps).sum(-1).float().cpu()  # (N,)
 
 
