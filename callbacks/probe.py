@@ -128,7 +128,7 @@ class PolicyProbe(L.Callback):
         tokenizer = pl_module.tokenizer
         prompts = left_padded_prompts(examples, tokenizer.pad_token_id)
         return sample(policy.generation_model, prompts["prompt_ids"].to(pl_module.device),
-                      prompts["prompt_mask"].to(pl_module.device), self.sampling, tokenizer.eos_token_id,
+                      prompts["prompt_mask"].to(pl_module.device), self.sampling, policy.stop_token_ids,
                       tokenizer.pad_token_id, num_samples=self.num_samples, synced_gpus=trainer.world_size > 1)
 
     @staticmethod

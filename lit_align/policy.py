@@ -82,6 +82,7 @@ class PolicyWithReference(nn.Module):
         self.model_name = model
         self.seed = seed  # with the name, enough to load pi_0 again from its source (lit_align.reference_cache)
         self.trust_remote_code = trust_remote_code
+        self._stop_token_ids: list[int] | None = None
         self.reference_mode: ReferenceMode = reference
         self.lora_options = lora
         self.tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
@@ -130,6 +131,25 @@ class PolicyWithReference(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.policy.parameters() if p.requires_grad]
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Tokens that end a sampled response: the tokenizer's EOS, the model's own end tokens
+        (``generation_config.eos_token_id``, e.g. Llama-3-Instruct's ``<|eot_id|>``) and the token the chat
+        template closes a reply with, which is what the row encoder trains every completion to end on."""
+        if self._stop_token_ids is None:
+            from lit_align.data.chat import end_of_turn_token
+
+            found: list[int] = []
+            configured = getattr(getattr(self.base_model, "generation_config", None), "eos_token_id", None)
+            turn = end_of_turn_token(self.tokenizer)
+            for ids in (self.tokenizer.eos_token_id, configured,
+                        self.tokenizer.convert_tokens_to_ids(turn) if turn else None):
+                for token in ids if isinstance(ids, (list, tuple)) else [ids]:
+                    if token is not None and token not in found:
+                        found.append(int(token))
+            self._stop_token_ids = found
+        return self._stop_token_ids
 
     @property
     def generation_model(self) -> nn.Module:

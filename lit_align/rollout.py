@@ -109,7 +109,7 @@ def sample(
     prompt_ids: torch.Tensor,
     prompt_mask: torch.Tensor,
     config: SamplingConfig,
-    eos_token_id: int,
+    eos_token_id: int | list[int],
     pad_token_id: int,
     num_samples: int = 1,
     synced_gpus: bool = False,
@@ -117,8 +117,10 @@ def sample(
 ) -> Rollout:
     """Sample ``num_samples`` responses for each left-padded prompt in (B, P) ``prompt_ids``.
 
-    ``model`` is a transformers causal LM (or a peft wrapper): the policy's current weights. ``synced_gpus``
-    keeps every rank generating until all are done, which sharded (FSDP) models need.
+    ``model`` is a transformers causal LM (or a peft wrapper): the policy's current weights. ``eos_token_id`` is
+    the token, or the tokens, that end a response (``PolicyWithReference.stop_token_ids``: EOS and the chat
+    template's end of turn). ``synced_gpus`` keeps every rank generating until all are done, which sharded (FSDP)
+    models need.
     """
     was_training = model.training
     model.eval()
@@ -153,12 +155,13 @@ def sample(
         model.train(was_training)
 
 
-def _layout(output: torch.Tensor, prompt_mask: torch.Tensor, eos: int, pad: int, num_samples: int) -> Rollout:
+def _layout(output: torch.Tensor, prompt_mask: torch.Tensor, eos: int | list[int], pad: int,
+            num_samples: int) -> Rollout:
     width = prompt_mask.shape[1]
     response = output[:, width:]  # (N, L)
-    is_eos = response == eos
+    is_eos = torch.isin(response, torch.as_tensor(eos, device=response.device))
     ended = is_eos.any(-1)
-    # Everything after the first EOS is padding; the EOS itself belongs to the response.
+    # Everything after the first stop token is padding; the stop token itself belongs to the response.
     after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
     response_mask = (~after_eos).long()
     response = response.masked_fill(after_eos, pad)

@@ -115,3 +115,21 @@ class ChatRenderer:
         if self._special is None:
             return text
         return self._special.sub(lambda m: "\0" * len(m.group()), text)
+
+
+def end_of_turn_token(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The special token the tokenizer's chat template closes an assistant reply with (``<|im_end|>``,
+    ``<|eot_id|>``, ``<end_of_turn>``, ``<|end|>``, ...), found the way the row encoder finds it: by rendering a
+    probe reply. None without a template, or when the template closes replies with plain text."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        return None
+    try:
+        renderer = ChatRenderer(tokenizer)
+        _, (reply,) = renderer.render([{"role": "user", "content": "Hello there"}],
+                                      [[{"role": "assistant", "content": "Fine, thank you"}]], ("reply",),
+                                      "the chat template", 0)
+    except DataError:  # a template that cannot render a plain exchange names no end-of-turn
+        return None
+    if not reply.closed or renderer._special is None:
+        return None
+    return renderer._special.findall(reply.text)[-1]

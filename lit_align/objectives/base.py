@@ -145,7 +145,7 @@ class AlignmentModule(L.LightningModule):
 
         rollout = sample(
             self.policy.generation_model, batch["prompt_ids"], batch["prompt_mask"], sampling,
-            self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, num_samples,
+            self.policy.stop_token_ids, self.tokenizer.pad_token_id, num_samples,
             synced_gpus=self.trainer.world_size > 1 and is_sharded(self.policy.policy),
         )
         rows = torch.arange(rollout.input_ids.shape[0], device=rollout.input_ids.device)

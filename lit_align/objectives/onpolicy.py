@@ -179,7 +179,7 @@ class OnPolicyObjective(AlignmentModule):
         """Responses of ``model`` to the batch's prompts, as ``input_ids``/masks/``ended``/``prompt_index``."""
         rollout = sample(
             model, batch["prompt_ids"], batch["prompt_mask"], self.sampling,
-            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.policy.stop_token_ids, pad_token_id=self.tokenizer.pad_token_id,
             num_samples=num_samples or self.num_samples, synced_gpus=self.synced_gpus,
         )
         return {

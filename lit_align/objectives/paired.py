@@ -68,7 +68,8 @@ class PairObjective(OnPolicyObjective):
         order = order.to(batch["input_ids"].device)  # (2B,) c0, r0, c1, r1, ...
         exp = {k: batch[k][order] for k in ("input_ids", "attention_mask", "completion_mask")}
         last = (exp["completion_mask"] * torch.arange(exp["completion_mask"].shape[1], device=order.device)).argmax(-1)
-        exp["ended"] = exp["input_ids"].gather(1, last[:, None]).squeeze(1) == self.tokenizer.eos_token_id
+        stop = torch.as_tensor(self.policy.stop_token_ids, device=order.device)
+        exp["ended"] = torch.isin(exp["input_ids"].gather(1, last[:, None]).squeeze(1), stop)
         exp["prompt_index"] = torch.arange(2 * num_prompts, device=order.device) // 2
         return exp
 

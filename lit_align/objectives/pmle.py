@@ -112,7 +112,7 @@ class PMLE(PairwiseObjective):
         """
         rollout = sample(
             self.policy.generation_model, prompt_ids, prompt_mask, self.sampling,
-            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.policy.stop_token_ids, pad_token_id=self.tokenizer.pad_token_id,
             num_samples=self.num_kl_samples, synced_gpus=self._trainer is not None and self.trainer.world_size > 1,
         )
         ids, attention, completion = rollout.input_ids, rollout.attention_mask, rollout.completion_mask
