@@ -32,7 +32,8 @@ Setting ``lm-oracle-1tok`` (every value below is a command-line option of the sa
   have no statistical error: what is left is the optimisation error of the on-policy fit (fitted once per trial,
   since R* does not depend on n).
 
-Writes ``<out>/convergence_lm.csv`` (one row per n, objective and trial, with the seconds of each fit),
+Writes ``<out>/convergence_lm.csv`` (one row per n, objective and trial, with the seconds of each fit; those of
+distillation include fitting the reward model it shares with reverse KL),
 ``<out>/convergence_lm.png`` (log-log, slopes fitted on n >= ``--fit-from`` in the legend) and
 ``<out>/convergence_lm_slopes.csv``; while running, every measured row is appended to
 ``<out>/convergence_lm.partial.csv``, and a progress line is printed per fit.
@@ -229,7 +230,7 @@ def run_sweep(setting: Setting, exponents: list[int], trials: int, root: str, pr
                 else:
                     reward = reward if reward is not None else fit_reward(setting, n, trial, root)
                     value = fit_onpolicy(name, setting, reward, trial, root)
-                seconds = time.time() - started
+                seconds = time.time() - started  # the first reward-based fit of an n includes the reward model's
                 record({"n": n, "objective": name, "trial": trial, "forward_kl": value, "seconds": seconds})
                 progress(f"trial {trial} n=2^{k} {name:10s} forward KL {value:.4f} ({seconds:.0f} s)")
     if handle:
