@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from lit_align.data.sources import DataError
+from lit_align.outputs import atomic_directory
 from lit_align.fingerprints import datamodule_digest
 from lit_align.schedules import Schedule, warmup_then_decay
 
@@ -134,8 +135,11 @@ class RewardStage:
                 accuracy = self.accuracy(reward, val_pairs, datamodule, device)
                 rank_zero_info(f"reward stage: epoch {epoch + 1}/{self.epochs} train loss "
                                f"{sum(losses) / len(losses):.4f} validation accuracy {_fmt(accuracy)}")
-        reward.scorer.save_pretrained(directory)
-        (directory / FINGERPRINT_FILE).write_text(json.dumps({**fingerprint, "val_accuracy": accuracy}, indent=2))
+        # Weights and record are moved into place together: a kill mid-write never leaves new weights under the
+        # previous model's record (reused as if they matched) or a record without its weights.
+        with atomic_directory(directory) as temp:
+            reward.scorer.save_pretrained(temp)
+            (temp / FINGERPRINT_FILE).write_text(json.dumps({**fingerprint, "val_accuracy": accuracy}, indent=2))
         if trainer.logger is not None and not math.isnan(accuracy):
             trainer.logger.log_metrics({"reward_stage/val_accuracy": accuracy}, step=0)
 

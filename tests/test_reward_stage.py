@@ -94,3 +94,32 @@ def test_defaults_follow_the_paper_and_the_rate_decays_on_a_cosine(run_dir, monk
     expected = [3e-6 * 0.5 * (1 + math.cos(math.pi * i / updates)) for i in range(updates)]
     assert len(rates) == updates
     assert all(math.isclose(r, e, rel_tol=1e-9, abs_tol=1e-15) for r, e in zip(rates, expected)), rates
+
+
+def test_a_write_that_fails_halfway_leaves_the_previous_model_and_its_record(run_dir, monkeypatch):
+    """The data changed and the new reward model's write fails after the weights (a kill, a full disk): the old
+    weights and the old record stay together, so the next run retrains instead of reusing new weights under the
+    old record, or a record without weights."""
+    import pytest
+
+    from lit_align.reward_model import RewardScorer
+
+    rows = [json.loads(line) for line in (ASSETS / "tiny_preferences_train.jsonl").read_text().splitlines()[:16]]
+    train, val = run_dir / "pairs.jsonl", run_dir / "val.jsonl"
+    _write_rows(train, rows)
+    _write_rows(val, rows[:4])
+    _fit(train, val)
+    folder = run_dir / "runs/test/reward_model"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    _write_rows(train, [{**row, "chosen": row["rejected"], "rejected": row["chosen"]} for row in rows])
+    real_save = RewardScorer.save_pretrained
+
+    def save_then_fail(self, directory, state_dict=None):
+        real_save(self, directory, state_dict)
+        raise OSError("killed while writing")
+
+    monkeypatch.setattr(RewardScorer, "save_pretrained", save_then_fail)
+    with pytest.raises(OSError, match="killed while writing"):
+        _fit(train, val)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
