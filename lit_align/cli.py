@@ -29,6 +29,7 @@ from lit_align.plot import main as plot_main
 from lit_align.checkpoint_io import CheckpointLoadError
 from lit_align.data.sources import DataError
 from lit_align.errors import UserError
+from lit_align.loggers import resolve_logger_dirs, with_logger_save_dir
 from lit_align.models import ModelLoadError
 from lit_align.data.base import TextDataModule
 from lit_align.objectives.base import AlignmentModule
@@ -90,6 +91,14 @@ class LitAlignCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         # `--print_config` prints through the masking stream; a bad precision is one line, not a page of types.
         subparsers = getattr(self, "_subcommand_parsers", {}).values()
+        if not isinstance(args, dict):  # a logger named by class alone writes under the run folder (lit_align.loggers)
+            given = sys.argv[1:] if args is None else list(args)
+            completed = with_logger_save_dir(given)
+            if completed != given:
+                if args is None:
+                    sys.argv[1:] = completed  # the ranks Lightning launches re-read sys.argv
+                else:
+                    args = completed
         with contextlib.redirect_stdout(MaskingStream(sys.stdout)), one_line_parse_errors(parser, *subparsers):
             super().parse_arguments(parser, args)
 
@@ -119,6 +128,7 @@ class LitAlignCLI(LightningCLI):
             name = str(getattr(model, "class_path", "run")).rsplit(".", 1)[-1].lower()
             trainer["default_root_dir"] = os.path.join("runs", name)
         check_trainer_settings(trainer, config)  # run folder, max_steps; a fast_dev_run moves to <root>/debug
+        resolve_logger_dirs(trainer)
         refuse_keys_as_names(config)  # a key typed as judge.api_key_env: refused before any message shows it
         if trainer.get("enable_checkpointing") is False:
             # Lightning refuses a ModelCheckpoint next to enable_checkpointing=False, and the CLI always adds

@@ -88,19 +88,22 @@ def _redirect_debug_run(trainer: dict, config: dict) -> None:
 
 @contextlib.contextmanager
 def one_line_parse_errors(*parsers) -> Iterator[None]:
-    """Turn the parsers' page-long type error for ``trainer.precision`` and ``trainer.plugins`` into a one-line
-    ``UserError``; every other parse error is reported by the parser as usual (usage and exit status 2)."""
+    """Turn the parsers' page-long type error for ``trainer.precision`` and ``trainer.plugins``, and a misspelt
+    argument (with the nearest valid names), into a one-line ``UserError``; every other parse error is reported by
+    the parser as usual (usage and exit status 2)."""
 
-    def one_line(report):
+    from lit_align.cli_help import unknown_key_message
+
+    def one_line(report, parser):
         def error(message: str, ex: Exception | None = None):
-            line = setting_message(message)
+            line = setting_message(message) or unknown_key_message(parser, message)
             if line is not None:
                 raise UserError(line) from ex
             return report(message, ex)
         return error
 
     for parser in parsers:
-        parser.error = one_line(parser.error)  # shadows the method on this instance only
+        parser.error = one_line(parser.error, parser)  # shadows the method on this instance only
     try:
         yield
     finally:

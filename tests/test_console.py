@@ -109,3 +109,47 @@ def test_enable_checkpointing_false_is_honoured(run_dir):
     code = run_main(fit_args("dpo.yaml", "--trainer.enable_checkpointing=false", "--export.enabled=false", steps=2))
     assert code == 0
     assert not (run_dir / "runs" / "test" / "checkpoints").exists()
+
+
+def test_help_is_short_and_points_on(capsys):
+    assert run_main(["fit", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert len(text.splitlines()) < 40
+    for name in ("DPO", "PMLE", "PreferenceDistillation", "ReverseKL", "PreferenceDataModule", "--model.help"):
+        assert name in text
+
+
+def test_help_with_a_config_lists_its_objective_and_data_arguments(capsys):
+    assert run_main(["fit", "--config", os.path.join(ROOT, "configs", "pdistill.yaml"), "--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("--model: lit_align.objectives.PreferenceDistillation")
+    names = {line.split()[0] for line in lines if line.startswith("  --")}
+    assert {"--model.gamma", "--model.beta_mode", "--model.reward_stage", "--data.val_split"} <= names
+    assert not any(name.startswith("--trainer.") for name in names) and len(lines) < 80
+
+
+def test_a_misspelt_argument_answers_in_three_lines_with_the_nearest_name(run_dir, capsys):
+    assert run_main(fit_args("dpo.yaml", "--model.betta=0.5")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 3
+    assert "has no argument 'betta'; did you mean 'beta'?" in err[0]
+
+
+def test_tensorboard_logger_by_class_name_alone_writes_under_the_run_folder(run_dir):
+    assert run_main(fit_args("dpo.yaml", "--trainer.logger=TensorBoardLogger", "--export.enabled=false", steps=2)) == 0
+    events = list((run_dir / "runs" / "test" / "logs").glob("version_*/events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0
+
+
+def test_loggers_named_alone_get_the_run_folder_and_a_given_save_dir_wins():
+    from types import SimpleNamespace
+
+    from lit_align.loggers import RUN_DIR, resolve_logger_dirs, with_logger_save_dir
+
+    args = with_logger_save_dir(["fit", "--trainer.logger", "MLFlowLogger"])
+    assert args[-1] == f"--trainer.logger.init_args.save_dir={RUN_DIR}"
+    assert with_logger_save_dir(["--trainer.logger=WandbLogger", "--trainer.logger.save_dir=here"])[-1] == (
+        "--trainer.logger.save_dir=here")
+    logger = SimpleNamespace(class_path="lightning.pytorch.loggers.MLFlowLogger", init_args={"save_dir": RUN_DIR})
+    resolve_logger_dirs({"default_root_dir": "runs/x", "logger": logger})
+    assert logger.init_args["save_dir"] == os.path.join("runs/x", "mlruns")
