@@ -106,15 +106,19 @@ def test_a_tampered_or_truncated_cache_file_is_recomputed_with_a_warning_naming_
         torch.testing.assert_close(load_file(str(path))["logps"], pi0[split], atol=1e-6, rtol=0, equal_nan=True)
 
 
-def test_a_reference_that_cannot_be_rebuilt_is_refused_in_one_line(run_dir, capsys):
-    """A policy seed the source reload does not reproduce: the cache cannot be rebuilt from pi_0 after a resume,
-    so the run stops naming the file and the ways out instead of caching the trained policy's log-probs."""
-    seed = ["--model.init_args.policy.init_args.seed=1", "--data.val_split=null"]
-    assert run_main(fit_args("dpo.yaml", *COMMON, *seed, steps=1)) == 0
+def test_a_reference_that_cannot_be_rebuilt_is_refused_in_one_line(run_dir, capsys, monkeypatch):
+    """A source that no longer gives the model the run started from (here: loading it yields other weights, as a
+    moved hub revision or a non-reproducible build would): the cache cannot be rebuilt from pi_0 after a resume,
+    so the run stops naming the file and the ways out instead of caching log-probs of another model."""
+    from lit_align.models import load_causal_lm
+
+    common = [*COMMON, "--data.val_split=null"]
+    assert run_main(fit_args("dpo.yaml", *common, steps=1)) == 0
     (path,) = CACHE.glob("*.safetensors")
     path.unlink()
+    monkeypatch.setattr(reference_cache, "load_causal_lm", lambda name, **kw: load_causal_lm(name, seed=7))
     capsys.readouterr()
-    status = run_main(fit_args("dpo.yaml", *COMMON, *seed, "--ckpt_path=runs/test/checkpoints/last.ckpt", steps=2))
+    status = run_main(fit_args("dpo.yaml", *common, "--ckpt_path=runs/test/checkpoints/last.ckpt", steps=2))
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2
     assert err[0] == (
