@@ -18,7 +18,10 @@ def _benchmark():
 
 
 def test_small_sweep_writes_one_row_per_fit_and_the_plot(tmp_path):
+    import logging
+
     bench = _benchmark()
+    levels = {name: logging.getLogger(name).level for name in ("lightning", "lightning.pytorch", "lightning.fabric")}
     args = ["--min-exp", "5", "--max-exp", "6", "--exp-step", "1", "--trials", "1", "--objectives", "pmle", "dpo",
             "--min-steps", "4", "--fit-from", "32", "--out", str(tmp_path)]
     summary = bench.main(args)
@@ -36,6 +39,8 @@ def test_small_sweep_writes_one_row_per_fit_and_the_plot(tmp_path):
     slopes = {r["objective"]: r for r in csv.DictReader(open(tmp_path / "convergence_lm_slopes.csv"))}
     assert set(slopes) == {"pmle", "dpo", "pi0"} and slopes["pi0"]["slope"] == ""
     assert (tmp_path / "convergence_lm.png").stat().st_size > 10_000
+    # the sweep silences Lightning for itself only: later runs in this process still log their info lines
+    assert {name: logging.getLogger(name).level for name in levels} == levels
 
 
 def test_distillation_with_the_oracle_reward_moves_towards_the_target(tmp_path):
