@@ -317,6 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
             rows = [{"n": int(r["n"]), "objective": r["objective"], "trial": int(r["trial"]),
                      "forward_kl": float(r["forward_kl"]), "seconds": float(r["seconds"])}
                     for r in csv.DictReader(handle)]
+        os.makedirs(args.out, exist_ok=True)
         slopes = write_outputs(rows, setting, args.fit_from, args.out)
         print("slopes " + ", ".join(f"{name} {slope:+.3f}" for name, slope in slopes.items()))
         return {"rows": rows, "slopes": slopes, "curves": mean_curves(rows)}
