@@ -41,6 +41,11 @@ def test_small_sweep_writes_one_row_per_fit_and_the_plot(tmp_path):
     assert (tmp_path / "convergence_lm.png").stat().st_size > 10_000
     # the sweep silences Lightning for itself only: later runs in this process still log their info lines
     assert {name: logging.getLogger(name).level for name in levels} == levels
+    # --replot rebuilds the same slopes from the CSV, into a folder it creates
+    again = bench.main(["--replot", str(tmp_path / "convergence_lm.csv"), "--fit-from", "32",
+                        "--out", str(tmp_path / "replot")])
+    assert again["slopes"] == summary["slopes"]
+    assert (tmp_path / "replot" / "convergence_lm.png").is_file()
 
 
 def test_distillation_with_the_oracle_reward_moves_towards_the_target(tmp_path):
