@@ -108,15 +108,33 @@ def test_experience_at_initialisation():
     assert torch.equal(metrics["completions/mean_length"], exp["response_mask"].sum(-1).float())
 
 
-def test_missing_eos_penalty_replaces_scores():
-    """With min_new_tokens == max_new_tokens no response can end with EOS: every score becomes the penalty
-    (-3) and completions/clipped_ratio is 1."""
+def test_missing_eos_penalty_replaces_scores_and_says_so_when_it_replaces_all():
+    """A policy that never samples a stop token: every score becomes the penalty (-3), completions/clipped_ratio
+    is 1, and a warning says once that the batch carried nothing of the reward model."""
+    import warnings
+
     torch.manual_seed(0)
-    module = make_objective(sampling=SamplingConfig(max_new_tokens=3, min_new_tokens=3), missing_eos_penalty=-3.0)
-    exp = module.make_experience(prompt_batch(module))
+    module = make_objective(sampling=SamplingConfig(max_new_tokens=3), missing_eos_penalty=-3.0)
+    stops = torch.tensor(module.policy.stop_token_ids)
+    module.policy.base_model.get_output_embeddings().register_forward_hook(
+        lambda head, args, out: out.index_fill(-1, stops, -1e4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exp = module.make_experience(prompt_batch(module))
+        module.make_experience(prompt_batch(module))
     assert not exp["ended"].any()
     assert torch.equal(exp["scores"], torch.full_like(exp["scores"], -3.0))
     assert torch.equal(module.experience_metrics(exp)["completions/clipped_ratio"], torch.ones_like(exp["scores"]))
+    said = [str(w.message) for w in caught if "replaced every reward" in str(w.message)]
+    assert len(said) == 1 and "missing_eos_penalty=-3.0" in said[0]
+
+
+def test_fixed_length_sampling_with_a_missing_eos_penalty_is_refused():
+    """min_new_tokens == max_new_tokens leaves no room for a stop token: the penalty would replace every reward,
+    so the objective refuses the combination when it is built."""
+    with pytest.raises(ValueError, match="leaves no room to sample a stop token"):
+        make_objective(sampling=SamplingConfig(max_new_tokens=3, min_new_tokens=3), missing_eos_penalty=-3.0)
+    make_objective(sampling=SamplingConfig(max_new_tokens=3, min_new_tokens=3), missing_eos_penalty=None)
 
 
 def test_mini_batches_keep_whole_prompts():

@@ -57,7 +57,7 @@ def test_rebel_rewards_are_kl_shaped():
 
 def test_rebel_defaults_penalise_a_missing_eos():
     """PAPER 3: a response without EOS gets reward -1; REBEL takes 4 passes over each batch."""
-    module = REBEL(reward_model=LengthReward(), sampling=SamplingConfig(max_new_tokens=2, min_new_tokens=2))
+    module = REBEL(reward_model=LengthReward(), sampling=SamplingConfig(max_new_tokens=2))
     assert module.missing_eos_penalty == -1.0 and module.epochs_per_batch == 4
 
 

@@ -38,6 +38,7 @@ import warnings
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from lit_align.logprobs import completion_token_logprobs
@@ -78,8 +79,6 @@ class OnPolicyObjective(AlignmentModule):
         missing_eos_penalty: Score given to a response that did not end with EOS within ``max_new_tokens``
             (replaces the reward model's score); ``None`` keeps the reward model's score. TRL default: None
             (RLHF, ReverseKL and REBEL set the PAPER's -1).
-        max_grad_norm: Clip the gradient norm of every update to this value; ``None`` disables clipping. TRL
-            (Hugging Face Trainer) default: 1.0.
         reward_stage: How the reward model is trained when ``reward_model`` is not given.
     """
 
@@ -91,15 +90,17 @@ class OnPolicyObjective(AlignmentModule):
         epochs_per_batch: int = 4,
         mini_batches: int = 1,
         missing_eos_penalty: float | None = None,
-        max_grad_norm: float | None = 1.0,
         reward_stage: RewardStage = RewardStage(),
         **kwargs: Any,
     ) -> None:
         if num_samples < 1 or epochs_per_batch < 1 or mini_batches < 1:
             raise ValueError("num_samples, epochs_per_batch and mini_batches must be at least 1, got "
                              f"{num_samples}, {epochs_per_batch}, {mini_batches}")
-        if max_grad_norm is not None and max_grad_norm <= 0:
-            raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm}")
+        if missing_eos_penalty is not None and sampling.min_new_tokens >= sampling.max_new_tokens:
+            raise ValueError(
+                f"sampling.min_new_tokens={sampling.min_new_tokens} >= max_new_tokens={sampling.max_new_tokens} "
+                "leaves no room to sample a stop token, so missing_eos_penalty would replace every reward: set "
+                "missing_eos_penalty: null for fixed-length responses (the oracle task), or allow shorter ones")
         super().__init__(**kwargs)
         if isinstance(reward_model, nn.Module):
             self.hparams.pop("reward_model", None)  # weights never go into the hyperparameters
@@ -112,7 +113,7 @@ class OnPolicyObjective(AlignmentModule):
         self.epochs_per_batch = epochs_per_batch
         self.mini_batches = mini_batches
         self.missing_eos_penalty = missing_eos_penalty
-        self.max_grad_norm = max_grad_norm
+        self._warned_no_stop = False
         self.reward_stage = reward_stage
         self.reward_model: nn.Module | None = None
         if isinstance(reward_model, str):
@@ -197,6 +198,13 @@ class OnPolicyObjective(AlignmentModule):
         scores = self.score(exp["input_ids"], exp["attention_mask"], exp["completion_mask"])
         if self.missing_eos_penalty is not None:
             scores = torch.where(exp["ended"], scores, torch.full_like(scores, self.missing_eos_penalty))
+            if not exp["ended"].any() and not self._warned_no_stop:
+                self._warned_no_stop = True
+                rank_zero_warn(
+                    f"{type(self).__name__}: none of the {exp['ended'].numel()} responses of a batch stopped within "
+                    f"sampling.max_new_tokens={self.sampling.max_new_tokens}, so missing_eos_penalty="
+                    f"{self.missing_eos_penalty} replaced every reward and the batch carries nothing of the reward "
+                    "model: raise max_new_tokens, or set missing_eos_penalty: null")
         exp["scores"] = scores
         exp["old_logps"], exp["response_mask"] = self._chunked_logps(exp, self.policy)
         exp["ref_logps"], _ = self._chunked_logps(exp, self.policy.reference_logits)
