@@ -3,6 +3,9 @@
     python benchmarks/degeneracy_lm.py               # 3 seeds x 2 objectives, writes docs/degeneracy_lm.md
     python benchmarks/degeneracy_lm.py --seeds 0 --steps 48 --out /tmp/deg   # one seed, shorter
 
+It also draws the first seed's runs overlaid (``lit_align.plot``: entropy, KL, diversity, length, loss, ...) into
+``docs/degeneracy_lm/``.
+
 Named setting ``tiny-high-lr``: the embedded tiny model and the shipped preference pairs (``path: tiny``), both
 objectives trained through the real CLI (``lit_align.cli.build_cli``, the shipped ``configs/dpo.yaml`` and
 ``configs/pmle.yaml``) with the same learning rate, batch size and number of optimizer steps; DPO with a small
@@ -154,6 +157,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, dict]]:
     parser.add_argument("--out", default="runs/degeneracy_lm", help="run folders")
     parser.add_argument("--doc", default=os.path.join(ROOT, "docs", "degeneracy_lm.md"),
                         help="markdown table ('' to skip)")
+    parser.add_argument("--figures", default=os.path.join(ROOT, "docs", "degeneracy_lm"),
+                        help="folder for the curves of the first seed's runs, overlaid ('' to skip)")
     args = parser.parse_args(argv)
 
     callbacks = monitor_callbacks(args.every, args.prompts, args.samples, args.max_new_tokens)
@@ -170,6 +175,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, dict]]:
     print(table)
     if args.doc:
         write_doc(args.doc, table)
+    if args.figures:  # the same figures as `lit-align plot <run> <run> ...`, one line style per objective
+        from lit_align.plot import plot_runs
+
+        first = [os.path.join(args.out, name) for name in sorted(os.listdir(args.out)) if name.endswith(
+            f"_seed{args.seeds[0]}")]
+        written = plot_runs(first, args.figures)
+        print(f"figures: {', '.join(str(p) for p in written)}")
     return results
 
 

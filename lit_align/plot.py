@@ -2,8 +2,8 @@
 
 Reads every ``metrics.csv`` the CSV logger wrote under each run folder (``<run>/logs/version_*/``, a resumed run's
 versions joined in step order) and draws one figure per group of metrics: the loss, the reward margins and
-accuracy, KL to pi_0, entropy, diversity, and throughput. Several runs are overlaid, one colour and marker each,
-labelled by folder name. A group none of the runs logged is skipped. Figures go to ``--out`` (default:
+accuracy, KL to pi_0, entropy, diversity, and throughput, one panel per metric. Several runs are overlaid in each
+panel, one colour, line style and marker each, labelled by folder name. A group none of the runs logged is skipped. Figures go to ``--out`` (default:
 ``<run>/plots`` for one run, ``plots/`` for several). ``lit_align.callbacks.PlotCurves`` draws them at the end of
 ``fit`` instead.
 """
@@ -84,28 +84,36 @@ def plot_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None) -> 
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for figure_name, (title, patterns) in GROUPS.items():
-        drawn = [(run, name, series[name]) for run, series in runs.items() for name in sorted(series)
-                 if any(re.search(p, name) for p in patterns)]
-        if not drawn:
+        names = sorted({name for series in runs.values() for name in series
+                        if any(re.search(p, name) for p in patterns)})
+        if not names:
             continue
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        names = sorted({name for _, name, _ in drawn})
-        for r, run in enumerate(runs):
-            for n, name in enumerate(names):
-                series = runs[run].get(name)
-                if not series:
+        # one panel per metric, the runs overlaid in each: metrics of a group differ in scale (a sequence entropy
+        # of ~100 nats next to a token entropy of ~6), so a shared axis would flatten the small ones
+        columns = min(3, len(names))
+        rows = math.ceil(len(names) / columns)
+        fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
+        for ax, name in zip(axes.flat, names):
+            for r, (run, series) in enumerate(runs.items()):
+                points = series.get(name)
+                if not points:
                     continue
-                steps, values = zip(*series)
-                label = name if len(runs) == 1 else f"{run}: {name}"
-                ax.plot(steps, values, label=label, color=f"C{n % 10}", linestyle=_STYLES[r % len(_STYLES)],
-                        marker=_MARKERS[(r + n) % len(_MARKERS)], markersize=3, markevery=max(1, len(steps) // 12))
-        if figure_name == "throughput":
-            ax.set_yscale("log")
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
+                steps, values = zip(*points)
+                ax.plot(steps, values, label=run, color=f"C{r % 10}", linestyle=_STYLES[r % len(_STYLES)],
+                        marker=_MARKERS[r % len(_MARKERS)], markersize=3, markevery=max(1, len(steps) // 12))
+            if figure_name == "throughput":
+                ax.set_yscale("log")
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("step", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(names):]:
+            ax.set_visible(False)
+        if len(runs) > 1:
+            handles, labels = axes.flat[0].get_legend_handles_labels()
+            fig.legend(handles, labels, loc="lower center", ncol=min(4, len(runs)), fontsize=8, frameon=False)
+        fig.suptitle(title)
+        fig.tight_layout(rect=(0, 0.06 if len(runs) > 1 else 0, 1, 1))
         path = out / f"{figure_name}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)

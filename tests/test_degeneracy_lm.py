@@ -23,7 +23,7 @@ import degeneracy_lm  # noqa: E402
 def test_dpo_entropy_falls_further_than_pmle(run_dir):
     results = degeneracy_lm.main([
         "--seeds", "0", "--steps", "48", "--every", "24", "--prompts", "8", "--samples", "4",
-        "--no-control", "--out", str(run_dir / "runs"), "--doc", "",
+        "--no-control", "--out", str(run_dir / "runs"), "--doc", "", "--figures", str(run_dir / "figures"),
     ])
     (dpo,), (pmle,) = (list(by_seed.values()) for by_seed in results.values())
     for values in (dpo, pmle):  # every monitor logged a start (step 0) and an end value
@@ -34,3 +34,5 @@ def test_dpo_entropy_falls_further_than_pmle(run_dir):
     pmle_ratio = degeneracy_lm.entropy_ratio(pmle)
     assert dpo_ratio < pmle_ratio - 0.15, (dpo_ratio, pmle_ratio)
     assert dpo["monitor/kl_token"][1] > pmle["monitor/kl_token"][1]  # DPO moved further from the reference
+    # both runs drawn on the same figures, as `lit-align plot` does
+    assert {"entropy.png", "kl.png", "diversity.png"} <= {p.name for p in (run_dir / "figures").iterdir()}
