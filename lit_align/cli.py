@@ -89,7 +89,8 @@ class LitAlignCLI(LightningCLI):
         return
 
     def parse_arguments(self, parser, args) -> None:
-        # `--print_config` prints through the masking stream; a bad precision is one line, not a page of types.
+        # `--print_config` prints through the masking stream; a bad precision or a misspelt key is one line (with
+        # the nearest names), not a page of types.
         subparsers = getattr(self, "_subcommand_parsers", {}).values()
         if not isinstance(args, dict):  # a logger named by class alone writes under the run folder (lit_align.loggers)
             given = sys.argv[1:] if args is None else list(args)
