@@ -205,13 +205,18 @@ def main(args: list[str] | None = None) -> None:
         print("lit-align: stopped by SIGTERM after saving last.ckpt; resume with --ckpt_path last", file=sys.stderr)
         sys.exit(EXIT_PREEMPTED)
     except USER_ERRORS as err:
-        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
-            raise
-        err = _unwrap(err)
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"lit-align: error: {message}", file=sys.stderr)
-        print(f"(set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr)
-        sys.exit(2)
+        _exit_with_one_line(err)
+
+
+def _exit_with_one_line(err: BaseException) -> None:
+    """``lit-align: error: <message>`` and exit status 2; with ``LIT_ALIGN_DEBUG=1`` the traceback instead."""
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        raise err
+    err = _unwrap(err)
+    message = " ".join(str(err).split()) or type(err).__name__
+    print(f"lit-align: error: {message}", file=sys.stderr)
+    print(f"(set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr)
+    sys.exit(2)
 
 
 def _print_help(subcommand: str, mode: str, args: list[str]) -> None:
@@ -224,10 +229,7 @@ def _run_user_command(command) -> None:
     try:
         command()
     except USER_ERRORS as err:
-        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
-            raise
-        print(f"lit-align: error: {' '.join(str(err).split())}", file=sys.stderr)
-        sys.exit(2)
+        _exit_with_one_line(err)
 
 
 def _unwrap(err: BaseException) -> BaseException:

@@ -56,6 +56,12 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedToke
     return tokenizer
 
 
+def tokenizer_adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer puts its BOS token in front of every encoding by itself."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a", add_special_tokens=True).input_ids[:1] == [bos]
+
+
 def load_causal_lm(
     name: str, dtype: str | None = None, trust_remote_code: bool = False, seed: int = EMBEDDED_SEED
 ) -> PreTrainedModel:

@@ -30,6 +30,8 @@ from typing import Literal, Union
 import torch
 from torch import nn
 
+from lit_align.models import tokenizer_adds_bos
+
 Message = dict[str, str]
 Prompt = Union[str, list[Message]]
 ChatTemplateUse = Literal["auto", "always", "never"]
@@ -259,8 +261,7 @@ class RewardInputs:
         self.max_length = max_length
         self.chat_template = chat_template
         self.append_eos = append_eos
-        bos = tokenizer.bos_token_id
-        self._adds_bos = bos is not None and tokenizer("a", add_special_tokens=True).input_ids[:1] == [bos]
+        self._adds_bos = tokenizer_adds_bos(tokenizer)
 
     def uses_template(self, prompt: Prompt) -> bool:
         if self.chat_template == "never" or not getattr(self.tokenizer, "chat_template", None):

@@ -39,6 +39,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lit_align.data.chat import ChatRenderer, ChatTemplateError, RenderedCompletion
 from lit_align.data.sources import DataError
+from lit_align.models import tokenizer_adds_bos
 from lit_align.errors import UserError
 
 Format = Literal["auto", "standard", "conversational", "implicit"]
@@ -104,7 +105,7 @@ class RowEncoder:
         prompt_delimiter: str = "\n\nAssistant:",
         invalid_rows: Literal["error", "skip"] = "error",
     ) -> None:
-        self._bos_added = _tokenizer_adds_bos(tokenizer)
+        self._bos_added = tokenizer_adds_bos(tokenizer)
         _check_lengths(tokenizer, max_length, max_prompt_length, self._bos_added)
         self.tokenizer = tokenizer
         self.completion_fields = completion_fields
@@ -331,8 +332,3 @@ def _check_lengths(tokenizer, max_length: int, max_prompt_length: int, bos_added
             f"max_prompt_length ({max_prompt_length}) leaves room only for the tokenizer's BOS token "
             f"{tokenizer.bos_token!r}, so no prompt text would reach the model; set max_prompt_length to 2 or more"
         )
-
-
-def _tokenizer_adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
-    bos = tokenizer.bos_token_id
-    return bos is not None and tokenizer("a", add_special_tokens=True).input_ids[:1] == [bos]
