@@ -153,3 +153,12 @@ def test_loggers_named_alone_get_the_run_folder_and_a_given_save_dir_wins():
     logger = SimpleNamespace(class_path="lightning.pytorch.loggers.MLFlowLogger", init_args={"save_dir": RUN_DIR})
     resolve_logger_dirs({"default_root_dir": "runs/x", "logger": logger})
     assert logger.init_args["save_dir"] == os.path.join("runs/x", "mlruns")
+
+
+def test_plot_curves_callback_draws_the_run_at_the_end_of_fit(run_dir):
+    callback = '{"class_path": "lit_align.callbacks.PlotCurves"}'
+    args = fit_args("dpo.yaml", f"--trainer.callbacks+={callback}", "--trainer.log_every_n_steps=1",
+                    "--export.enabled=false", steps=3)
+    assert run_main(args) == 0
+    figures = {p.name for p in (run_dir / "runs" / "test" / "plots").iterdir()}
+    assert {"loss.png", "rewards.png", "learning_rate.png"} <= figures
