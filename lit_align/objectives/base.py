@@ -7,6 +7,7 @@ loss and a dict of per-example (or scalar) diagnostics; the base logs them as ``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import lightning as L
@@ -65,6 +66,9 @@ class AlignmentModule(L.LightningModule):
     default_reference: ClassVar[ReferenceMode] = "copy"
     #: Whether the objective cannot run without a reference.
     requires_reference: ClassVar[bool] = True
+    #: Columns of the user's data this objective reads besides prompt and completions, e.g. ``{"label": bool}``
+    #: (``lit_align.data.columns``): the DataModule validates them row by row and puts each in ``batch[name]``.
+    data_columns: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(
         self,
