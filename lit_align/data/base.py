@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -12,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lit_align.data.collate import CompletionCollator
+from lit_align.data.columns import Column, merge_columns
 from lit_align.data.formats import Example, Format, RowEncoder
 from lit_align.data.loader import ResumableDataLoader, ResumableSampler
 from lit_align.data.presets import find_preset, layout_hint, load_source
@@ -41,7 +43,8 @@ class TextDataModule(L.LightningDataModule):
         test_split: Split of ``path`` (or of ``test_path``) for ``lit-align test``, resolved like ``val_split``;
             presets map ``test`` to the data set's own name.
         format: ``standard``, ``conversational``, ``implicit``, or ``auto`` to detect it.
-        columns: Renames from this data's columns to ``prompt``/``chosen``/``rejected``.
+        columns: Renames from this data's columns to ``prompt``/``chosen``/``rejected`` and to the columns the
+            objective reads (e.g. ``{thumbs_up: label}``).
         max_length: Longest prompt + completion in tokens.
         max_prompt_length: Longest prompt in tokens (longer ones keep their end).
         prompt_delimiter: Where the last response starts in ``implicit`` transcripts.
@@ -55,6 +58,11 @@ class TextDataModule(L.LightningDataModule):
         pad_to_multiple_of: Round padded lengths up (e.g. 8 for tensor cores).
         preset: Read ``path`` (e.g. a local copy) in the layout of this preset; by default the preset ``path``
             names, if any; ``none`` turns presets off.
+
+    Columns besides prompt and completions (a label, a score, a weight: ``lit_align.data.columns``) are read when
+    the objective asks for them: ``setup`` takes the ``data_columns`` of the Trainer's objective, and
+    ``require_columns`` adds more (the way to ask without a Trainer). Each reaches the batch as ``batch[name]``, one
+    value per example; a row missing one, or holding a bad value, is an invalid row (``invalid_rows``).
     """
 
     #: Which columns hold completions; ``None`` lets the data decide (pairs, one completion or prompts only).
@@ -101,6 +109,8 @@ class TextDataModule(L.LightningDataModule):
         self._tokenizer = None
         self._train_loader: ResumableDataLoader | None = None
         self._pending_loader_state: dict | None = None  # a resumed run's data position, until the loader exists
+        self._required_columns: dict[str, Column] = {}
+        self._encoded_columns: dict[str, Column] = {}  # the columns the encoded examples hold values of
 
     # -- set-up ------------------------------------------------------------------------------------------------
 
@@ -116,17 +126,44 @@ class TextDataModule(L.LightningDataModule):
                 raise RuntimeError("no tokenizer: attach the data module to a Trainer or set `tokenizer`")
         return self._tokenizer
 
-    def encoder(self, completion_fields: tuple[str, ...]) -> RowEncoder:
+    def require_columns(self, columns: Mapping[str, Column | type]) -> None:
+        """Read these columns of every row too, e.g. ``{"label": bool}``, into ``batch[name]``.
+
+        For use without a Trainer, or for columns the objective does not declare; adds to the objective's own
+        ``data_columns``, which ``setup`` reads by itself. Examples encoded before are encoded again at the next
+        ``setup``.
+        """
+        self._required_columns = merge_columns(self._required_columns, columns)
+
+    def declared_columns(self) -> dict[str, Column]:
+        """The columns read into each example: those of ``require_columns`` and the objective's ``data_columns``."""
+        trainer = self.trainer
+        module = trainer.lightning_module if trainer is not None else None
+        return merge_columns(self._required_columns, getattr(module, "data_columns", None) or {})
+
+    def encoder(
+        self, completion_fields: tuple[str, ...], data_columns: Mapping[str, Column] | None = None
+    ) -> RowEncoder:
+        """The row encoder of this data; ``data_columns``: the columns it reads (default ``declared_columns()``)."""
         h = self.hparams
         layout = find_preset(h.path, h.preset)
         fmt = layout.format if h.format == "auto" and layout is not None else h.format
         return RowEncoder(
             self.tokenizer, completion_fields, fmt, h.columns, h.max_length, h.max_prompt_length,
-            h.prompt_delimiter, h.invalid_rows,
+            h.prompt_delimiter, h.invalid_rows, self.declared_columns() if data_columns is None else data_columns,
         )
+
+    def _forget_examples_of_other_columns(self) -> None:
+        """Drop encoded examples whose values are not those of the columns declared now (another objective, or
+        ``require_columns`` after a ``setup``), so that ``setup`` encodes them again."""
+        columns = self.declared_columns()
+        if columns != self._encoded_columns:
+            self.train_examples, self.val_examples, self.test_examples = [], [], []
+            self._encoded_columns = columns
 
     def setup(self, stage: str | None = None) -> None:
         h = self.hparams
+        self._forget_examples_of_other_columns()
         if stage == "test":  # test needs its own rows only
             if not self.test_examples:
                 test = self._role_rows("test", h.test_path, h.test_split)
@@ -217,6 +254,10 @@ class TextDataModule(L.LightningDataModule):
         try:
             return step()
         except DataError as err:
+            # a column the objective reads (e.g. ``label`` of unpaired data) is no sign of a preset's layout
+            read = self.declared_columns()
+            renames = self.hparams.columns or {}
+            columns = [c for c in columns if renames.get(c, c) not in read]
             hint = layout_hint(columns) if find_preset(self.hparams.path, self.hparams.preset) is None else None
             if hint is None or self.hparams.preset == "none":
                 raise

@@ -2,7 +2,8 @@
 
 Pairs are laid out for one concatenated forward pass: rows ``0..B-1`` are prompt + chosen and rows ``B..2B-1``
 prompt + rejected, right-padded to the longest sequence in the batch (dynamic padding). Prompts alone are
-left-padded, ready for generation.
+left-padded, ready for generation. The values of the columns an objective declared (``Example.values``) come as
+one (B,) tensor per column, ``batch[name]``, one value per example whatever the number of completions.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 import torch
 
 from lit_align.data.formats import Example
+
+# The batch tensor of each declared column type (``lit_align.data.columns``); values arrive converted to the type.
+VALUE_DTYPES = {bool: torch.bool, int: torch.long, float: torch.float32}
 
 
 def _pad_to(length: int, multiple: int | None) -> int:
@@ -20,8 +24,8 @@ class CompletionCollator:
     """Right-padded prompt + completion sequences, every completion of an example in its own block of rows.
 
     Returns ``input_ids``, ``attention_mask``, ``completion_mask`` of shape (K*B, T) for K completions per
-    example (block k holds completion k of every example), ``index`` (B,), and the prompts as
-    ``PromptCollator`` lays them out.
+    example (block k holds completion k of every example), ``index`` (B,), the prompts as ``PromptCollator`` lays
+    them out, and each declared column's values (B,).
     """
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
@@ -29,7 +33,7 @@ class CompletionCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        prompts = left_padded_prompts(examples, self.pad_token_id)
+        prompts = {**left_padded_prompts(examples, self.pad_token_id), **value_tensors(examples)}
         if not examples[0].completion_ids:
             return prompts
         sequences: list[tuple[list[int], int]] = []
@@ -53,13 +57,14 @@ class CompletionCollator:
 
 
 class PromptCollator:
-    """Left-padded prompts ``prompt_ids``/``prompt_mask`` (B, P), ready for generation, and ``index`` (B,)."""
+    """Left-padded prompts ``prompt_ids``/``prompt_mask`` (B, P), ready for generation, ``index`` (B,), and each
+    declared column's values (B,)."""
 
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = pad_token_id
 
     def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        return left_padded_prompts(examples, self.pad_token_id)
+        return {**left_padded_prompts(examples, self.pad_token_id), **value_tensors(examples)}
 
 
 def left_padded_prompts(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -70,3 +75,15 @@ def left_padded_prompts(examples: list[Example], pad_token_id: int) -> dict[str,
         prompt_ids[row, length - len(ex.prompt_ids) :] = torch.tensor(ex.prompt_ids)
         prompt_mask[row, length - len(ex.prompt_ids) :] = 1
     return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "index": torch.tensor([ex.index for ex in examples])}
+
+
+def value_tensors(examples: list[Example]) -> dict[str, torch.Tensor]:
+    """``{name: (B,) tensor}`` of the declared columns' values, typed by the column (``VALUE_DTYPES``)."""
+    out = {}
+    for name, first in examples[0].values.items():
+        try:
+            column = [ex.values[name] for ex in examples]
+        except KeyError:
+            raise ValueError(f"a batch mixes examples with and without the column {name!r}") from None
+        out[name] = torch.tensor(column, dtype=VALUE_DTYPES[type(first)])
+    return out

@@ -10,6 +10,9 @@ prompt-only data). Formats:
 - ``implicit``: no prompt column; ``chosen`` and ``rejected`` are full transcripts sharing a prefix (Anthropic HH).
   The prompt is their common prefix, cut back to the end of the last ``prompt_delimiter`` in it.
 
+Columns an objective declares besides these (a label, a score: ``lit_align.data.columns``) are read from the same
+row, after the renames, into ``Example.values``; a missing or bad value makes the row invalid like a bad text field.
+
 The prompt/completion boundary is decided on whole strings and messages and the two sides are tokenised
 separately, so it never falls inside a token (the prompt ids are what the model is given when it generates).
 BOS: the tokenizer's own BOS starts every prompt exactly once (a template or text that already starts with it keeps
@@ -32,12 +35,14 @@ chat template that writes BOS itself is refused at the first prompt it would cut
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
 from lit_align.data.chat import ChatRenderer, ChatTemplateError, RenderedCompletion
+from lit_align.data.columns import Column, ColumnValue, normalise_columns, read_values
 from lit_align.data.sources import DataError
 from lit_align.models import tokenizer_adds_bos
 from lit_align.errors import UserError
@@ -53,11 +58,13 @@ class LengthSettingError(UserError, ValueError):
 
 @dataclass
 class Example:
-    """One tokenised row: prompt ids and the completion ids (chosen first), with the row's index."""
+    """One tokenised row: prompt ids and the completion ids (chosen first), with the row's index, and the values
+    of the columns the objective declared (``lit_align.data.columns``), converted to their types."""
 
     index: int
     prompt_ids: list[int]
     completion_ids: list[list[int]]
+    values: dict[str, ColumnValue] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,6 +99,8 @@ class RowEncoder:
             At least 1, and at least 2 with a tokenizer that adds BOS.
         prompt_delimiter: The ``implicit`` format's marker of where the last response begins.
         invalid_rows: ``error`` stops at the first bad row with a message naming it; ``skip`` drops and counts.
+        data_columns: Further columns to read into each ``Example.values``, e.g. ``{"label": bool}``, by their
+            names after ``columns``; a missing or bad value makes the row invalid (``lit_align.data.columns``).
     """
 
     def __init__(
@@ -104,6 +113,7 @@ class RowEncoder:
         max_prompt_length: int = 256,
         prompt_delimiter: str = "\n\nAssistant:",
         invalid_rows: Literal["error", "skip"] = "error",
+        data_columns: Mapping[str, Column | type] | None = None,
     ) -> None:
         self._bos_added = tokenizer_adds_bos(tokenizer)
         _check_lengths(tokenizer, max_length, max_prompt_length, self._bos_added)
@@ -115,13 +125,14 @@ class RowEncoder:
         self.max_prompt_length = max_prompt_length
         self.prompt_delimiter = prompt_delimiter
         self.invalid_rows = invalid_rows
+        self.data_columns = normalise_columns(data_columns)
         self._renderer: ChatRenderer | None = None
 
     # -- public ------------------------------------------------------------------------------------------------
 
     def encode_all(self, rows, source: str) -> tuple[list[Example], FormatStats]:
         stats = FormatStats()
-        texts: list[tuple[int, str, list[RenderedCompletion]]] = []
+        texts: list[tuple[int, str, list[RenderedCompletion], dict[str, ColumnValue]]] = []
         fmt = self.fmt
         for index, raw in enumerate(rows):
             stats.rows += 1
@@ -131,6 +142,7 @@ class RowEncoder:
                 row_fmt = self._detect(row, source, index) if fmt == "auto" else fmt
                 prompt, completions = self._split(row, row_fmt, source, index)
                 rendered = self._render(prompt, completions, source, index)
+                values = read_values(self.data_columns, row, f"{source}, row {index}", self.columns)
                 fmt = row_fmt
             except ChatTemplateError:
                 raise  # the template's fault, not the row's: skipping would drop every row and hide why
@@ -139,7 +151,7 @@ class RowEncoder:
                     raise
                 stats.invalid += 1
                 continue
-            texts.append((index, *rendered))
+            texts.append((index, *rendered, values))
         examples = self._tokenize(texts, stats)
         stats.kept = len(examples)
         if not examples:
@@ -244,12 +256,12 @@ class RowEncoder:
     def _tokenize(self, texts: list, stats: FormatStats) -> list[Example]:
         if not texts:
             return []  # every row dropped: encode_all reports it (tokenizers fail on an empty batch)
-        prompts = self.tokenizer([p for _, p, _ in texts], add_special_tokens=False).input_ids
-        flat = [c for _, _, cs in texts for c in cs]
+        prompts = self.tokenizer([p for _, p, _, _ in texts], add_special_tokens=False).input_ids
+        flat = [c for _, _, cs, _ in texts for c in cs]
         flat_ids = self.tokenizer([c.text for c in flat], add_special_tokens=False).input_ids if flat else []
         eos, bos = self.tokenizer.eos_token_id, self.tokenizer.bos_token_id
         examples, cursor = [], 0
-        for (index, _, completions), prompt_ids in zip(texts, prompts):
+        for (index, _, completions, values), prompt_ids in zip(texts, prompts):
             outs = []
             for completion, ids in zip(flat[cursor : cursor + len(completions)], flat_ids[cursor:]):
                 if not completion.closed and eos is not None and ids[-1:] != [eos]:
@@ -268,7 +280,7 @@ class RowEncoder:
             if any(len(ids) > budget for ids in outs):
                 stats.truncated_completions += sum(len(ids) > budget for ids in outs)
                 outs = [ids[:budget] for ids in outs]
-            examples.append(Example(index, prompt_ids, outs))
+            examples.append(Example(index, prompt_ids, outs, values))
         return examples
 
     def _keep_prompt_end(self, prompt_ids: list[int], bos: int | None) -> list[int]:

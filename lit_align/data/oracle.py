@@ -28,6 +28,7 @@ from torch import nn
 from lit_align.data.base import TextDataModule
 from lit_align.data.collate import CompletionCollator
 from lit_align.data.formats import Example
+from lit_align.data.sources import DataError
 from lit_align.models import load_causal_lm
 from lit_align.oracle_lm import logits_fn, response_logprobs, sample_responses
 
@@ -201,6 +202,7 @@ class OracleDataModule(TextDataModule):
         return CompletionCollator(self.tokenizer.pad_token_id)
 
     def setup(self, stage: str | None = None) -> None:
+        self._forget_examples_of_other_columns()
         if self.train_examples:
             return
         task = self.build_task()
@@ -209,11 +211,18 @@ class OracleDataModule(TextDataModule):
 
     def _examples(self, task: OracleTask, split: str) -> list[Example]:
         pairs = task.pairs[split]
+        # the generated pairs hold no further columns: an objective's columns can only take their defaults
+        columns = self.declared_columns()
+        required = sorted(name for name, column in columns.items() if column.required)
+        if required:
+            raise DataError(f"the oracle task's pairs have no column {', '.join(map(repr, required))}, which the "
+                            "objective reads; train it on data that has it (e.g. PreferenceDataModule)")
+        values = {name: column.default for name, column in columns.items()}
         examples = []
         for i in range(pairs["a_wins"].numel()):
             winner, loser = (pairs["a"][i], pairs["b"][i]) if pairs["a_wins"][i] else (pairs["b"][i], pairs["a"][i])
             completions = [] if self.hparams.prompts_only else [winner.tolist(), loser.tolist()]
-            examples.append(Example(i, task.prompts[pairs["prompt_index"][i]].tolist(), completions))
+            examples.append(Example(i, task.prompts[pairs["prompt_index"][i]].tolist(), completions, dict(values)))
         return examples
 
     def reward(self) -> OracleReward:
