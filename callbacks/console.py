@@ -6,6 +6,8 @@ import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_align.policy import PolicyWithReference
+
 
 def _count(n: int) -> str:
     for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -24,7 +26,7 @@ class RunSummary(L.Callback):
         frozen = sum(p.numel() for p in params if not p.requires_grad)
         policy = getattr(pl_module, "policy", None)
         model = getattr(policy, "model_name", None) or getattr(policy, "source", None) or "?"
-        reference = getattr(policy, "reference_mode", "none")
+        reference = policy.reference.name if isinstance(policy, PolicyWithReference) else "none"
         devices = f"{trainer.world_size} x {trainer.strategy.root_device.type}"
         rank_zero_info(
             f"run: {type(pl_module).__name__} on {model} ({_count(trainable)} trainable, {_count(frozen)} frozen "

@@ -45,9 +45,11 @@ class KLMonitor(PolicyProbe):
         self._warned = False
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, examples: list[Example]) -> Totals:
-        if not pl_module.policy.has_live_reference:
+        reference = pl_module.policy.reference
+        if not reference.live:
             if not self._warned:
-                self.warn(f"KLMonitor needs a live reference model; reference={pl_module.policy.reference_mode!r}")
+                self.warn(f"KLMonitor scores samples under a live reference model; reference={reference.name!r} "
+                          "cannot (set it to copy or lora)")
                 self._warned = True
             return {}
         rollout = self.sample(trainer, pl_module, examples)

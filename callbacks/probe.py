@@ -9,7 +9,7 @@ the trainer's loggers (``logger.log_metrics`` at the current ``global_step``) an
 
 Under a sharded strategy (FSDP2) every forward pass is a collective (each block's weights are all-gathered), so
 every rank must measure at the same steps, make the same choices (``all_ranks``), run the same number of forward
-passes on equal prompt shares, generate with ``synced_gpus`` and call every other collective (including
+passes on equal prompt shares, generate on every rank (``PolicyWithReference.generate`` keeps sharded ranks in step) and call every other collective (including
 ``trainer.log_dir``, a broadcast) whether or not it is the rank that writes.
 """
 
@@ -24,7 +24,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lit_align.data.collate import CompletionCollator, left_padded_prompts
 from lit_align.data.formats import Example
 from lit_align.errors import UserError
-from lit_align.rollout import Rollout, SamplingConfig, sample
+from lit_align.policy import PolicyWithReference
+from lit_align.rollout import Rollout, SamplingConfig
 
 Totals = dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (sum, count)
 
@@ -66,7 +67,7 @@ class PolicyProbe(L.Callback):
     # -- schedule ----------------------------------------------------------------------------------------------
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not hasattr(getattr(pl_module, "policy", None), "generation_model"):
+        if not isinstance(getattr(pl_module, "policy", None), PolicyWithReference):
             raise UserError(f"{type(self).__name__} samples responses from a policy, and {type(pl_module).__name__} "
                             "trains no policy to sample (a reward model scores text): remove this callback")
 
@@ -127,9 +128,8 @@ class PolicyProbe(L.Callback):
         policy = pl_module.policy
         tokenizer = pl_module.tokenizer
         prompts = left_padded_prompts(examples, tokenizer.pad_token_id)
-        return sample(policy.generation_model, prompts["prompt_ids"].to(pl_module.device),
-                      prompts["prompt_mask"].to(pl_module.device), self.sampling, policy.stop_token_ids,
-                      tokenizer.pad_token_id, num_samples=self.num_samples, synced_gpus=trainer.world_size > 1)
+        return policy.generate(prompts["prompt_ids"].to(pl_module.device), prompts["prompt_mask"].to(pl_module.device),
+                               self.sampling, self.num_samples)
 
     @staticmethod
     def completion_batch(trainer: L.Trainer, pl_module: L.LightningModule,

@@ -57,8 +57,7 @@ def flops_per_token(module: L.LightningModule) -> float:
     """
     policy = module.policy
     n_policy = sum(p.numel() for p in policy.policy.parameters())
-    n_reference = {"copy": sum(p.numel() for p in policy.reference.parameters()) if policy.reference is not None else 0,
-                   "lora": n_policy}.get(policy.reference_mode, 0)
+    n_reference = policy.reference.forward_parameters(policy)
     return 6.0 * n_policy + 2.0 * n_reference
 
 

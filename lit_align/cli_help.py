@@ -38,7 +38,7 @@ def short_help(subcommand: str) -> str:
     from lit_align.data.base import TextDataModule
     from lit_align.objectives.base import AlignmentModule
 
-    bases = ("AlignmentModule", "OnPolicyObjective", "PairwiseObjective", "PairObjective")
+    bases = ("AlignmentModule", "OfflineObjective", "OfflinePairObjective", "OnPolicyObjective", "SampledPairObjective")
     models = [(n, t) for n, t in _catalogue(objectives, AlignmentModule) if n not in bases]
     datamodules = [(n, t) for n, t in _catalogue(data, TextDataModule) if n != "TextDataModule"]
     lines = [

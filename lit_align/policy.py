@@ -1,49 +1,30 @@
 """``PolicyWithReference``: the trainable policy and the frozen reference pi_0 it is regularised towards.
 
-Four ways to have the reference (``reference=``):
-
-- ``"copy"``: a separate frozen copy made at load time. It is a registered submodule, so it moves with the
-  policy (``.to``, Lightning's device placement) and is sharded with it; it is never handed to the optimizer
-  (``requires_grad=False``) and always in eval mode.
-- ``"lora"``: the policy is wrapped in LoRA adapters and the reference is the same base model with the
-  adapters disabled: no second copy in memory.
-- ``"cache"``: reference log-probs are computed once per data set and stored on disk (``reference_cache.py``);
-  no reference weights are held during training.
-- ``"none"``: objectives that need no reference (SFT, reward modelling, PMLE with beta = 0).
+The reference is an object that answers for itself (``lit_align.reference``: a frozen copy, the LoRA base, a disk
+cache of data log-probs, or none). ``generate`` is the one way to sample from the policy or from pi_0: it knows the
+tokenizer's stop and pad tokens, the sampling settings and whether the weights are sharded.
 """
 
 from __future__ import annotations
 
-import copy
-from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Literal
+import dataclasses
+from typing import Any, Literal
 
 import torch
+from peft import LoraConfig
 from torch import nn
 
 from lit_align.models import load_causal_lm, load_tokenizer, zero_dropout
+from lit_align.reference import Reference, ReferenceMode, build_reference
+from lit_align.rollout import Rollout, SamplingConfig, sample
 
-ReferenceMode = Literal["copy", "lora", "cache", "none"]
+
+LoraExport = Literal["merged", "adapter"]
 
 
-@dataclass
-class LoraOptions:
-    """LoRA adapters through peft.
-
-    Args:
-        r: Adapter rank.
-        alpha: Scaling numerator (the update is scaled by alpha / r).
-        dropout: Dropout on the adapter input (kept; it only touches the adapter path).
-        target_modules: Module names to adapt, or ``"all-linear"``.
-        export: ``"merged"`` writes full merged weights at export; ``"adapter"`` writes the adapter alone.
-    """
-
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: list[str] | str = "all-linear"
-    export: Literal["merged", "adapter"] = "merged"
+def default_lora_config() -> LoraConfig:
+    """The adapters of ``reference="lora"`` when no ``lora`` is given: rank 8, alpha 16, on every linear layer."""
+    return LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
 class PolicyWithReference(nn.Module):
@@ -52,12 +33,27 @@ class PolicyWithReference(nn.Module):
     Args:
         model: Hugging Face hub id, local directory, or ``"tiny"`` for the embedded default.
         reference: How the reference is held: ``copy``, ``lora`` (base with adapters disabled), ``cache``
-            (precomputed log-probs on disk) or ``none``.
-        lora: LoRA settings; required by ``reference="lora"`` (defaults are used if omitted) and allowed with
-            the other modes.
+            (precomputed log-probs on disk) or ``none`` (``lit_align.reference``).
+        reference_cache_dir: Where ``reference="cache"`` stores the reference log-probs; by default a per-user
+            cache, ``$LIT_ALIGN_CACHE/reference_logps``, else ``$XDG_CACHE_HOME/lit_align/reference_logps``
+            (``~/.cache/lit_align/reference_logps``), shared by every run that has the same model and data.
+        lora: LoRA adapters: a ``peft.LoraConfig``, so any of its fields can be set, e.g. ``{r: 16, lora_alpha: 32,
+            target_modules: all-linear, use_dora: true, use_rslora: true}``; ``task_type`` defaults to
+            ``CAUSAL_LM``, fields not given take peft's defaults (``lora_alpha`` 8, ``target_modules`` by
+            architecture). ``reference="lora"`` without it gets rank 8, alpha 16 on every linear layer; the other
+            modes allow it too.
+        lora_export: With LoRA, ``merged`` exports full weights with the adapters folded in; ``adapter`` writes the
+            peft adapter alone.
         dtype: Weight dtype to load (``float32``, ``bfloat16``, ``float16`` or ``auto``); mixed precision is the
             Trainer's ``precision``.
         trust_remote_code: Run model code shipped with a hub repository. Off unless you trust its author.
+        attn_implementation: Attention kernel, e.g. ``eager``, ``sdpa`` or ``flash_attention_2``; by default
+            transformers' choice (SDPA where available).
+        revision: Hub branch, tag or commit of ``model``.
+        quantization: Load the weights quantized (QLoRA; needs ``lora``, a CUDA device and bitsandbytes): the
+            fields of ``transformers.BitsAndBytesConfig``, e.g. ``{load_in_4bit: true, bnb_4bit_quant_type: nf4,
+            bnb_4bit_compute_dtype: bfloat16}``.
+        model_kwargs: Any other keyword argument of ``from_pretrained``, e.g. ``{low_cpu_mem_usage: true}``.
         gradient_checkpointing: Recompute activations in the backward pass to save memory.
         disable_dropout: Zero all dropout in policy and reference (recommended for preference training).
         seed: Seed of the random initialisation of the embedded ``tiny`` model.
@@ -67,67 +63,83 @@ class PolicyWithReference(nn.Module):
         self,
         model: str = "tiny",
         reference: ReferenceMode = "copy",
-        lora: LoraOptions | None = None,
+        reference_cache_dir: str | None = None,
+        lora: LoraConfig | None = None,
+        lora_export: LoraExport = "merged",
         dtype: str | None = None,
         trust_remote_code: bool = False,
+        attn_implementation: str | None = None,
+        revision: str | None = None,
+        quantization: dict[str, Any] | None = None,
+        model_kwargs: dict[str, Any] | None = None,
         gradient_checkpointing: bool = False,
         disable_dropout: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if reference not in ("copy", "lora", "cache", "none"):
-            raise ValueError(f"reference must be one of copy, lora, cache, none; got {reference!r}")
         if reference == "lora" and lora is None:
-            lora = LoraOptions()
+            lora = default_lora_config()
+        if lora is not None:  # a copy: peft writes the model's name and more into the config it is given
+            lora = dataclasses.replace(lora, task_type=lora.task_type or "CAUSAL_LM")
+        if lora_export not in ("merged", "adapter"):
+            raise ValueError(f"lora_export must be merged or adapter, got {lora_export!r}")
+        if quantization is not None and lora is None:
+            raise ValueError("quantization needs lora (QLoRA): quantized weights cannot be trained themselves")
         self.model_name = model
         self.seed = seed  # with the name, enough to load pi_0 again from its source (lit_align.reference_cache)
         self.trust_remote_code = trust_remote_code
         self._stop_token_ids: list[int] | None = None
-        self.reference_mode: ReferenceMode = reference
         self.lora_options = lora
+        self.lora_export: LoraExport = lora_export
         self.tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
-        base = load_causal_lm(model, dtype=dtype, trust_remote_code=trust_remote_code, seed=seed)
+        #: What ``from_pretrained`` is given besides dtype and remote code: enough to load pi_0 again the same way.
+        self.load_kwargs = {"attn_implementation": attn_implementation, "revision": revision,
+                            "quantization": quantization, "model_kwargs": model_kwargs}
+        base = load_causal_lm(model, dtype=dtype, trust_remote_code=trust_remote_code, seed=seed, **self.load_kwargs)
         if disable_dropout:
             zero_dropout(base)
         if gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             base.config.use_cache = False
-        self.reference: nn.Module | None = None
-        if reference == "copy":
-            self.reference = copy.deepcopy(base)
-            self.reference.requires_grad_(False)
-            self.reference.eval()
-        self.policy = _wrap_lora(base, lora) if lora is not None else base
+        self.reference: Reference = build_reference(reference, base, model, reference_cache_dir)
+        self.policy = _wrap_lora(base, lora, quantized=quantization is not None) if lora is not None else base
 
     # -- forward passes ---------------------------------------------------------------------------------------
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
-        """Policy logits (B, T, V). Left- or right-padded input both work (see ``_run``)."""
-        return _run(self.policy, input_ids, attention_mask, **kwargs)
+        """Policy logits (B, T, V). Left- or right-padded input both work (see ``run_causal_lm``)."""
+        return run_causal_lm(self.policy, input_ids, attention_mask, **kwargs)
 
     @torch.no_grad()
     def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
-        """Reference logits (B, T, V), without gradient."""
-        if self.reference_mode == "copy":
-            return _run(self.reference, input_ids, attention_mask, **kwargs)
-        if self.reference_mode == "lora":
-            with self.policy.disable_adapter():
-                return _run(self.policy, input_ids, attention_mask, **kwargs)
-        raise RuntimeError(f"reference={self.reference_mode!r} holds no reference weights to run")
+        """Reference logits (B, T, V), without gradient (a live reference only: ``reference.require``)."""
+        return self.reference.logits(self, input_ids, attention_mask, **kwargs)
 
-    @property
-    def has_live_reference(self) -> bool:
-        return self.reference_mode in ("copy", "lora")
+    # -- generation: the one entry point -----------------------------------------------------------------------
 
-    def reference_context(self):
-        """A context in which the policy module computes the reference (LoRA: adapters off)."""
-        return self.policy.disable_adapter() if self.reference_mode == "lora" else nullcontext()
+    #: Draws the samples; ``lit_align.rollout.sample`` (Hugging Face ``generate``) unless another backend is set.
+    generation_backend = staticmethod(sample)
 
-    def train(self, mode: bool = True) -> PolicyWithReference:
-        super().train(mode)
-        if self.reference is not None:
-            self.reference.eval()  # the frozen reference never enters train mode
-        return self
+    @torch.no_grad()
+    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampling: SamplingConfig,
+                 num_samples: int = 1, from_reference: bool = False) -> Rollout:
+        """``num_samples`` responses to each left-padded prompt of (B, P) ``prompt_ids``, from the current weights
+        or, with ``from_reference``, from pi_0 (a live reference only).
+
+        Responses end at any of ``stop_token_ids``; under sharded weights on several ranks every rank keeps
+        generating until all are done (each forward is a collective), so call it on every rank."""
+        if from_reference:
+            with self.reference.sampling_model(self) as model:
+                return self._generate_with(model, prompt_ids, prompt_mask, sampling, num_samples)
+        return self._generate_with(self.policy, prompt_ids, prompt_mask, sampling, num_samples)
+
+    def _generate_with(self, model, prompt_ids, prompt_mask, sampling, num_samples) -> Rollout:
+        from lit_align.sharding import is_sharded
+
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        synced = distributed and torch.distributed.get_world_size() > 1 and is_sharded(model)
+        return self.generation_backend(model, prompt_ids, prompt_mask, sampling, self.stop_token_ids,
+                                       self.tokenizer.pad_token_id, num_samples, synced_gpus=synced)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.policy.parameters() if p.requires_grad]
@@ -152,11 +164,6 @@ class PolicyWithReference(nn.Module):
         return self._stop_token_ids
 
     @property
-    def generation_model(self) -> nn.Module:
-        """The module whose ``generate`` samples from the current policy."""
-        return self.policy
-
-    @property
     def base_model(self) -> nn.Module:
         """The underlying transformers model (the LoRA wrapper removed)."""
         return self.policy.get_base_model() if self.lora_options is not None else self.policy
@@ -167,7 +174,7 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _run(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
+def run_causal_lm(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
     # Without explicit position ids, HF models number positions from the first column, padding included:
     # left-padded prompts (on-policy samples) would then get different log-probs than the same text unpadded.
     if attention_mask.dim() == 4:  # a packed (B, 1, T, T) mask from lit_align.shared_prompt
@@ -191,14 +198,9 @@ def _mask_for_attention(model: nn.Module, allowed: torch.Tensor) -> torch.Tensor
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def _wrap_lora(model: nn.Module, options: LoraOptions) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
+def _wrap_lora(model: nn.Module, config: LoraConfig, quantized: bool = False) -> nn.Module:
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
-    config = LoraConfig(
-        r=options.r,
-        lora_alpha=options.alpha,
-        lora_dropout=options.dropout,
-        target_modules=options.target_modules,
-        task_type="CAUSAL_LM",
-    )
+    if quantized:  # QLoRA: freeze the quantized base, keep its norms in float32 (gradient checkpointing is set)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return get_peft_model(model, config)

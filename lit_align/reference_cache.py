@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -57,15 +56,16 @@ def default_cache_dir() -> Path:
 class ReferenceCache:
     """Per-split tensors ``(max_index + 1, K)`` of reference log-probs, K completions per example.
 
-    ``policy`` is the policy at construction, when it still is pi_0: its identity is taken then, so that a
-    reference rebuilt later from the model's source can be checked against it.
+    ``model`` (named ``model_name``) is pi_0 as loaded: its identity is taken then, so that a reference rebuilt
+    later from the model's source can be checked against it.
     """
 
-    def __init__(self, directory: str | None = None, policy=None) -> None:
+    def __init__(self, directory: str | None = None, model_name: str | None = None,
+                 model: torch.nn.Module | None = None) -> None:
         self.directory = Path(directory) if directory else default_cache_dir()
         self.values: dict[str, torch.Tensor] = {}
         self.paths: dict[str, Path] = {}
-        self.identity = model_identity(policy.model_name, policy.base_model) if policy is not None else None
+        self.identity = model_identity(model_name, model) if model is not None else None
         #: Set once a checkpoint is loaded into the policy or a training step runs: it may no longer be pi_0.
         self.policy_moved = False
 
@@ -242,10 +242,9 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 @torch.no_grad()
 def _compute(module, datamodule, examples, model, split) -> torch.Tensor:
-    """Reference log-probs of ``examples`` from ``model``, or from the live policy (adapters off) when None."""
-    from lit_align.logprobs import completion_token_logprobs
-    from lit_align.policy import _run
-    from lit_align.shared_prompt import shared_prompt_logps
+    """Reference log-probs of ``examples`` from ``model``, or from the live policy when None (the objective's own
+    row forward, ``OfflineObjective.row_logps``, either way)."""
+    from lit_align.policy import run_causal_lm
 
     trainer = module.trainer
     world, rank = trainer.world_size, trainer.global_rank
@@ -256,30 +255,23 @@ def _compute(module, datamodule, examples, model, split) -> torch.Tensor:
     batch_size = datamodule.hparams.eval_batch_size or datamodule.hparams.batch_size
     num_completions = len(examples[0].completion_ids)
     network = module.policy.policy if model is None else model
-    context = module.policy.reference_context() if model is None else nullcontext()
+
+    def forward(input_ids, attention_mask, **kwargs):
+        return run_causal_lm(network, input_ids, attention_mask, **kwargs)
+
     starts = range(0, len(shard), batch_size)
     report_every = max(1, len(starts) // 10)
     rows = []
     was_training = module.training
     module.eval()
-    with context:
-        for number, start in enumerate(starts, 1):
-            batch = collate(shard[start : start + batch_size])
-            batch = {k: v.to(module.device) for k, v in batch.items()}
-            if getattr(module, "share_prompt", False):  # the objective's own packed forward (shared_prompt.py)
-                packed = module.packed(batch)
-                logits = _run(network, packed.input_ids, packed.attention_mask, position_ids=packed.position_ids,
-                              logits_to_keep=packed.logits_to_keep)
-                sequence_logps = shared_prompt_logps(logits, packed)[0]
-            else:
-                logits = _run(network, batch["input_ids"], batch["attention_mask"])  # (K*B, T, V)
-                token_logps, _ = completion_token_logprobs(logits, batch["input_ids"], batch["completion_mask"])
-                sequence_logps = token_logps.sum(-1)
-            logps = sequence_logps.view(num_completions, -1).T  # (B, K)
-            rows.append(torch.cat([batch["index"][:, None].float(), logps.float()], dim=1))
-            if number % report_every == 0 or number == len(starts):
-                done = min(len(examples), min(start + batch_size, per_rank) * world)
-                rank_zero_info(f"reference cache: {done}/{len(examples)} pairs ({split})")
+    for number, start in enumerate(starts, 1):
+        batch = collate(shard[start : start + batch_size])
+        batch = {k: v.to(module.device) for k, v in batch.items()}
+        logps = module.row_logps(batch, forward).policy.view(num_completions, -1).T  # (B, K)
+        rows.append(torch.cat([batch["index"][:, None].float(), logps.float()], dim=1))
+        if number % report_every == 0 or number == len(starts):
+            done = min(len(examples), min(start + batch_size, per_rank) * world)
+            rank_zero_info(f"reference cache: {done}/{len(examples)} pairs ({split})")
     module.train(was_training)
     local = torch.cat(rows)  # (per_rank, 1 + K)
     gathered = module.all_gather(local).reshape(-1, 1 + num_completions) if world > 1 else local

@@ -1,6 +1,7 @@
 """Sampling responses from the current policy, laid out for log-prob computation.
 
-``sample`` draws ``num_samples`` responses per prompt with Hugging Face ``generate`` (KV cache, left-padded
+``sample`` is the Hugging Face backend of ``PolicyWithReference.generate``, the one way lit-align samples: it
+draws ``num_samples`` responses per prompt with Hugging Face ``generate`` (KV cache, left-padded
 prompts with position ids taken from the attention mask), without gradient, and restores the model's train/eval
 mode afterwards. The result concatenates each left-padded prompt with its right-padded response, so
 ``PolicyWithReference`` and ``lit_align.logprobs`` score it exactly like an offline pair.
@@ -14,7 +15,6 @@ import torch
 from torch import nn
 
 from lit_align.errors import UserError
-from lit_align.logprobs import completion_token_logprobs
 
 
 @dataclass
@@ -77,9 +77,6 @@ class Rollout:
         prompt_length: P, the padded prompt width: ``input_ids[:, P:]`` are the responses.
         ended: (N,) whether the response ended with EOS within ``max_new_tokens``.
         prompt_index: (N,) which prompt of the batch each row answers.
-        logprobs: (N, P + L - 1) token log-probs of the sampling policy at the sampling temperature (greedy:
-            temperature 1, the policy itself), aligned like ``completion_token_logprobs`` (zero off the
-            completion), when requested.
     """
 
     input_ids: torch.Tensor
@@ -88,7 +85,6 @@ class Rollout:
     prompt_length: int
     ended: torch.Tensor
     prompt_index: torch.Tensor
-    logprobs: torch.Tensor | None = None
 
     @property
     def response_ids(self) -> torch.Tensor:
@@ -113,7 +109,6 @@ def sample(
     pad_token_id: int,
     num_samples: int = 1,
     synced_gpus: bool = False,
-    return_logprobs: bool = False,
 ) -> Rollout:
     """Sample ``num_samples`` responses for each left-padded prompt in (B, P) ``prompt_ids``.
 
@@ -142,15 +137,7 @@ def sample(
             use_cache=True,
             synced_gpus=synced_gpus,
         )
-        rollout = _layout(output, prompt_mask, eos_token_id, pad_token_id, num_samples)
-        if return_logprobs:
-            logits = model(
-                input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
-                position_ids=(rollout.attention_mask.cumsum(-1) - 1).clamp(min=0), use_cache=False,
-            ).logits
-            rollout.logprobs, _ = completion_token_logprobs(logits, rollout.input_ids, rollout.completion_mask,
-                                                            temperature=config.temperature or 1.0)
-        return rollout
+        return _layout(output, prompt_mask, eos_token_id, pad_token_id, num_samples)
     finally:
         model.train(was_training)
 

@@ -74,7 +74,7 @@ def shard_policy(policy, mesh, options: ShardingOptions) -> None:
         # the scorer is the root unit: its forward gathers the embeddings, final norm and head around both calls.
         _shard_blocks_then_root(policy, names, kwargs)
         return
-    for model in (policy.policy, policy.reference):
+    for model in (policy.policy, policy.reference.weights):
         if model is None:
             continue
         _shard_blocks_then_root(model, names, kwargs)
@@ -141,7 +141,7 @@ def full_policy_state_dict(policy) -> dict[str, torch.Tensor] | None:
     """The consolidated policy weights for a Hugging Face export, on rank 0 (an empty dict on other ranks).
 
     Returns None when the policy is not sharded (the export reads the module directly). A collective: every
-    rank must call it. With LoRA and ``lora.export="merged"`` the adapters are folded into the base weights and
+    rank must call it. With LoRA and ``lora_export="merged"`` the adapters are folded into the base weights and
     the keys are the plain transformers ones; with ``"adapter"`` the peft state dict is returned unchanged.
     """
     if "policy" not in policy._modules:  # a RewardScorer: its HF model's keys, without the scorer's "model." prefix
@@ -151,7 +151,7 @@ def full_policy_state_dict(policy) -> dict[str, torch.Tensor] | None:
         return None
     state = _full_state_dict(policy.policy)
     lora = policy.lora_options
-    if lora is None or lora.export == "adapter" or not state:
+    if lora is None or policy.lora_export == "adapter" or not state:
         return state
     return _merge_lora(state, _lora_scalings(policy.policy))
 

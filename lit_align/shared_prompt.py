@@ -31,6 +31,7 @@ class SharedPromptBatch:
     source: torch.Tensor  # (N,) flat index into the kept (B * logits_to_keep) logits predicting each scored token
     labels: torch.Tensor  # (N,) the scored completion tokens
     row: torch.Tensor  # (N,) the unpacked row (block k * B + b) each scored token belongs to
+    column: torch.Tensor  # (N,) its position in that row's next-token layout (T-1 columns, lit_align.logprobs)
     num_rows: int  # K * B
 
 
@@ -52,7 +53,7 @@ def pack_shared_prompt(
     ids = torch.zeros(num_examples, packed_length, dtype=input_ids.dtype, device=device)
     position_ids = torch.zeros(num_examples, packed_length, dtype=torch.long, device=device)
     segment = torch.full((num_examples, packed_length), -1, dtype=torch.long, device=device)  # -1 pad, 0 prompt
-    sources, labels, row_of = [], [], []
+    sources, labels, row_of, column_of = [], [], [], []
     min_prompt = min(s[0] for s in sizes)
     first_kept = max(min_prompt - 1, 0)
     keep = packed_length - first_kept
@@ -73,6 +74,7 @@ def pack_shared_prompt(
             sources.append(b * keep + predictors[scored] - first_kept)
             labels.append(ids[b, start : start + length][scored])
             row_of.append(torch.full((int(scored.sum()),), row, device=device))
+            column_of.append(torch.arange(prompt - 1, prompt - 1 + length, device=device)[scored])
             start += length
 
     causal = torch.ones(packed_length, packed_length, dtype=torch.bool, device=device).tril()
@@ -80,17 +82,21 @@ def pack_shared_prompt(
     return SharedPromptBatch(
         input_ids=ids, attention_mask=(causal & same_or_prompt)[:, None], position_ids=position_ids,
         logits_to_keep=keep, source=torch.cat(sources), labels=torch.cat(labels), row=torch.cat(row_of),
-        num_rows=rows,
+        column=torch.cat(column_of), num_rows=rows,
     )
 
 
-def shared_prompt_logps(logits: torch.Tensor, packed: SharedPromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sequence log-probs (K*B,) of every completion and the mean logit over its tokens (K*B,), no gradient on
-    the latter; rows in the unpacked order. ``logits``: (B, logits_to_keep, V)."""
+def shared_prompt_token_logps(
+    logits: torch.Tensor, packed: SharedPromptBatch, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs (K*B, width) of every completion, zero off its tokens, in the unpacked rows' layout
+    (``width`` = T-1 of the unpacked batch), and the mean logit over each completion's tokens (K*B,), detached.
+    ``logits``: (B, logits_to_keep, V)."""
     picked = logits.reshape(-1, logits.shape[-1])[packed.source]  # (N, V)
     token_logps = token_logprobs(picked[None], packed.labels[None])[0]  # (N,) float32
+    tokens = torch.zeros(packed.num_rows, width, dtype=torch.float32, device=logits.device)
+    tokens = tokens.index_put((packed.row, packed.column), token_logps)
     zeros = torch.zeros(packed.num_rows, dtype=torch.float32, device=logits.device)
-    logps = zeros.index_add(0, packed.row, token_logps)
     counts = zeros.index_add(0, packed.row, torch.ones_like(token_logps))
     mean_logits = zeros.index_add(0, packed.row, picked.detach().float().mean(-1)) / counts.clamp(min=1)
-    return logps, mean_logits
+    return tokens, mean_logits

@@ -62,7 +62,7 @@ def test_kl_monitor_matches_exact_one_token_kl(fitted):
     trainer, module, datamodule, (kl_monitor, *_) = fitted
     examples = datamodule.val_examples[:4]
     p = _first_token_logits(module.policy.policy, examples).log_softmax(-1)
-    q = _first_token_logits(module.policy.reference, examples).log_softmax(-1)
+    q = _first_token_logits(module.policy.reference.weights, examples).log_softmax(-1)
     exact = (p.exp() * (p - q)).sum(-1)  # (4,)
     values = kl_monitor.history[-1][1]
     assert exact.mean() > 1e-3  # the policy has moved
@@ -172,7 +172,7 @@ def test_monitors_measure_the_distribution_they_sample():
         entropy = EntropyMonitor(num_samples=4, sampling=sampling, data_completions=False).measure(
             trainer, module, examples)
         p = (_first_token_logits(module.policy.policy, examples) / 0.5).log_softmax(-1)
-        q = (_first_token_logits(module.policy.reference, examples) / 0.5).log_softmax(-1)
+        q = (_first_token_logits(module.policy.reference.weights, examples) / 0.5).log_softmax(-1)
     value = lambda totals, name: (totals[name][0] / totals[name][1]).item()  # noqa: E731
     assert value(kl, "kl_token") == pytest.approx((p.exp() * (p - q)).sum(-1).mean().item(), rel=1e-4)
     assert value(entropy, "entropy") == pytest.approx(-(p.exp() * p).sum(-1).mean().item(), rel=1e-4)

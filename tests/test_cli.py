@@ -30,7 +30,7 @@ def test_fit_shipped_config_changes_policy_keeps_reference_and_writes_outputs(ru
     cli = build_cli(fit_args(config, "--trainer.log_every_n_steps=1", "--data.limit_rows=32", "--data.batch_size=8",
                              steps=3))
     assert type(cli.model) is cls and cli.trainer.global_step == 3
-    policy, reference = cli.model.policy.policy.state_dict(), cli.model.policy.reference.state_dict()
+    policy, reference = cli.model.policy.policy.state_dict(), cli.model.policy.reference.weights.state_dict()
     assert any(not torch.equal(policy[k], initial[k]) for k in initial)  # the policy trained
     assert all(torch.equal(reference[k], initial[k]) for k in initial)  # the reference is bit-identical
     out = run_dir / "runs/test"
@@ -89,9 +89,9 @@ def test_user_subclass_from_their_own_module(run_dir, monkeypatch):
                 super().__init__(**kwargs)
                 self.scale = scale
 
-            def pair_loss(self, *logps):
+            def pair_loss(self, chosen, rejected, batch):
                 CALLS.append(self.scale)
-                out = dpo_loss(*logps, self.beta)
+                out = dpo_loss(chosen.policy, rejected.policy, chosen.reference, rejected.reference, self.beta)
                 return out._replace(losses=out.losses * self.scale)
     '''))
     monkeypatch.syspath_prepend(str(run_dir))

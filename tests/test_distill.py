@@ -141,8 +141,11 @@ def test_reference_pairs_sample_from_pi0(monkeypatch):
     """pairs=reference generates with the frozen reference module, so after the policy has moved the same seed
     gives the same responses; pairs=on_policy (the control) gives different ones."""
     seen = []
-    real = onpolicy.sample
-    monkeypatch.setattr(onpolicy, "sample", lambda model, *a, **k: seen.append(model) or real(model, *a, **k))
+    from lit_align.policy import PolicyWithReference
+    from lit_align.rollout import sample as real
+
+    monkeypatch.setattr(PolicyWithReference, "generation_backend",
+                        staticmethod(lambda model, *a, **k: seen.append(model) or real(model, *a, **k)))
     for pairs, same in (("reference", True), ("on_policy", False)):
         torch.manual_seed(0)
         module = make_objective(pairs=pairs)
@@ -152,7 +155,7 @@ def test_reference_pairs_sample_from_pi0(monkeypatch):
         perturb_policy(module)
         torch.manual_seed(1)
         after = module.sample_responses(batch)["input_ids"]
-        expected_model = module.policy.reference if pairs == "reference" else module.policy.policy
+        expected_model = module.policy.reference.weights if pairs == "reference" else module.policy.policy
         assert seen[-1] is expected_model and seen[-2] is expected_model
         assert (before.shape == after.shape and torch.equal(before, after)) == same
 
@@ -160,7 +163,10 @@ def test_reference_pairs_sample_from_pi0(monkeypatch):
 def test_dataset_pairs_are_the_data_completions(monkeypatch):
     """pairs=dataset: rows 2i and 2i+1 are prompt i + chosen and prompt i + rejected of the batch, all ending
     with EOS, and nothing is sampled."""
-    monkeypatch.setattr(onpolicy, "sample", lambda *a, **k: pytest.fail("pairs=dataset must not sample"))
+    from lit_align.policy import PolicyWithReference
+
+    monkeypatch.setattr(PolicyWithReference, "generation_backend",
+                        staticmethod(lambda *a, **k: pytest.fail("pairs=dataset must not sample")))
     module = make_objective(pairs="dataset")
     batch = prompt_batch(module, n=3)
     exp = module.make_experience(batch)
@@ -180,7 +186,7 @@ def state(module) -> dict[str, torch.Tensor]:
 
 def assert_only_policy_changed(module) -> None:
     initial = state(load_causal_lm("tiny"))
-    policy, reference = state(module.policy.policy), state(module.policy.reference)
+    policy, reference = state(module.policy.policy), state(module.policy.reference.weights)
     assert any(not torch.equal(policy[k], initial[k]) for k in initial), "the policy did not change"
     assert all(torch.equal(reference[k], initial[k]) for k in initial), "the reference changed"
 

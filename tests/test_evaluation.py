@@ -268,7 +268,7 @@ def test_kl_column_scores_the_distribution_the_samples_came_from():
             p.add_(0.05 * torch.randn_like(p))
     tokenizer = policy.tokenizer
     prompts = tokenizer(["Describe the sea.", "A cat?"], padding=True, return_tensors="pt")
-    rollout = sample(policy.generation_model, prompts.input_ids, prompts.attention_mask,
+    rollout = sample(policy.policy, prompts.input_ids, prompts.attention_mask,
                      SamplingConfig(max_new_tokens=6, temperature=0.5), tokenizer.eos_token_id, tokenizer.pad_token_id)
     module = type("M", (), {"policy": policy})()
     report = EvaluationReport()

@@ -174,7 +174,7 @@ def test_pmle_kl_term_expected_gradient_is_grad_kl_of_the_tempered_policies(smal
         return Rollout(rows["input_ids"], rows["attention_mask"], rows["completion_mask"], width, rows["ended"],
                        torch.arange(rows["input_ids"].shape[0]) // num_samples)
 
-    monkeypatch.setattr(pmle_module, "sample", every_draw)
+    monkeypatch.setattr(module.policy, "generation_backend", every_draw)
     surrogate, _, _ = module.kl_term(torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.long))
     with torch.no_grad():
         logp = _tempered_logps(module.policy, rows, temperature).view(-1, k)  # (draws, k)

@@ -57,14 +57,14 @@ def test_samples_come_from_the_live_weights(monkeypatch):
     torch.manual_seed(0)
     module = make_objective(epochs_per_batch=1)
     seen = []
-    real_sample = onpolicy.sample
+    from lit_align.rollout import sample as real_sample
 
     def spy(model, *args, **kwargs):
         live = module.policy.policy
         seen.append((model, next(model.parameters()).detach().clone(), next(live.parameters()).detach().clone()))
         return real_sample(model, *args, **kwargs)
 
-    monkeypatch.setattr(onpolicy, "sample", spy)
+    monkeypatch.setattr(module.policy, "generation_backend", spy)
     fit(module, max_steps=2)
     assert len(seen) == 2
     assert all(model is module.policy.policy for model, _, _ in seen)
@@ -163,5 +163,5 @@ def test_rejects_a_cached_reference():
     """Fresh samples have no cached reference log-probs: reference=cache is refused with a clear error."""
     from lit_align.policy import PolicyWithReference
 
-    with pytest.raises(ValueError, match="reference must be live"):
+    with pytest.raises(ValueError, match="scores fresh samples under the reference, which reference='cache' cannot"):
         make_objective(policy=PolicyWithReference(reference="cache"))

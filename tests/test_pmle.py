@@ -203,7 +203,7 @@ def _sequence_logp(model, prompt, completion):
 def test_beta_zero_equals_reference_free_sigmoid_loss():
     torch.manual_seed(0)
     module = PMLE(gamma=0.5, beta=0.0, policy=PolicyWithReference(reference="none"))
-    assert module.policy.reference is None
+    assert module.policy.reference.weights is None
     batch = _batch()
     loss, metrics = module.compute_loss(batch, "train")
     assert "objective/kl" not in metrics
@@ -226,7 +226,7 @@ def test_reference_is_not_inside_the_sigmoid():
     batch = _batch()
     before, _ = module.compute_loss(batch, "train")
     with torch.no_grad():
-        for p in module.policy.reference.parameters():
+        for p in module.policy.reference.weights.parameters():
             p.add_(torch.randn_like(p))  # a very different reference
     after, _ = module.compute_loss(batch, "train")
     assert before.item() == after.item()
@@ -237,8 +237,8 @@ def test_beta_above_zero_needs_a_live_reference():
         PMLE(beta=0.1, policy=PolicyWithReference(reference="none"))
     with pytest.raises(ValueError, match="more samples"):
         PMLE(beta=0.1, num_kl_samples=1)
-    assert PMLE(beta=0.1).policy.reference_mode == "copy"  # the default policy follows beta
-    assert PMLE(beta=0.0).policy.reference_mode == "none"
+    assert PMLE(beta=0.1).policy.reference.name == "copy"  # the default policy follows beta
+    assert PMLE(beta=0.0).policy.reference.name == "none"
 
 
 def test_kl_term_is_zero_at_the_reference_and_has_gradient():
@@ -262,7 +262,7 @@ def test_cli_fit_changes_policy_keeps_reference_and_logs_kl(run_dir, estimator):
     cli = build_cli(fit_args("pmle.yaml", f"--model.kl_estimator={estimator}", "--trainer.log_every_n_steps=1",
                              steps=3))
     initial = _weights(load_causal_lm("tiny"))
-    policy, reference = _weights(cli.model.policy.policy), _weights(cli.model.policy.reference)
+    policy, reference = _weights(cli.model.policy.policy), _weights(cli.model.policy.reference.weights)
     assert any(not torch.equal(policy[k], initial[k]) for k in initial)
     assert all(torch.equal(reference[k], initial[k]) for k in initial)
     with open(os.path.join("runs", "test", "logs", "version_0", "metrics.csv")) as f:
@@ -277,5 +277,5 @@ def test_cli_fit_changes_policy_keeps_reference_and_logs_kl(run_dir, estimator):
 
 def test_cli_fit_reference_free(run_dir):
     cli = build_cli(fit_args("pmle.yaml", "--model.beta=0.0", "--model.policy.init_args.reference=none", steps=2))
-    assert cli.model.policy.reference is None
+    assert cli.model.policy.reference.weights is None
     assert os.path.isfile(os.path.join("runs", "test", "hf_model", "model.safetensors"))

@@ -6,7 +6,9 @@ import lightning as L
 import pytest
 import torch
 
-from lit_align import LoraOptions, PolicyWithReference
+from peft import LoraConfig
+
+from lit_align import PolicyWithReference
 from lit_align.data import PreferenceDataModule
 from lit_align.logprobs import sequence_logprobs
 from lit_align.models import load_causal_lm, load_tokenizer
@@ -27,7 +29,7 @@ class _ModeProbe(L.Callback):
         self.reference_training = []
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        ref = module.policy.reference
+        ref = module.policy.reference.weights
         self.reference_training.append(any(m.training for m in ref.modules()))
 
 
@@ -48,7 +50,7 @@ def _logps(fn, batch):
 
 def test_copy_reference_frozen_eval_and_out_of_the_optimizer():
     module = DPO(policy=PolicyWithReference("tiny", reference="copy"), learning_rate=5e-3)
-    ref = module.policy.reference
+    ref = module.policy.reference.weights
     assert ref is not None and all(not p.requires_grad for p in ref.parameters())
     module.train()
     assert not any(m.training for m in ref.modules()) and module.policy.policy.training
@@ -67,13 +69,13 @@ def test_copy_reference_frozen_eval_and_out_of_the_optimizer():
 def test_copy_reference_moves_with_the_policy():
     policy = PolicyWithReference("tiny", reference="copy")
     policy.to(torch.device("meta"))
-    assert {p.device.type for p in policy.reference.parameters()} == {"meta"}
+    assert {p.device.type for p in policy.reference.weights.parameters()} == {"meta"}
 
 
 @pytest.mark.gpu
 def test_copy_reference_on_the_policy_gpu():
     module = DPO(policy=PolicyWithReference("tiny", reference="copy")).cuda()
-    assert {p.device for p in module.policy.reference.parameters()} == {next(module.policy.policy.parameters()).device}
+    assert {p.device for p in module.policy.reference.weights.parameters()} == {next(module.policy.policy.parameters()).device}
 
 
 @pytest.mark.parametrize("mode", ["copy", "lora"])
@@ -87,8 +89,8 @@ def test_policy_and_reference_identical_at_initialisation(mode, tokenizer):
 
 
 def test_lora_has_no_second_copy_and_reference_is_the_base_without_adapters(tokenizer):
-    policy = PolicyWithReference("tiny", reference="lora", lora=LoraOptions(r=4, alpha=8))
-    assert policy.reference is None
+    policy = PolicyWithReference("tiny", reference="lora", lora=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    assert policy.reference.weights is None
     base_params = sum(p.numel() for p in load_causal_lm("tiny").parameters())
     total = sum(p.numel() for p in policy.parameters())
     trainable = sum(p.numel() for p in policy.trainable_parameters())
@@ -110,7 +112,7 @@ def test_lora_has_no_second_copy_and_reference_is_the_base_without_adapters(toke
 
 
 def test_dpo_refuses_no_reference_with_a_clear_error():
-    with pytest.raises(ValueError, match="DPO needs a reference model"):
+    with pytest.raises(ValueError, match="DPO needs reference log-probs of the data rows, which reference='none'"):
         DPO(policy=PolicyWithReference("tiny", reference="none"))
     with pytest.raises(ValueError, match="reference must be one of"):
         PolicyWithReference("tiny", reference="frozen")
@@ -118,9 +120,9 @@ def test_dpo_refuses_no_reference_with_a_clear_error():
 
 def test_none_mode_holds_no_reference_weights(tokenizer):
     policy = PolicyWithReference("tiny", reference="none")
-    assert policy.reference is None and not policy.has_live_reference
+    assert policy.reference.weights is None and not policy.reference.live
     batch = _batch(tokenizer)
-    with pytest.raises(RuntimeError, match="holds no reference"):
+    with pytest.raises(ValueError, match="reference='none' cannot"):
         policy.reference_logits(batch["input_ids"], batch["attention_mask"])
 
 

@@ -31,7 +31,7 @@ def test_cache_written_reused_and_recomputed_when_inputs_change(run_dir, monkeyp
     cli = _fit()
     first = _cache_files(run_dir)
     assert len(first) == 2  # train and validation
-    train_path = cli.model.reference_cache.paths["train"]
+    train_path = cli.model.policy.reference.cache.paths["train"]
     assert train_path.name in first and load_file(str(train_path))["logps"].shape == (24, 2)
 
     computed = []
@@ -51,7 +51,7 @@ def test_cache_written_reused_and_recomputed_when_inputs_change(run_dir, monkeyp
 
 def test_cached_values_equal_a_live_copy_and_dpo_loss_matches(run_dir):
     cli = _fit(steps=1)
-    cached = load_file(str(cli.model.reference_cache.paths["train"]))["logps"]  # (rows, 2)
+    cached = load_file(str(cli.model.policy.reference.cache.paths["train"]))["logps"]  # (rows, 2)
 
     dm = PreferenceDataModule(path="tiny", limit_rows=24, max_length=64, max_prompt_length=32, tokenizer="tiny")
     dm.setup("fit")
@@ -65,7 +65,7 @@ def test_cached_values_equal_a_live_copy_and_dpo_loss_matches(run_dir):
     # The same policy weights, once with the cached and once with the live reference: the same DPO loss.
     with_copy = DPO(policy=PolicyWithReference("tiny", reference="copy"))
     with_cache = DPO(policy=PolicyWithReference("tiny", reference="cache"))
-    with_cache.reference_cache.values["train"] = cached
+    with_cache.policy.reference.cache.values["train"] = cached
     torch.manual_seed(0)
     with torch.no_grad():  # move both policies away from the reference identically
         for p_copy, p_cache in zip(with_copy.policy.policy.parameters(), with_cache.policy.policy.parameters()):

@@ -33,18 +33,18 @@ def test_resume_and_validate_without_the_cache_rebuild_it_from_pi0_not_from_the_
     """The cache folder is gone when a run resumes (another machine, a cleaned cache): the values recomputed then
     must be pi_0's, not those of the resumed weights, for this run and for every later run that reuses them."""
     cli = _fit()
-    paths = dict(cli.model.reference_cache.paths)
+    paths = dict(cli.model.policy.reference.cache.paths)
     pi0 = {split: load_file(str(path))["logps"].clone() for split, path in paths.items()}
 
     shutil.rmtree(CACHE)
     messages = _messages(monkeypatch)
     resumed = _fit("--ckpt_path=runs/test/checkpoints/last.ckpt", steps=4)
     assert resumed.trainer.global_step == 4  # it did resume: two more steps after the two restored
-    assert resumed.model.reference_cache.paths == paths  # the same key: pi_0 and the data did not change
+    assert resumed.model.policy.reference.cache.paths == paths  # the same key: pi_0 and the data did not change
     for split in ("train", "val"):
         torch.testing.assert_close(load_file(str(paths[split]))["logps"], pi0[split], atol=1e-6, rtol=0,
                                    equal_nan=True)
-        torch.testing.assert_close(resumed.model.reference_cache.values[split], pi0[split], atol=1e-6, rtol=0,
+        torch.testing.assert_close(resumed.model.policy.reference.cache.values[split], pi0[split], atol=1e-6, rtol=0,
                                    equal_nan=True)
     computing = [m for m in messages if m.startswith("reference cache: computing")]
     assert computing == [
@@ -74,7 +74,7 @@ def test_lora_resume_without_the_cache_rebuilds_it_from_pi0(run_dir, monkeypatch
     source; the rebuilt values equal those the fresh run computed with the adapters disabled."""
     lora = ["--model.init_args.policy.init_args.lora.r=4", "--data.val_split=null"]
     cli = _fit(*lora)
-    path = cli.model.reference_cache.paths["train"]
+    path = cli.model.policy.reference.cache.paths["train"]
     pi0 = load_file(str(path))["logps"].clone()
     path.unlink()
     messages = _messages(monkeypatch)
@@ -85,7 +85,7 @@ def test_lora_resume_without_the_cache_rebuilds_it_from_pi0(run_dir, monkeypatch
 
 def test_a_tampered_or_truncated_cache_file_is_recomputed_with_a_warning_naming_it(run_dir):
     cli = _fit(steps=1)
-    train, val = cli.model.reference_cache.paths["train"], cli.model.reference_cache.paths["val"]
+    train, val = cli.model.policy.reference.cache.paths["train"], cli.model.policy.reference.cache.paths["val"]
     # cloned: load_file's tensors may map the file, which is overwritten in place below
     pi0 = {"train": load_file(str(train))["logps"].clone(), "val": load_file(str(val))["logps"].clone()}
 
@@ -101,7 +101,7 @@ def test_a_tampered_or_truncated_cache_file_is_recomputed_with_a_warning_naming_
            "recomputing it from the reference model" in warnings
     assert any(w.startswith(f"reference cache: {val} cannot be read (") for w in warnings)
     for split, path in (("train", train), ("val", val)):
-        torch.testing.assert_close(again.model.reference_cache.values[split], pi0[split], atol=1e-6, rtol=0,
+        torch.testing.assert_close(again.model.policy.reference.cache.values[split], pi0[split], atol=1e-6, rtol=0,
                                    equal_nan=True)
         torch.testing.assert_close(load_file(str(path))["logps"], pi0[split], atol=1e-6, rtol=0, equal_nan=True)
 
@@ -166,7 +166,7 @@ def test_pi0_is_reloaded_with_the_policys_own_seed():
     from lit_align.reference_cache import ReferenceCache
 
     policy = PolicyWithReference(model="tiny", reference="none", seed=3)
-    cache = ReferenceCache(policy=policy)
+    cache = ReferenceCache(model_name=policy.model_name, model=policy.base_model)
     reloaded = cache._load_reference(SimpleNamespace(policy=policy, device=torch.device("cpu")), Path("unused"))
     for name, weight in policy.base_model.state_dict().items():
         torch.testing.assert_close(reloaded.state_dict()[name], weight, rtol=0, atol=0)

@@ -17,10 +17,10 @@ from transformers import AutoModelForSequenceClassification
 from conftest import fit_args
 from lit_align.cli import build_cli
 from lit_align.data import PreferenceDataModule
-from lit_align.losses import bradley_terry_loss
+from lit_align.losses import bradley_terry_loss, last_token_index
 from lit_align.models import ModelLoadError
-from lit_align.objectives import RewardModel
-from lit_align.reward_model import RewardScorer, build_reward_scorer, last_token_index, load_reward_model
+from lit_align.objectives import RewardModeling
+from lit_align.reward_model import CHECKPOINT_KEY, RewardScorer, build_reward_scorer, load_reward_model
 
 
 def test_bradley_terry_hand_values_and_gradient():
@@ -72,11 +72,23 @@ def test_reward_read_at_last_real_token_whatever_the_padding(tokenizer):
     assert not torch.allclose(no_eos, alone[:1], atol=1e-4)
 
 
-def test_reward_model_has_no_reference_and_no_second_copy():
-    module = RewardModel()
+def test_the_scorer_is_the_only_model_stored_whole_and_claims_no_reference():
+    """The objective holds one scorer and no second copy; the scorer says nothing of a reference it does not have;
+    a checkpoint keeps every weight of it and loads back strictly into a fresh objective."""
+    module = RewardModeling()
     single = sum(p.numel() for p in build_reward_scorer("tiny").parameters())
-    assert module.policy.reference is None and module.policy.reference_mode == "none"
     assert sum(p.numel() for p in module.parameters()) == single
+    assert not any(hasattr(module.scorer, name)
+                   for name in ("reference", "reference_mode", "has_live_reference", "lora_options"))
+    module.on_train_batch_start({}, 0)  # no reference to tell about the update
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["state_dict"].keys() == module.state_dict().keys()
+    assert checkpoint[CHECKPOINT_KEY]["tokenizer"] == "tiny"
+    fresh = RewardModeling(seed=1)
+    fresh.on_load_checkpoint(checkpoint)
+    fresh.load_state_dict(checkpoint["state_dict"])  # strict
+    assert all(torch.equal(v, module.state_dict()[k]) for k, v in fresh.state_dict().items())
 
 
 def _train_pairs(tokenizer_name="tiny", size=64):

@@ -332,6 +332,6 @@ def test_evaluation_tells_the_judge_which_tokenizer_rendered_the_prompts():
 
     judge, policy_tokenizer = Recorder(), object()
     module = SimpleNamespace(device=torch.device("cpu"), tokenizer=policy_tokenizer,
-                             policy=SimpleNamespace(has_live_reference=True))
+                             policy=SimpleNamespace(reference=SimpleNamespace(live=True)))
     EvaluationReport(judge=judge).on_predict_start(None, module)
     assert judge.tokenizer is policy_tokenizer

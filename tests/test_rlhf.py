@@ -116,8 +116,8 @@ def test_fit_raises_reward_and_keeps_reference(run_dir, config):
     assert len(scores) == 24
     first, last = sum(scores[:4]) / 4, sum(scores[-4:]) / 4  # the score is a quarter of the even tokens
     assert last > first + 0.3, scores
-    fresh = PolicyWithReference().reference.state_dict()
-    for key, value in cli.model.policy.reference.state_dict().items():
+    fresh = PolicyWithReference().reference.weights.state_dict()
+    for key, value in cli.model.policy.reference.weights.state_dict().items():
         assert torch.equal(value, fresh[key]), key
     assert any(not torch.equal(v, fresh[k]) for k, v in cli.model.policy.policy.state_dict().items())
 
@@ -162,11 +162,11 @@ def test_class_defaults_name_their_source():
     from lit_align.objectives import DPO, IPO, PMLE, REBEL, PreferenceDistillation
     from lit_align.objectives.base import AlignmentModule
     from lit_align.objectives.onpolicy import OnPolicyObjective
-    from lit_align.objectives.paired import PairObjective
+    from lit_align.objectives.sampled_pairs import SampledPairObjective
 
     no_value = {"reward_model", "reward_stage", "policy", "optimizer", "lr_scheduler"}  # inputs, not tuning values
     missing = []
-    for cls in (AlignmentModule, DPO, IPO, OnPolicyObjective, RLHF, ReverseKL, PairObjective, REBEL,
+    for cls in (AlignmentModule, DPO, IPO, OnPolicyObjective, RLHF, ReverseKL, SampledPairObjective, REBEL,
                 PreferenceDistillation, PMLE):
         docs = _documented_args(cls)
         for name, parameter in inspect.signature(cls.__init__).parameters.items():

@@ -15,7 +15,7 @@ from torch import nn
 
 from lit_align.logprobs import completion_token_logprobs
 from lit_align.models import load_causal_lm
-from lit_align.policy import position_ids_from_mask
+from lit_align.policy import run_causal_lm
 from lit_align.rollout import SamplingConfig, sample
 
 EOS, PAD = 2, 0
@@ -116,7 +116,7 @@ def test_temperature_zero_is_greedy_and_deterministic(model, tokenizer):
     assert torch.equal(first.input_ids, second.input_ids)
     with torch.no_grad():
         logits = model(input_ids=first.input_ids, attention_mask=first.attention_mask,
-                       position_ids=position_ids_from_mask(first.attention_mask)).logits
+                       position_ids=(first.attention_mask.cumsum(-1) - 1).clamp(min=0)).logits
     greedy = logits[:, :-1].argmax(-1)  # (N, T-1): the most likely next token at every position
     picked = first.completion_mask[:, 1:].bool()
     assert torch.equal(greedy[picked], first.input_ids[:, 1:][picked])
@@ -126,14 +126,20 @@ def test_left_padded_prompt_gives_the_unpadded_response_and_logprobs(model, toke
     config = SamplingConfig(max_new_tokens=6, temperature=0.0)
     ids, mask = _prompts(tokenizer, ["Hi.", "Write a line about a lamp and a bridge."])
     assert mask[0, 0] == 0  # the first prompt is left-padded
-    batched = sample(model, ids, mask, config, EOS, PAD, return_logprobs=True)
+    batched = sample(model, ids, mask, config, EOS, PAD)
     alone_ids, alone_mask = _prompts(tokenizer, ["Hi."])
-    alone = sample(model, alone_ids, alone_mask, config, EOS, PAD, return_logprobs=True)
+    alone = sample(model, alone_ids, alone_mask, config, EOS, PAD)
     length = alone.lengths[0].item()
     assert batched.lengths[0].item() == length
     assert torch.equal(batched.response_ids[0, :length], alone.response_ids[0, :length])
-    got = batched.logprobs[0][batched.completion_mask[0, 1:].bool()]
-    want = alone.logprobs[0][alone.completion_mask[0, 1:].bool()]
+
+    def scored(out):  # scored the way every objective scores a rollout
+        with torch.no_grad():
+            logits = run_causal_lm(model, out.input_ids, out.attention_mask)
+        return completion_token_logprobs(logits, out.input_ids, out.completion_mask)[0]
+
+    got = scored(batched)[0][batched.completion_mask[0, 1:].bool()]
+    want = scored(alone)[0][alone.completion_mask[0, 1:].bool()]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -141,24 +147,11 @@ def test_mode_restored_and_no_grad(model, tokenizer):
     ids, mask = _prompts(tokenizer, ["Hi."])
     for training in (True, False):
         model.train(training)
-        out = sample(model, ids, mask, SamplingConfig(max_new_tokens=3), EOS, PAD, return_logprobs=True)
+        out = sample(model, ids, mask, SamplingConfig(max_new_tokens=3), EOS, PAD)
         assert model.training is training
-        assert not out.logprobs.requires_grad and not out.input_ids.requires_grad
+        assert not out.input_ids.requires_grad
     assert all(p.grad is None for p in model.parameters())
     model.eval()
-
-
-def test_return_logprobs_equal_a_separate_forward(model, tokenizer):
-    torch.manual_seed(0)
-    ids, mask = _prompts(tokenizer, ["Hi.", "What is a bridge like?"])
-    out = sample(model, ids, mask, SamplingConfig(max_new_tokens=6), EOS, PAD, num_samples=2, return_logprobs=True)
-    with torch.no_grad():
-        logits = model(input_ids=out.input_ids, attention_mask=out.attention_mask,
-                       position_ids=position_ids_from_mask(out.attention_mask)).logits
-    want, response_mask = completion_token_logprobs(logits, out.input_ids, out.completion_mask)
-    assert out.logprobs.shape == want.shape == (4, out.input_ids.shape[1] - 1)
-    torch.testing.assert_close(out.logprobs, want)
-    assert (out.logprobs[~response_mask] == 0).all() and (out.logprobs[response_mask] < 0).all()
 
 
 def test_samples_come_from_the_current_weights(tokenizer):
@@ -189,19 +182,6 @@ def test_default_lets_eos_end_a_response_at_the_first_step(tokenizer):
     out = sample(model, ids, mask, SamplingConfig(max_new_tokens=4), EOS, PAD, num_samples=64)
     immediate = (out.lengths == 1) & (out.response_ids[:, 0] == EOS)
     assert 0.3 < immediate.float().mean().item() < 0.7  # 64 draws of a fair coin: 4 standard deviations
-
-
-def test_return_logprobs_are_of_the_tempered_distribution(model, tokenizer):
-    """Sampling at T draws from softmax(logits / T): the returned log-probs are of that distribution."""
-    torch.manual_seed(0)
-    ids, mask = _prompts(tokenizer, ["Hi.", "What is a bridge like?"])
-    out = sample(model, ids, mask, SamplingConfig(max_new_tokens=5, temperature=0.7), EOS, PAD, return_logprobs=True)
-    with torch.no_grad():
-        logits = model(input_ids=out.input_ids, attention_mask=out.attention_mask,
-                       position_ids=position_ids_from_mask(out.attention_mask)).logits
-    tempered = torch.log_softmax(logits[:, :-1].double() / 0.7, -1).gather(-1, out.input_ids[:, 1:, None])[..., 0]
-    picked = out.completion_mask[:, 1:].bool()
-    torch.testing.assert_close(out.logprobs[picked].double(), tempered[picked], atol=1e-5, rtol=1e-5)
 
 
 def test_greedy_is_refused_where_samples_are_scored():

@@ -76,7 +76,7 @@ def test_run_files_hold_no_env_secret_and_weights_are_safetensors(run_dir, monke
     monkeypatch.setenv("MY_JUDGE_API_KEY", secret + "2")
     monkeypatch.setenv("HF_TOKEN", token)
     # A key pasted into the config by mistake (here into a free-text field) is masked in the saved config.yaml.
-    args = fit_args("dpo.yaml", f"--model.reference_cache_dir=cache-{secret}", "--data.val_split=null", steps=1)
+    args = fit_args("dpo.yaml", f"--model.policy.init_args.reference_cache_dir=cache-{secret}", "--data.val_split=null", steps=1)
     assert run_main(args) == 0
     config = next(run_dir.glob("runs/test/logs/**/config.yaml")).read_text()
     assert "reference_cache_dir: cache-***" in config

@@ -85,11 +85,11 @@ def test_judge_url_credentials_are_sent_but_never_shown(run_dir, capsys):
 
 def test_print_config_masks_secret_values(capsys, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    code = run_main(["fit", "--config", str(ROOT / "configs" / "dpo.yaml"), f"--model.reference_cache_dir=c-{KEY}",
+    code = run_main(["fit", "--config", str(ROOT / "configs" / "dpo.yaml"), f"--model.policy.init_args.reference_cache_dir=c-{KEY}",
                      "--print_config"])
     printed = capsys.readouterr().out
     assert code == 0
-    assert yaml.safe_load(printed)["model"]["init_args"]["reference_cache_dir"] == "c-***"
+    assert yaml.safe_load(printed)["model"]["init_args"]["policy"]["init_args"]["reference_cache_dir"] == "c-***"
     assert KEY not in printed
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
+from peft import LoraConfig
 
 from lit_align.export import merged_state_dict
 from lit_align.objectives import DPO
-from lit_align.policy import LoraOptions, PolicyWithReference
+from lit_align.policy import PolicyWithReference
 from lit_align.sharding import _lora_scalings, _merge_lora, block_class_names, without_reference
 
 
@@ -24,13 +25,13 @@ def test_without_reference_hides_it_and_restores_the_order():
         keys = list(module.state_dict())
         assert keys and not any(k.startswith("policy.reference.") for k in keys)
     assert list(module.state_dict()) == before
-    assert module.policy.reference is not None
+    assert module.policy.reference.weights is not None
 
 
 def test_lora_fold_of_a_gathered_state_dict_equals_peft_merge():
     """W' = W + (alpha / r) * B @ A for every adapted weight, keys without the peft prefixes: the same tensors
     peft's own merge gives (export.merged_state_dict), with B made non-zero so the fold is visible."""
-    policy = PolicyWithReference(reference="lora", lora=LoraOptions(r=4, alpha=8))
+    policy = PolicyWithReference(reference="lora", lora=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     torch.manual_seed(0)
     with torch.no_grad():
         for name, p in policy.policy.named_parameters():

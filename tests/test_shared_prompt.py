@@ -11,7 +11,7 @@ from lit_align.data.formats import Example
 from lit_align.logprobs import completion_token_logprobs
 from lit_align.objectives import DPO
 from lit_align.policy import PolicyWithReference
-from lit_align.shared_prompt import pack_shared_prompt, shared_prompt_logps
+from lit_align.shared_prompt import pack_shared_prompt, shared_prompt_token_logps
 
 
 def ragged_examples(num_completions: int) -> list[Example]:
@@ -39,7 +39,26 @@ def packed_logps(model, batch, num_completions) -> tuple[torch.Tensor, torch.Ten
                                 num_completions)
     logits = model(packed.input_ids, packed.attention_mask, position_ids=packed.position_ids,
                    logits_to_keep=packed.logits_to_keep)
-    return shared_prompt_logps(logits, packed)
+    tokens, mean_logits = shared_prompt_token_logps(logits, packed, batch["input_ids"].shape[1] - 1)
+    return tokens.sum(-1), mean_logits
+
+
+def test_packed_per_token_logps_sit_where_the_separate_rows_have_them():
+    """The per-token log-probs of the packed forward land in the unpacked rows' next-token layout: the same
+    tensor, position by position, as the separate rows give (the hook of an offline objective sees one layout)."""
+    torch.manual_seed(0)
+    model = PolicyWithReference(reference="none")
+    batch = CompletionCollator(pad_token_id=0)([Example(0, [5, 6, 7], [[8], [9, 10, 11]]),
+                                                Example(1, [12], [[13, 14], [15]])])
+    packed = pack_shared_prompt(batch["input_ids"], batch["attention_mask"], batch["completion_mask"], 2)
+    logits = model(packed.input_ids, packed.attention_mask, position_ids=packed.position_ids,
+                   logits_to_keep=packed.logits_to_keep)
+    tokens, _ = shared_prompt_token_logps(logits, packed, batch["input_ids"].shape[1] - 1)
+    separate, mask = completion_token_logprobs(model(batch["input_ids"], batch["attention_mask"]),
+                                               batch["input_ids"], batch["completion_mask"])
+    assert tokens.shape == separate.shape
+    assert torch.equal(tokens != 0, mask)
+    torch.testing.assert_close(tokens, separate, atol=1e-5, rtol=1e-5)
 
 
 def test_layout_by_hand():

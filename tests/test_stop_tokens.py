@@ -8,7 +8,7 @@ import torch
 
 from chat_template_helpers import FAMILIES, build_tokenizer
 from lit_align.policy import PolicyWithReference
-from lit_align.rollout import SamplingConfig, sample
+from lit_align.rollout import SamplingConfig
 
 
 def _policy_with(tokenizer) -> PolicyWithReference:
@@ -37,8 +37,8 @@ def test_a_response_ends_at_the_end_of_turn_token():
     head = policy.base_model.get_output_embeddings()
     head.register_forward_hook(lambda module, args, out: out.index_fill(-1, torch.tensor([turn]), 1e4))
     prompts = tokenizer(["Hello there", "Hi"], padding=True, return_tensors="pt", add_special_tokens=False)
-    rollout = sample(policy.generation_model, prompts.input_ids, prompts.attention_mask,
-                     SamplingConfig(max_new_tokens=8), policy.stop_token_ids, tokenizer.pad_token_id, num_samples=2)
+    rollout = policy.generate(prompts.input_ids, prompts.attention_mask, SamplingConfig(max_new_tokens=8),
+                              num_samples=2)
     assert rollout.ended.all()
     assert rollout.lengths.tolist() == [1, 1, 1, 1]
     assert (rollout.response_ids[:, 0] == turn).all()

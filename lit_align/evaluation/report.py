@@ -25,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lit_align.callbacks.predictions import gather_rows, prediction_records, write_jsonl
 from lit_align.evaluation.judges import Judge
 from lit_align.logprobs import completion_token_logprobs
-from lit_align.policy import position_ids_from_mask
+from lit_align.policy import run_causal_lm
 
 COLUMNS = ("method", "prompts", "samples", "win_rate", "win_prob", "reward", "reference_reward", "kl", "kl_std",
            "length", "ended")
@@ -80,7 +80,7 @@ class EvaluationReport(L.Callback):
             self._reference = load_causal_lm(self.reference_model, dtype=self.reference_dtype)
             self._reference.requires_grad_(False)
             self._reference.to(pl_module.device).eval()
-        elif not pl_module.policy.has_live_reference:
+        elif not pl_module.policy.reference.live:
             rank_zero_warn("the objective holds no reference model and none was named: the KL column stays empty")
 
     @torch.no_grad()
@@ -129,10 +129,8 @@ class EvaluationReport(L.Callback):
             return torch.full((ids.shape[0],), math.nan)
         logps, _ = completion_token_logprobs(pl_module.policy(ids, mask), ids, rollout.completion_mask, temperature)
         if self._reference is not None:
-            ref_logits = self._reference(
-                input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False
-            ).logits
-        elif pl_module.policy.has_live_reference:
+            ref_logits = run_causal_lm(self._reference, ids, mask)
+        elif pl_module.policy.reference.live:
             ref_logits = pl_module.policy.reference_logits(ids, mask)
         else:
             return torch.full((ids.shape[0],), math.nan)

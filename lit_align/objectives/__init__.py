@@ -3,17 +3,17 @@
 from lit_align.objectives.base import AlignmentModule
 from lit_align.objectives.distill import PreferenceDistillation
 from lit_align.objectives.dpo import DPO, IPO
+from lit_align.objectives.offline import OfflineObjective, OfflinePairObjective, RowLogps
 from lit_align.objectives.onpolicy import OnPolicyObjective
-from lit_align.objectives.pairwise import PairwiseObjective
-from lit_align.objectives.paired import PairObjective
 from lit_align.objectives.pmle import PMLE
-from lit_align.objectives.ppo import RLHF
+from lit_align.objectives.rlhf import RLHF
+from lit_align.objectives.sampled_pairs import SampledPairObjective
 from lit_align.objectives.rebel import REBEL
-from lit_align.objectives.reward import RewardModel
+from lit_align.objectives.reward import RewardModeling
 from lit_align.objectives.rkl import ReverseKL
 from lit_align.objectives.sft import SFT
 
 __all__ = [
-    "DPO", "IPO", "REBEL", "AlignmentModule", "OnPolicyObjective", "PMLE", "PairObjective", "PairwiseObjective",
-    "PreferenceDistillation", "RLHF", "ReverseKL", "RewardModel", "SFT",
+    "DPO", "IPO", "REBEL", "AlignmentModule", "OfflineObjective", "OfflinePairObjective", "OnPolicyObjective", "PMLE",
+    "PreferenceDistillation", "RLHF", "ReverseKL", "RewardModeling", "RowLogps", "SFT", "SampledPairObjective",
 ]

@@ -14,9 +14,11 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from lit_align.metrics import MeanAccumulator
-from lit_align.policy import PolicyWithReference, ReferenceMode
-from lit_align.rollout import SamplingConfig, sample
+from lit_align.frozen import drop_frozen, restore_frozen
+from lit_align.metrics import StageMeans
+from lit_align.policy import PolicyWithReference
+from lit_align.reference import Need, ReferenceMode
+from lit_align.rollout import SamplingConfig
 from lit_align.schedules import Schedule, warmup_then_decay
 
 Stage = Literal["train", "val", "test"]
@@ -64,8 +66,9 @@ class AlignmentModule(L.LightningModule):
 
     #: How the reference is held when no ``policy`` is given; ``none`` for objectives without a reference.
     default_reference: ClassVar[ReferenceMode] = "copy"
-    #: Whether the objective cannot run without a reference.
-    requires_reference: ClassVar[bool] = True
+    #: What the objective needs of the reference (``lit_align.reference.Reference.require``): ``data`` (log-probs
+    #: of the data rows), ``samples`` (scoring fresh samples) or None (nothing).
+    needs_reference: ClassVar[Need | None] = None
     #: Columns of the user's data this objective reads besides prompt and completions, e.g. ``{"label": bool}``
     #: (``lit_align.data.columns``): the DataModule validates them row by row and puts each in ``batch[name]``.
     data_columns: ClassVar[Mapping[str, Any]] = {}
@@ -91,12 +94,12 @@ class AlignmentModule(L.LightningModule):
         self.max_grad_norm = max_grad_norm
         self.save_hyperparameters(ignore=["policy", "optimizer", "lr_scheduler"])
         self.policy = policy if policy is not None else PolicyWithReference(reference=self.default_reference)
-        if self.requires_reference and self.policy.reference_mode == "none":
-            raise ValueError(f"{type(self).__name__} needs a reference model; set policy reference to copy, lora or cache")
+        if self.needs_reference is not None:
+            self.policy.reference.require(type(self).__name__, self.needs_reference)
         self.tokenizer = self.policy.tokenizer
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
-        self._metrics = {stage: MeanAccumulator() for stage in ("train", "val", "test")}
+        self._metrics = {stage: StageMeans() for stage in ("train", "val", "test")}
 
     # -- what a subclass provides ------------------------------------------------------------------------------
 
@@ -108,7 +111,7 @@ class AlignmentModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, metrics = self.compute_loss(batch, "train")
-        self._metrics["train"].update({"loss": loss.detach(), **metrics})
+        self.record("train", {"loss": loss.detach(), **metrics})
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -121,14 +124,14 @@ class AlignmentModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, metrics = self.compute_loss(batch, "val")
-        self._metrics["val"].update({"loss": loss.detach().expand(batch["index"].numel()), **metrics})
+        self.record("val", {"loss": loss.detach().expand(batch["index"].numel()), **metrics})
 
     def on_validation_epoch_end(self) -> None:
         self._log_means("val", on_step=False)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, metrics = self.compute_loss(batch, "test")
-        self._metrics["test"].update({"loss": loss.detach().expand(batch["index"].numel()), **metrics})
+        self.record("test", {"loss": loss.detach().expand(batch["index"].numel()), **metrics})
 
     def on_test_epoch_end(self) -> None:
         self._log_means("test", on_step=False)
@@ -145,22 +148,19 @@ class AlignmentModule(L.LightningModule):
         data row each sample answers, ``sample`` (N,) its number among that row's samples, ``sampling`` used."""
         sampling = self.prediction_sampling or getattr(self, "sampling", None) or SamplingConfig()
         num_samples = self.prediction_num_samples
-        from lit_align.sharding import is_sharded
-
-        rollout = sample(
-            self.policy.generation_model, batch["prompt_ids"], batch["prompt_mask"], sampling,
-            self.policy.stop_token_ids, self.tokenizer.pad_token_id, num_samples,
-            synced_gpus=self.trainer.world_size > 1 and is_sharded(self.policy.policy),
-        )
+        rollout = self.policy.generate(batch["prompt_ids"], batch["prompt_mask"], sampling, num_samples)
         rows = torch.arange(rollout.input_ids.shape[0], device=rollout.input_ids.device)
         return {"rollout": rollout, "index": batch["index"][rollout.prompt_index], "sample": rows % num_samples,
                 "sampling": sampling, "batch": batch}
 
+    def record(self, stage: Stage, values: dict[str, torch.Tensor]) -> None:
+        """Add per-example (or scalar) ``values`` to the means logged as ``{stage}/{name}``: once per optimizer step
+        for ``train`` (over its micro-batches), once per epoch for ``val`` and ``test``, weighted by example count
+        over every rank."""
+        self._metrics[stage].update(values)
+
     def _log_means(self, stage: Stage, on_step: bool) -> None:
-        reduce = None
-        if self.trainer.world_size > 1:
-            reduce = lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
-        means = self._metrics[stage].compute(reduce)
+        means = self._metrics[stage].compute(self.device)  # a collective under several ranks
         self._metrics[stage].reset()
         for name, value in means.items():
             self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=not on_step, prog_bar=name == "loss",
@@ -192,7 +192,7 @@ class AlignmentModule(L.LightningModule):
             if scale < 1.0:
                 for grad in grads:
                     grad.mul_(scale)
-        self._metrics["train"].update({"grad_norm": norm})
+        self.record("train", {"grad_norm": norm})
 
     def configure_optimizers(self):
         params = self.trainable_parameters()
@@ -229,16 +229,15 @@ class AlignmentModule(L.LightningModule):
 
         return full_policy_state_dict(self.policy)
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.policy.reference.policy_updated()
+
     # -- checkpoints: the frozen reference is rebuilt from its source, never stored ----------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("state_dict")
-        if state is not None:
-            for key in [k for k in state if k.startswith("policy.reference.")]:
-                del state[key]
+        self.policy.reference.save_state(checkpoint)
+        drop_frozen(checkpoint.get("state_dict"), "policy.reference.")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("state_dict")
-        if state is not None and self.policy.reference is not None:
-            for key, value in self.policy.reference.state_dict(prefix="policy.reference.").items():
-                state.setdefault(key, value)
+        self.policy.reference.check_state(checkpoint, getattr(self._trainer, "ckpt_path", None) or "being loaded")
+        restore_frozen(checkpoint.get("state_dict"), self.policy.reference, "policy.reference.")

@@ -8,10 +8,10 @@ from typing import Any, Literal
 import torch
 
 from lit_align import losses
-from lit_align.objectives.paired import PairObjective, first_second
+from lit_align.objectives.sampled_pairs import SampledPairObjective, first_second
 
 
-class PreferenceDistillation(PairObjective):
+class PreferenceDistillation(SampledPairObjective):
     """Bernoulli KL between the teacher ``s(r1 - r2)`` and the student ``s(gamma * (ln pi(a1) - ln pi(a2)))``.
 
     Each batch samples two responses per prompt (``pairs``), scores them with the frozen reward model and takes

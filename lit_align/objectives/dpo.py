@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from lit_align.losses import dpo_loss, ipo_loss
-from lit_align.objectives.pairwise import PairwiseObjective
+from lit_align.objectives.offline import OfflinePairObjective
 
 
-class DPO(PairwiseObjective):
+class DPO(OfflinePairObjective):
     """Direct preference optimisation (PAPER Eq. 6), with cDPO label smoothing.
 
     Args:
@@ -25,12 +25,12 @@ class DPO(PairwiseObjective):
         self.beta = beta
         self.label_smoothing = label_smoothing
 
-    def pair_loss(self, policy_chosen, policy_rejected, reference_chosen, reference_rejected):
-        return dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected,
-                        self.beta, self.label_smoothing)
+    def pair_loss(self, chosen, rejected, batch):
+        return dpo_loss(chosen.policy, rejected.policy, chosen.reference, rejected.reference, self.beta,
+                        self.label_smoothing)
 
 
-class IPO(PairwiseObjective):
+class IPO(OfflinePairObjective):
     """Identity preference optimisation (Azar et al. 2023): squared regression of the log-ratio margin.
 
     Args:
@@ -44,5 +44,5 @@ class IPO(PairwiseObjective):
         super().__init__(**kwargs)
         self.tau = tau
 
-    def pair_loss(self, policy_chosen, policy_rejected, reference_chosen, reference_rejected):
-        return ipo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, self.tau)
+    def pair_loss(self, chosen, rejected, batch):
+        return ipo_loss(chosen.policy, rejected.policy, chosen.reference, rejected.reference, self.tau)

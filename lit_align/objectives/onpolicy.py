@@ -41,10 +41,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from lit_align.frozen import drop_frozen, restore_frozen
 from lit_align.logprobs import completion_token_logprobs
 from lit_align.objectives.base import AlignmentModule, Stage
-from lit_align.reward_stage import RewardStage
-from lit_align.rollout import SamplingConfig, sample
+from lit_align.objectives.reward_stage import RewardStage
+from lit_align.reward_inputs import RetokenizedReward, reads_policy_ids
+from lit_align.reward_model import load_reward_model
+from lit_align.rollout import SamplingConfig
 
 Experience = dict[str, torch.Tensor]
 
@@ -62,7 +65,7 @@ class OnPolicyObjective(AlignmentModule):
 
     Args:
         reward_model: The reward model: a local Hugging Face directory or hub id of a sequence-classification
-            model, a lit-align ``RewardModel`` checkpoint (``.ckpt``), or any module with
+            model, a lit-align ``RewardModeling`` checkpoint (``.ckpt``), or any module with
             ``forward(input_ids, attention_mask) -> (B,)`` rewards. Its tokenizer and chat template may differ
             from the policy's: responses are then re-encoded for it (``attach_reward_model``); name it as a
             ``lit_align.reward_model.PretrainedRewardModel`` to set its input length and template use. When
@@ -81,6 +84,9 @@ class OnPolicyObjective(AlignmentModule):
             (RLHF, ReverseKL and REBEL set the PAPER's -1).
         reward_stage: How the reward model is trained when ``reward_model`` is not given.
     """
+
+    #: The KL shaping and monitors score fresh samples under pi_0; a reference-free objective sets None.
+    needs_reference = "samples"
 
     def __init__(
         self,
@@ -104,9 +110,6 @@ class OnPolicyObjective(AlignmentModule):
         super().__init__(**kwargs)
         if isinstance(reward_model, nn.Module):
             self.hparams.pop("reward_model", None)  # weights never go into the hyperparameters
-        if self.policy.reference_mode == "cache":
-            raise ValueError(f"{type(self).__name__} scores fresh samples: the reference must be live "
-                             "(reference: copy or lora), not a cache of data log-probs")
         self.automatic_optimization = False
         self.sampling = sampling
         self.num_samples = num_samples
@@ -117,8 +120,6 @@ class OnPolicyObjective(AlignmentModule):
         self.reward_stage = reward_stage
         self.reward_model: nn.Module | None = None
         if isinstance(reward_model, str):
-            from lit_align.reward_model import load_reward_model
-
             reward_model = load_reward_model(reward_model)
         if reward_model is not None:
             self.attach_reward_model(reward_model)
@@ -132,8 +133,6 @@ class OnPolicyObjective(AlignmentModule):
         each response decoded and re-encoded with its own tokenizer and template (``lit_align.reward_inputs``);
         one with the policy's tokenizer, or without a ``tokenizer``, reads the policy's token ids as they are.
         """
-        from lit_align.reward_inputs import RetokenizedReward, reads_policy_ids
-
         reward_model.requires_grad_(False)
         reward_model.eval()
         self.reward_model = reward_model
@@ -164,25 +163,16 @@ class OnPolicyObjective(AlignmentModule):
 
     # -- experience --------------------------------------------------------------------------------------------
 
-    @property
-    def synced_gpus(self) -> bool:
-        # Sharded weights need every rank in every forward, so ranks keep generating until all are done.
-        from lit_align.sharding import is_sharded
-
-        return self._trainer is not None and self.trainer.world_size > 1 and is_sharded(self.policy.policy)
-
     @torch.no_grad()
     def sample_responses(self, batch: dict[str, torch.Tensor]) -> Experience:
         """``num_samples`` responses per prompt from the current policy weights."""
-        return self.sample_from(self.policy.generation_model, batch)
+        return self.generate(batch)
 
-    def sample_from(self, model: nn.Module, batch: dict[str, torch.Tensor], num_samples: int | None = None) -> Experience:
-        """Responses of ``model`` to the batch's prompts, as ``input_ids``/masks/``ended``/``prompt_index``."""
-        rollout = sample(
-            model, batch["prompt_ids"], batch["prompt_mask"], self.sampling,
-            eos_token_id=self.policy.stop_token_ids, pad_token_id=self.tokenizer.pad_token_id,
-            num_samples=num_samples or self.num_samples, synced_gpus=self.synced_gpus,
-        )
+    def generate(self, batch: dict[str, torch.Tensor], from_reference: bool = False) -> Experience:
+        """``num_samples`` responses to the batch's prompts from the policy (or pi_0), as the experience's
+        ``input_ids``/masks/``ended``/``prompt_index``."""
+        rollout = self.policy.generate(batch["prompt_ids"], batch["prompt_mask"], self.sampling, self.num_samples,
+                                       from_reference=from_reference)
         return {
             "input_ids": rollout.input_ids,
             "attention_mask": rollout.attention_mask,
@@ -206,30 +196,44 @@ class OnPolicyObjective(AlignmentModule):
                     f"{self.missing_eos_penalty} replaced every reward and the batch carries nothing of the reward "
                     "model: raise max_new_tokens, or set missing_eos_penalty: null")
         exp["scores"] = scores
-        exp["old_logps"], exp["response_mask"] = self._chunked_logps(exp, self.policy)
-        exp["ref_logps"], _ = self._chunked_logps(exp, self.policy.reference_logits)
+        exp.update(self.policy_experience(exp))
+        if self.policy.reference.live:  # a reference-free objective without one gets no ref_logps
+            exp["ref_logps"], _ = self.chunked_token_logps(exp, self.policy.reference_logits)
         return exp
 
-    def _chunked_logps(self, exp: Experience, forward) -> tuple[torch.Tensor, torch.Tensor]:
-        # No-grad forwards in mini-batch sized chunks keep the (rows, T, V) logits as small as in training.
-        # Scored at the sampling temperature: the distribution the responses were drawn from (rollout.py).
+    def policy_experience(self, exp: Experience) -> Experience:
+        """What one no-grad pass of the sampling-time policy gives of every row: ``old_logps`` and
+        ``response_mask`` (RLHF adds its values from the same forward)."""
+        old_logps, response_mask = self.chunked_token_logps(exp, self.policy)
+        return {"old_logps": old_logps, "response_mask": response_mask}
+
+    def experience_chunks(self, exp: Experience):
+        """(input_ids, attention_mask, completion_mask) of the rows in mini-batch sized chunks: no-grad forwards
+        over them keep the (rows, T, V) logits as small as in training."""
         size = math.ceil(exp["input_ids"].shape[0] / self.mini_batches)
-        parts = [
-            completion_token_logprobs(forward(ids, mask), ids, comp, temperature=self.sampling.temperature)
-            for ids, mask, comp in zip(*(exp[k].split(size) for k in ("input_ids", "attention_mask", "completion_mask")))
-        ]
+        return zip(*(exp[k].split(size) for k in ("input_ids", "attention_mask", "completion_mask")))
+
+    @torch.no_grad()
+    def chunked_token_logps(self, exp: Experience, forward) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probs (N, T-1) and the response mask of every row under ``forward`` (the policy, its
+        reference, or another model's ``(ids, mask) -> logits``), chunk by chunk. Scored at the sampling
+        temperature: the distribution the responses were drawn from (rollout.py)."""
+        parts = [completion_token_logprobs(forward(ids, mask), ids, comp, temperature=self.sampling.temperature)
+                 for ids, mask, comp in self.experience_chunks(exp)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def experience_metrics(self, exp: Experience) -> dict[str, torch.Tensor]:
         """Per-row diagnostics of freshly sampled responses (logged as means)."""
         old = exp["old_logps"].sum(-1)  # (N,) ln pi_t(a|x) at the sampling temperature
-        return {
-            "objective/kl": old - exp["ref_logps"].sum(-1),  # estimates KL(pi_T || pi0_T), both tempered
+        metrics = {
             "objective/entropy": -old,  # Monte Carlo estimate of H(pi_T(x)): -ln pi_T(a|x) of a sampled a
             "objective/scores": exp["scores"],
             "completions/mean_length": exp["response_mask"].sum(-1).float(),
             "completions/clipped_ratio": (~exp["ended"]).float(),
         }
+        if "ref_logps" in exp:
+            metrics["objective/kl"] = old - exp["ref_logps"].sum(-1)  # estimates KL(pi_T || pi0_T), both tempered
+        return metrics
 
     def policy_token_logps(self, mb: Experience) -> torch.Tensor:
         """Current policy's per-token log-probs (n, T-1) of the rows of ``mb``, with gradient, zero off the mask."""
@@ -256,7 +260,7 @@ class OnPolicyObjective(AlignmentModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         optimizer = self.optimizers()
         exp = self.make_experience(batch)
-        self._metrics["train"].update(self.experience_metrics(exp))
+        self.record("train", self.experience_metrics(exp))
         loss = None
         for _ in range(self.epochs_per_batch):
             for rows in self.mini_batch_rows(exp):
@@ -265,7 +269,7 @@ class OnPolicyObjective(AlignmentModule):
                 self.clip_and_log_gradients(optimizer, self.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                self._metrics["train"].update({"loss": loss.detach(), **metrics})
+                self.record("train", {"loss": loss.detach(), **metrics})
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
@@ -295,14 +299,8 @@ class OnPolicyObjective(AlignmentModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        state = checkpoint.get("state_dict")
-        if state is not None:
-            for key in [k for k in state if k.startswith("reward_model.")]:
-                del state[key]
+        drop_frozen(checkpoint.get("state_dict"), "reward_model.")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        state = checkpoint.get("state_dict")
-        if state is not None and self.reward_model is not None:
-            for key, value in self.reward_model.state_dict(prefix="reward_model.").items():
-                state.setdefault(key, value)
+        restore_frozen(checkpoint.get("state_dict"), self.reward_model, "reward_model.")

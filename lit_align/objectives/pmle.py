@@ -9,14 +9,14 @@ import torch
 from lit_align.logprobs import completion_token_logprobs, token_kl
 from lit_align.losses import pmle_loss, sampled_kl_surrogate, token_kl_surrogate
 from lit_align.objectives.base import Stage
-from lit_align.objectives.pairwise import PairwiseObjective
+from lit_align.objectives.offline import OfflinePairObjective
 from lit_align.policy import PolicyWithReference
-from lit_align.rollout import SamplingConfig, sample
+from lit_align.rollout import SamplingConfig
 
 KLEstimator = Literal["loo", "token_full"]
 
 
-class PMLE(PairwiseObjective):
+class PMLE(OfflinePairObjective):
     """``-ln s(gamma * (ln pi(a+) - ln pi(a-)))`` on the data pairs ``+ beta * KL(pi || pi0)``.
 
     There is no reference inside the sigmoid: the preference model is the gamma-tilted policy itself, so with
@@ -48,7 +48,7 @@ class PMLE(PairwiseObjective):
     """
 
     default_reference = "none"
-    requires_reference = False
+    needs_reference = None  # no reference inside the sigmoid; the KL term (beta > 0) asks for a live one itself
 
     def __init__(
         self,
@@ -73,23 +73,16 @@ class PMLE(PairwiseObjective):
         if kwargs.get("policy") is None:
             kwargs["policy"] = PolicyWithReference(reference="copy" if beta > 0 else "none")
         super().__init__(learning_rate=learning_rate, **kwargs)
-        mode = self.policy.reference_mode
-        if mode == "cache":
-            raise ValueError("PMLE never uses reference log-probs of the data pairs: reference=cache has no use here")
-        if beta > 0 and not self.policy.has_live_reference:
-            raise ValueError(f"PMLE with beta > 0 scores fresh samples under the reference: set reference to "
-                             f"copy or lora (got {mode})")
+        if beta > 0:
+            self.policy.reference.require("PMLE with beta > 0", "samples")
         self.gamma = gamma
         self.beta = beta
         self.kl_estimator = kl_estimator
         self.num_kl_samples = num_kl_samples
         self.sampling = sampling
 
-    def pair_loss(self, policy_chosen, policy_rejected, reference_chosen, reference_rejected):
-        return pmle_loss(policy_chosen, policy_rejected, self.gamma)
-
-    def reference_sequence_logps(self, batch: dict[str, torch.Tensor], stage: Stage) -> None:
-        return None  # no reference inside the sigmoid: skip that forward
+    def pair_loss(self, chosen, rejected, batch):
+        return pmle_loss(chosen.policy, rejected.policy, self.gamma)
 
     def compute_loss(self, batch: dict[str, torch.Tensor], stage: Stage):
         loss, metrics = super().compute_loss(batch, stage)
@@ -110,11 +103,7 @@ class PMLE(PairwiseObjective):
 
         Returns (surrogate (N,) whose gradient is that of the KL, KL estimate (N,) detached, lengths (N,)).
         """
-        rollout = sample(
-            self.policy.generation_model, prompt_ids, prompt_mask, self.sampling,
-            eos_token_id=self.policy.stop_token_ids, pad_token_id=self.tokenizer.pad_token_id,
-            num_samples=self.num_kl_samples, synced_gpus=self._trainer is not None and self.trainer.world_size > 1,
-        )
+        rollout = self.policy.generate(prompt_ids, prompt_mask, self.sampling, self.num_kl_samples)
         ids, attention, completion = rollout.input_ids, rollout.attention_mask, rollout.completion_mask
         temperature = self.sampling.temperature  # score the distribution the samples came from
         logits = self.policy(ids, attention)  # (N, T, V), with gradient

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from lit_align import losses
-from lit_align.objectives.paired import PairObjective, first_second
+from lit_align.objectives.sampled_pairs import SampledPairObjective, first_second
 
 
-class REBEL(PairObjective):
+class REBEL(SampledPairObjective):
     """``((ln pi(a1)/pi_t(a1) - ln pi(a2)/pi_t(a2)) - eta (r1 - r2))^2`` with KL-shaped rewards
     ``r = R(x, a) - kl_coef * (ln pi_t(a) - ln pi_0(a))``.
 

@@ -14,8 +14,8 @@ from lit_align.outputs import atomic_directory
 from lit_align.reward_model import CHECKPOINT_KEY, RewardScorer, build_reward_scorer
 
 
-class RewardModel(AlignmentModule):
-    """A scalar head on a language-model backbone, trained with ``-ln s(R(x,a+) - R(x,a-))``.
+class RewardModeling(AlignmentModule):
+    """Trains a reward model: a scalar head on a language-model backbone, with ``-ln s(R(x,a+) - R(x,a-))``.
 
     Batches come from ``PreferenceDataModule`` (chosen rows first, then rejected). The reward is read at the last
     real token of each row (the EOS the data encoder appends). There is no reference model. At the end of ``fit``
@@ -34,9 +34,6 @@ class RewardModel(AlignmentModule):
         seed: Seed of the random initialisation of the embedded ``tiny`` backbone and its head.
     """
 
-    default_reference = "none"
-    requires_reference = False
-
     def __init__(
         self,
         model: str = "tiny",
@@ -51,11 +48,13 @@ class RewardModel(AlignmentModule):
         scorer = build_reward_scorer(model, dtype, trust_remote_code, gradient_checkpointing, disable_dropout, seed)
         if freeze_backbone:
             scorer.freeze_backbone()
+        # The base holds the trained model as `policy` (the checkpoint keys start `policy.`); all it asks of it is
+        # `tokenizer` and `trainable_parameters()`, which a scorer has.
         super().__init__(policy=scorer, **kwargs)
 
     @property
     def scorer(self) -> RewardScorer:
-        """The reward model being trained (held where other objectives hold their policy)."""
+        """The reward model being trained."""
         return self.policy
 
     def compute_loss(self, batch: dict[str, torch.Tensor], stage: Stage):
@@ -65,12 +64,20 @@ class RewardModel(AlignmentModule):
         metrics = preference_metrics(out)
         return out.losses.mean(), metrics
 
-    # -- saving -----------------------------------------------------------------------------------------------
+    # -- no reference: the base's bookkeeping of a policy's pi_0 does not apply to a scorer ---------------------
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        pass
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        # Enough to rebuild the architecture without this class: see lit_align.reward_model.load_reward_model.
+        # The scorer is stored whole. Enough to rebuild its architecture without this class: see
+        # lit_align.reward_model.load_reward_model.
         checkpoint[CHECKPOINT_KEY] = {"config": self.scorer.model.config.to_dict(), "tokenizer": self.hparams.model}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        pass  # nothing frozen was left out to fill back in
+
+    # -- saving -----------------------------------------------------------------------------------------------
 
     def export_hf(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
         """Write the reward model as a one-label ``AutoModelForSequenceClassification`` with its tokenizer, whole

@@ -9,7 +9,7 @@ import torch
 from lit_align.logprobs import masked_mean, token_entropy
 from lit_align.losses import future_entropy_rewards
 from lit_align.objectives.onpolicy import Experience
-from lit_align.objectives.ppo import RLHF
+from lit_align.objectives.rlhf import RLHF
 
 
 class ReverseKL(RLHF):

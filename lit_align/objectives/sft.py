@@ -28,7 +28,6 @@ class SFT(AlignmentModule):
     """
 
     default_reference: ClassVar[ReferenceMode] = "none"
-    requires_reference: ClassVar[bool] = False
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)

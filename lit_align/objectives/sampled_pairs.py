@@ -7,7 +7,6 @@ owns everything they share: where the pair comes from, the KL-shaped rewards, sp
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any, Literal
 
 import torch
@@ -18,7 +17,7 @@ from lit_align.objectives.onpolicy import Experience, OnPolicyObjective
 PairSource = Literal["on_policy", "reference", "dataset"]
 
 
-class PairObjective(OnPolicyObjective):
+class SampledPairObjective(OnPolicyObjective):
     """Two responses per prompt; row ``2i`` is a1 and row ``2i + 1`` is a2 of prompt i.
 
     Log-probs (``ln pi``, ``ln pi_t``, ``ln pi_0``) are of the tempered policies at ``sampling.temperature``, the
@@ -52,11 +51,7 @@ class PairObjective(OnPolicyObjective):
 
     def reference_samples(self, batch: dict[str, torch.Tensor]) -> Experience:
         """Two responses per prompt from pi_0."""
-        if self.policy.reference_mode == "copy":
-            return self.sample_from(self.policy.reference, batch)
-        context = self.policy.reference_context() if self.policy.reference_mode == "lora" else nullcontext()
-        with context:
-            return self.sample_from(self.policy.generation_model, batch)
+        return self.generate(batch, from_reference=True)
 
     def dataset_pairs(self, batch: dict[str, torch.Tensor]) -> Experience:
         """The batch's two completions of every prompt, interleaved so that rows 2i, 2i+1 answer prompt i."""

@@ -9,7 +9,6 @@ value model initialised from the reward model instead: twice the memory of the p
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -133,22 +132,30 @@ class RLHF(OnPolicyObjective):
 
     # -- experience --------------------------------------------------------------------------------------------
 
+    def policy_experience(self, exp: Experience) -> Experience:
+        # One forward per chunk gives the sampling-time log-probs, the values and any extra per-token rewards.
+        logps, values, extras = [], [], []
+        for ids, attn, comp in self.experience_chunks(exp):
+            logits, chunk_logps, chunk_values = self.forward_with_values(ids, attn, comp)
+            logps.append(chunk_logps)
+            values.append(chunk_values)
+            extras.append(self.extra_token_rewards(logits, comp[:, 1:].bool()))
+        mask = exp["completion_mask"][:, 1:].bool()
+        out = {"old_logps": torch.cat(logps), "response_mask": mask,
+               "values": torch.cat(values).masked_fill(~mask, 0.0)}  # (N, T-1)
+        if extras[0] is not None:
+            out["extra_rewards"] = torch.cat(extras).masked_fill(~mask, 0.0)
+        return out
+
     @torch.no_grad()
     def make_experience(self, batch: dict[str, torch.Tensor]) -> Experience:
         exp = super().make_experience(batch)
-        mask = exp["response_mask"]
-        size = math.ceil(exp["input_ids"].shape[0] / self.mini_batches)
-        values, extras = [], []
-        for ids, attn, comp in zip(*(exp[k].split(size) for k in ("input_ids", "attention_mask", "completion_mask"))):
-            logits, _, chunk_values = self.forward_with_values(ids, attn, comp)
-            values.append(chunk_values)
-            extras.append(self.extra_token_rewards(logits, comp[:, 1:].bool()))
-        values = torch.cat(values).masked_fill(~mask, 0.0)  # (N, T-1)
+        mask, values = exp["response_mask"], exp["values"]
         parts = ppo_token_rewards(exp["scores"], exp["old_logps"], exp["ref_logps"], mask, self.kl_coef,
                                   self.entropy_reward_coef, self.kl_estimator)
         rewards = parts.rewards
-        if extras[0] is not None:
-            rewards = rewards + torch.cat(extras).masked_fill(~mask, 0.0)
+        if "extra_rewards" in exp:
+            rewards = rewards + exp.pop("extra_rewards")
         # Whitening multiplies the advantages by a batch constant (a shift adds no expected gradient); a loss
         # term outside the advantages (ReverseKL's entropy bonus) is multiplied by it too, or its weight changes.
         scale = torch.ones((), device=rewards.device)
@@ -159,7 +166,7 @@ class RLHF(OnPolicyObjective):
         if self.whiten_advantages:
             scale = scale * whitening_scale(advantages, mask)
             advantages = masked_whiten(advantages, mask)
-        exp.update(values=values, rewards=rewards, advantages=advantages, returns=returns,
+        exp.update(rewards=rewards, advantages=advantages, returns=returns,
                    non_score_rewards=parts.non_score_rewards, advantage_scale=scale.expand(mask.shape[0]))
         return exp
 

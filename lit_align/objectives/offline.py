@@ -1,0 +1,178 @@
+"""Objectives trained on the rows of a data file (DPO, IPO, PMLE, SimPO, KTO, ...): one forward per batch.
+
+``OfflineObjective`` computes, for every row of a batch, the policy's log-probs (summed, per token, the token
+mask and so the lengths) and, when the objective reads them and the reference can give them, the reference's
+summed log-probs, and hands them with the batch (and its declared extra columns, ``data_columns``) to one hook:
+
+    def rows_loss(self, logps: RowLogps, batch) -> (per-example losses (B,), {name: per-example diagnostics})
+
+``OfflinePairObjective`` is the thin subclass for pairs: it groups the rows into chosen and rejected and calls
+``pair_loss(chosen, rejected, batch) -> PreferenceLoss``. Rows are laid out block by block: with K completions
+per example (``CompletionCollator``), block k holds completion k of every example, so a pair batch has the
+chosen rows first and the rejected rows after them; unpaired data (K = 1) has one row per example.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import torch
+
+from lit_align.data.sources import DataError
+from lit_align.logprobs import completion_token_logprobs, masked_mean
+from lit_align.losses import PreferenceLoss
+from lit_align.metrics import preference_metrics
+from lit_align.objectives.base import AlignmentModule, Stage
+from lit_align.policy import attention_accepts_4d_mask
+from lit_align.reference import Need
+from lit_align.shared_prompt import SharedPromptBatch, pack_shared_prompt, shared_prompt_token_logps
+
+Batch = dict[str, torch.Tensor]
+#: ``forward(input_ids, attention_mask, **kwargs) -> logits``: the policy, its reference, or a model of choice.
+Forward = Callable[..., torch.Tensor]
+
+
+@dataclass
+class RowLogps:
+    """Log-probs of the completion of every row of a batch (R rows), in the batch's row order.
+
+    Attributes:
+        policy: (R,) summed completion log-probs under the policy, with gradient.
+        tokens: (R, T-1) the per-token log-probs behind ``policy``, zero off ``mask``.
+        mask: (R, T-1) bool, the completion tokens (aligned like ``lit_align.logprobs``).
+        mean_logits: (R,) mean logit over the completion tokens, detached (a diagnostic).
+        reference: (R,) summed log-probs under pi_0, or None when the objective reads none.
+    """
+
+    policy: torch.Tensor
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    mean_logits: torch.Tensor
+    reference: torch.Tensor | None = None
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(R,) completion length in tokens."""
+        return self.mask.sum(-1)
+
+    def blocks(self, count: int) -> list[RowLogps]:
+        """The rows cut into ``count`` equal consecutive blocks (block k: completion k of every example)."""
+        def part(value, k):
+            return None if value is None else value.chunk(count)[k]
+
+        return [RowLogps(*(part(getattr(self, f), k) for f in ("policy", "tokens", "mask", "mean_logits",
+                                                                "reference"))) for k in range(count)]
+
+
+class OfflineObjective(AlignmentModule):
+    """Shared machinery of objectives on data rows; a subclass implements ``rows_loss``.
+
+    Args:
+        share_prompt: Run each prompt once for all its completions (one packed row per example with a mask that
+            keeps the completions apart; ``lit_align/shared_prompt.py``): the same log-probs for about a quarter
+            less compute on pairs. Turned off automatically (with a warning) for attention implementations that
+            ignore a 4D mask, such as flash attention.
+    """
+
+    #: Whether ``rows_loss`` reads ``logps.reference``; objectives without a reference term set None.
+    needs_reference: ClassVar[Need | None] = "data"
+
+    def __init__(self, share_prompt: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.share_prompt = share_prompt and attention_accepts_4d_mask(self.policy.base_model)
+        if share_prompt and not self.share_prompt:
+            warnings.warn(f"{self.policy.base_model.config._attn_implementation!r} attention ignores the packed "
+                          "mask of share_prompt; running the completions as separate rows instead")
+        self._packed: tuple[torch.Tensor, SharedPromptBatch] | None = None
+
+    @property
+    def uses_reference_logps(self) -> bool:
+        return self.needs_reference is not None
+
+    # -- what a subclass provides ------------------------------------------------------------------------------
+
+    def rows_loss(self, logps: RowLogps, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-example losses (B,) and per-example (or scalar) diagnostics from the rows' log-probs."""
+        raise NotImplementedError
+
+    # -- the reference's data log-probs are prepared before the first batch ------------------------------------
+
+    def on_fit_start(self) -> None:
+        if self.uses_reference_logps:
+            self.policy.reference.prepare(self, self.trainer.datamodule)
+
+    on_validation_start = on_test_start = on_fit_start
+
+    # -- log-probs ---------------------------------------------------------------------------------------------
+
+    def packed(self, batch: Batch) -> SharedPromptBatch:
+        """The batch packed one row per example (``share_prompt``), built once per batch for every forward."""
+        ids = batch["input_ids"]
+        if self._packed is None or self._packed[0] is not ids:
+            self._packed = (ids, pack_shared_prompt(ids, batch["attention_mask"], batch["completion_mask"],
+                                                    completions_per_example(batch)))
+        return self._packed[1]
+
+    def row_logps(self, batch: Batch, forward: Forward | None = None) -> RowLogps:
+        """Log-probs of every row under ``forward`` (the policy by default); ``reference`` is left None."""
+        forward = forward or self.policy
+        mask = batch["completion_mask"][:, 1:].bool()
+        if self.share_prompt:
+            packed = self.packed(batch)
+            logits = forward(packed.input_ids, packed.attention_mask, position_ids=packed.position_ids,
+                             logits_to_keep=packed.logits_to_keep)  # (B, kept, V)
+            tokens, mean_logits = shared_prompt_token_logps(logits, packed, mask.shape[1])
+        else:
+            logits = forward(batch["input_ids"], batch["attention_mask"])  # (R, T, V)
+            tokens, mask = completion_token_logprobs(logits, batch["input_ids"], batch["completion_mask"])
+            mean_logits = masked_mean(logits.detach()[:, :-1].float().mean(-1), mask, dim=-1)
+        return RowLogps(policy=tokens.sum(-1), tokens=tokens, mask=mask, mean_logits=mean_logits)
+
+    @torch.no_grad()
+    def reference_row_logps(self, batch: Batch, stage: Stage) -> torch.Tensor | None:
+        """Summed reference log-probs of every row (R,): looked up where the reference stores them, else computed."""
+        if not self.uses_reference_logps:
+            return None
+        cached = self.policy.reference.cached_logps("train" if stage == "train" else "val", batch["index"])
+        if cached is not None:
+            return cached
+        return self.row_logps(batch, self.policy.reference_logits).policy
+
+    def compute_loss(self, batch: Batch, stage: Stage):
+        logps = replace(self.row_logps(batch), reference=self.reference_row_logps(batch, stage))
+        losses, metrics = self.rows_loss(logps, batch)
+        return losses.mean(), {"loss": losses.detach(), **metrics}
+
+
+class OfflinePairObjective(OfflineObjective):
+    """Objectives on offline preference pairs: ``pair_loss`` gets the chosen and the rejected rows.
+
+    Batches come from ``PreferenceDataModule``: rows ``0..B-1`` are the chosen sequences, ``B..2B-1`` the
+    rejected ones. A subclass implements ``pair_loss`` (usually one call into ``lit_align.losses``).
+    """
+
+    def pair_loss(self, chosen: RowLogps, rejected: RowLogps, batch: Batch) -> PreferenceLoss:
+        raise NotImplementedError
+
+    def rows_loss(self, logps: RowLogps, batch: Batch):
+        if completions_per_example(batch) != 2:
+            raise DataError(f"{type(self).__name__} trains on preference pairs, but the batch holds "
+                            f"{completions_per_example(batch)} completion(s) per example: give it chosen and "
+                            "rejected columns (PreferenceDataModule)")
+        chosen, rejected = logps.blocks(2)
+        out = self.pair_loss(chosen, rejected, batch)
+        return out.losses, {
+            **preference_metrics(out),
+            "logps/chosen": chosen.policy.detach(),
+            "logps/rejected": rejected.policy.detach(),
+            "logits/chosen": chosen.mean_logits,
+            "logits/rejected": rejected.mean_logits,
+        }
+
+
+def completions_per_example(batch: Batch) -> int:
+    """K, the number of completion rows per example of a ``CompletionCollator`` batch."""
+    return batch["input_ids"].shape[0] // batch["index"].numel()
