@@ -26,7 +26,7 @@ Setting ``lm-oracle-1tok`` (every value below is a command-line option of the sa
   steps.
 - Preference distillation (beta = 0, on-policy pairs) and reverse KL (PPO, kl_coef = 0, entropy_coef = gamma)
   score their samples with a Bradley-Terry reward model learned from the same n pairs by lit-align's
-  ``RewardModel`` objective (a tiny backbone, the same step rule; one reward model serves both) and train for
+  ``RewardModeling`` objective (a tiny backbone, the same step rule; one reward model serves both) and train for
   ``onpolicy_steps`` = 128 optimizer steps on batches of ``onpolicy_batch`` = 64 prompts (two samples each).
   Both have the optimum pi ∝ exp(R_hat / gamma).
 - Reference lines: pi_0 itself, and distillation and reverse KL with the oracle reward R* = gamma ln pi*. These
@@ -157,13 +157,13 @@ def fit_offline(name: str, setting: Setting, n: int, trial: int, root: str) -> f
 
 
 def fit_reward(setting: Setting, n: int, trial: int, root: str):
-    """A Bradley-Terry reward model on the n pairs (lit-align's RewardModel objective), frozen."""
+    """A Bradley-Terry reward model on the n pairs (lit-align's RewardModeling objective), frozen."""
     import lightning as L
 
-    from lit_align.objectives import RewardModel
+    from lit_align.objectives import RewardModeling
 
     L.seed_everything(trial, verbose=False)
-    module = RewardModel(model="tiny", seed=100 + trial, learning_rate=setting.lr)
+    module = RewardModeling(model="tiny", seed=100 + trial, learning_rate=setting.lr)
     trainer(setting.offline_steps(n), root).fit(module, datamodule=setting.data(n, trial))
     return module.scorer.eval().requires_grad_(False)
 

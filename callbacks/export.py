@@ -15,7 +15,7 @@ class HFExport(L.Callback):
 
     The folder is written beside its target and moved into place once complete (``lit_align.outputs``): a
     previous export stays whole until then, and a run killed mid-export never leaves weights without their
-    tokenizer. An objective with its own ``export_hf`` (``RewardModel``) should write the same way. ``lit-align``
+    tokenizer. An objective with its own ``export_hf`` (``RewardModeling``) should write the same way. ``lit-align``
     sends a ``fast_dev_run``'s export to ``<default_root_dir>/debug/hf_model``.
 
     Args:
@@ -36,7 +36,7 @@ class HFExport(L.Callback):
         if gather is not None:
             state_dict = gather()  # collective under sharding: every rank takes part
         if trainer.is_global_zero:
-            # An objective whose trained model is not a causal-LM policy (RewardModel) says how to write it.
+            # An objective whose trained model is not a causal-LM policy (RewardModeling) says how to write it.
             export = getattr(pl_module, "export_hf", None)
             if export is not None:
                 export(directory, state_dict)

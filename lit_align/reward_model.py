@@ -7,7 +7,7 @@ head at the last position where ``attention_mask == 1``. That one rule covers ri
 left-padded prompt + right-padded response layout of sampled rollouts alike.
 
 ``load_reward_model`` turns what a user names into a frozen ``RewardScorer``: a local Hugging Face directory, a
-hub id, a lit-align ``RewardModel`` checkpoint (``.ckpt``), or ``"tiny"`` (the embedded backbone with a random,
+hub id, a lit-align ``RewardModeling`` checkpoint (``.ckpt``), or ``"tiny"`` (the embedded backbone with a random,
 seeded head: for tests and smoke runs only, it knows nothing about preferences). ``PretrainedRewardModel`` does the
 same from a config, with the settings of the reward model's inputs.
 
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
+from lit_align.losses import last_token_index
 from lit_align.models import (
     EMBEDDED_SEED,
     ModelLoadError,
@@ -36,9 +37,9 @@ from lit_align.models import (
 from lit_align.policy import position_ids_from_mask
 from lit_align.reward_inputs import ChatTemplateUse, Prompt, RewardInputs, default_max_length
 
-#: Key of the extra entry a ``RewardModel`` checkpoint carries to be rebuilt without the training code.
+#: Key of the extra entry a ``RewardModeling`` checkpoint carries to be rebuilt without the training code.
 CHECKPOINT_KEY = "reward_model"
-#: Prefix of the scorer's weights in a ``RewardModel`` checkpoint (the objective holds it as ``policy``).
+#: Prefix of the scorer's weights in a ``RewardModeling`` checkpoint (the objective holds it as ``policy``).
 CHECKPOINT_PREFIX = "policy."
 
 
@@ -55,13 +56,6 @@ class RewardScorer(nn.Module):
             ``always`` (plain-text prompts too, as one user turn) or ``never``.
         append_eos: End a plain-text response with EOS before scoring it.
     """
-
-    # The RewardModel objective trains a scorer where other objectives hold a PolicyWithReference:
-    # these say that there is no reference to keep out of checkpoints or to shard.
-    reference_mode = "none"
-    reference = None
-    has_live_reference = False
-    lora_options = None
 
     def __init__(
         self,
@@ -128,12 +122,6 @@ class RewardScorer(nn.Module):
         return directory
 
 
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Column of the last ``1`` of every row of a (B, T) mask -> (B,)."""
-    width = attention_mask.shape[-1]
-    return width - 1 - attention_mask.long().flip(-1).argmax(-1)
-
-
 def build_reward_scorer(
     model: str = "tiny",
     dtype: str | None = None,
@@ -159,7 +147,7 @@ def load_reward_model(source: str, trust_remote_code: bool = False, dtype: str |
     """Load a frozen reward model (eval mode, no gradient) from a directory, hub id or ``.ckpt``.
 
     ``source`` is a local Hugging Face directory or hub id of a sequence-classification model with one label,
-    a lit-align ``RewardModel`` checkpoint (``.ckpt``, read with ``weights_only`` unpickling), or
+    a lit-align ``RewardModeling`` checkpoint (``.ckpt``, read with ``weights_only`` unpickling), or
     ``"tiny"`` (random head, for tests). A local path that does not exist raises ``FileNotFoundError`` naming it.
     """
     source = str(source)
@@ -241,7 +229,7 @@ def _from_checkpoint(path: Path, dtype: str | None) -> RewardScorer:
     checkpoint = load_checkpoint_file(path, map_location="cpu")
     info = checkpoint.get(CHECKPOINT_KEY)
     if info is None:
-        raise ValueError(f"{str(path)!r} is not a lit-align RewardModel checkpoint (no {CHECKPOINT_KEY!r} entry)")
+        raise ValueError(f"{str(path)!r} is not a lit-align RewardModeling checkpoint (no {CHECKPOINT_KEY!r} entry)")
     config_dict = dict(info["config"])
     config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
     model = AutoModelForSequenceClassification.from_config(config)

@@ -73,7 +73,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         super().setup_environment()
 
     def shard(self, module: torch.nn.Module) -> None:
-        """Shard ``module.policy`` (policy and reference, or ``RewardModel``'s scorer) and the objective's own
+        """Shard ``module.policy`` (policy and reference, or ``RewardModeling``'s scorer) and the objective's own
         trainable heads over the data-parallel mesh."""
         shard_policy(module.policy, self.device_mesh["data_parallel"], self.sharding)
         shard_trainable_heads(module, self.device_mesh["data_parallel"], self.sharding)

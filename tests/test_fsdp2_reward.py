@@ -1,4 +1,4 @@
-"""Reward-model training (Bradley-Terry, ``RewardModel``) sharded with FSDP2 on two CPU processes.
+"""Reward-model training (Bradley-Terry, ``RewardModeling``) sharded with FSDP2 on two CPU processes.
 
 The scorer's backbone blocks (the sequence-classification model's ``_no_split_modules``) are sharded one by one
 and the scorer itself is the root unit around embeddings, final norm and score head. Two processes with 4 pairs
@@ -63,4 +63,4 @@ def test_reward_model_fsdp2_matches_one_process_and_exports_full_weights(run_dir
 def _untrained_head() -> torch.Tensor:
     from lit_align.reward_model import build_reward_scorer
 
-    return build_reward_scorer("tiny", seed=0).model.score.weight.detach()  # RewardModel's default seed
+    return build_reward_scorer("tiny", seed=0).model.score.weight.detach()  # RewardModeling's default seed

@@ -1,6 +1,7 @@
-"""Every module imports, and ``lit_align.callbacks`` is the project's top-level callbacks/ folder, installed under
-the package (no stray top-level ``callbacks`` package)."""
+"""Every module imports, with no import cycle among them, and ``lit_align.callbacks`` is the project's top-level
+callbacks/ folder, installed under the package (no stray top-level ``callbacks`` package)."""
 
+import ast
 import importlib
 import os
 import pkgutil
@@ -34,6 +35,78 @@ def test_walk_finds_the_callbacks_subpackage():
 @pytest.mark.parametrize("name", _modules())
 def test_module_imports(name):
     importlib.import_module(name)
+
+
+def _module_imports(name: str, own: set[str]) -> set[str]:
+    """The project modules ``name`` imports when it is loaded (imports inside functions and under
+    ``TYPE_CHECKING`` are not run then), each with the packages above it, whose ``__init__`` runs first; except
+    the packages above ``name`` itself, which are already being initialised when it loads."""
+    module = importlib.import_module(name)
+    is_package = hasattr(module, "__path__")
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+    found: set[str] = set()
+
+    def visit(body) -> None:
+        for node in body:
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = name.split(".")[: len(name.split(".")) + is_package - node.level]
+                    source = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    source = node.module
+                found.add(source)
+                found.update(f"{source}.{alias.name}" for alias in node.names)  # `from package import module`
+            elif isinstance(node, ast.If):
+                if "TYPE_CHECKING" not in ast.unparse(node.test):
+                    visit(node.body)
+                    visit(node.orelse)
+            elif isinstance(node, ast.Try):
+                visit(node.body + node.orelse + node.finalbody + [n for h in node.handlers for n in h.body])
+
+    visit(tree.body)
+    edges = set()
+    for imported in found:
+        parts = imported.split(".")
+        for end in range(1, len(parts) + 1):
+            target = ".".join(parts[:end])
+            if target in own and target != name and not name.startswith(target + "."):
+                edges.add(target)
+    return edges
+
+
+def test_no_import_cycle():
+    """A cycle (a -> ... -> a among top-level imports) fails as soon as a module of it is imported first, whatever
+    the order that happens to work elsewhere; a lazy import inside a function only hides it."""
+    own = set(_modules())
+    graph = {name: _module_imports(name, own) for name in own}
+    state: dict[str, str] = {}
+
+    def cycle_from(name: str, path: list[str]) -> list[str] | None:
+        state[name] = "open"
+        for target in sorted(graph[name]):
+            if state.get(target) == "open":
+                return path[path.index(target):] + [target] if target in path else [name, target]
+            if target not in state:
+                found = cycle_from(target, path + [target])
+                if found:
+                    return found
+        state[name] = "done"
+        return None
+
+    for name in sorted(graph):
+        if name not in state:
+            found = cycle_from(name, [name])
+            assert found is None, "import cycle: " + " -> ".join(found)
+
+
+def test_the_reward_stage_chain_is_plain_top_level_imports():
+    """onpolicy -> reward_stage -> objectives.reward, imported when each module loads (the cycle test above then
+    says the chain has no way back): no lazy import hiding a cycle."""
+    own = set(_modules())
+    assert "lit_align.objectives.reward_stage" in _module_imports("lit_align.objectives.onpolicy", own)
+    assert "lit_align.objectives.reward" in _module_imports("lit_align.objectives.reward_stage", own)
 
 
 def test_lit_align_callbacks_is_the_callbacks_folder():

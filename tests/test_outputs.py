@@ -109,9 +109,9 @@ def test_export_refuses_to_replace_a_folder_that_is_not_an_export(tmp_path):
 
 
 def test_reward_model_export_replaces_the_previous_one_whole(tmp_path, monkeypatch):
-    from lit_align.objectives.reward import RewardModel
+    from lit_align.objectives.reward import RewardModeling
 
-    reward = RewardModel("tiny")
+    reward = RewardModeling("tiny")
     target = tmp_path / "reward_model"
     reward.export_hf(target)
     before = _listing(target)

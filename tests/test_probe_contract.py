@@ -12,5 +12,5 @@ def test_sample_logger_on_a_reward_model_is_refused_in_one_line(run_dir, capsys)
     code = run_main(fit_args("reward.yaml", f"--trainer.callbacks={callbacks}", steps=1))
     err = capsys.readouterr().err
     assert code == 2
-    assert "lit-align: error: SampleLogger samples responses from a policy, and RewardModel trains no policy" in err
+    assert "lit-align: error: SampleLogger samples responses from a policy, and RewardModeling trains no policy" in err
     assert "Traceback" not in err

@@ -271,6 +271,10 @@ class TextDataModule(L.LightningDataModule):
             print(stats.summary(source))  # a dropped or truncated row is never silent
         return examples
 
+    def examples(self, split: Literal["train", "val", "test"]) -> list[Example]:
+        """The encoded rows of ``split`` (empty before ``setup`` and for a split the data does not have)."""
+        return {"train": self.train_examples, "val": self.val_examples, "test": self.test_examples}[split]
+
     # -- loaders -----------------------------------------------------------------------------------------------
 
     def collator(self):

@@ -65,7 +65,7 @@ class RewardModelJudge(Judge):
     ``read_prompts_with(policy_tokenizer)`` has been called.
 
     Args:
-        reward_model: A lit-align ``RewardModel`` checkpoint (``.ckpt``), a directory or hub id of any Hugging Face
+        reward_model: A lit-align ``RewardModeling`` checkpoint (``.ckpt``), a directory or hub id of any Hugging Face
             sequence-classification model with one label, or ``tiny`` (a random head, for smoke tests); or, from
             Python, any module with ``forward(input_ids, attention_mask) -> (B,)`` and a ``tokenizer``.
         dtype: Weight dtype of the reward model (``bfloat16`` on GPU saves half the memory).
