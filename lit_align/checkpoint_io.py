@@ -232,7 +232,7 @@ def _others(path: str | os.PathLike) -> str:
 
 
 def _safe_globals() -> list:
-    # The plain configuration dataclasses of lit-align (LoraOptions, SamplingConfig, ...) that objectives take as
+    # The plain configuration dataclasses of lit-align (SamplingConfig, ...) that objectives take as
     # arguments and Lightning stores in `hyper_parameters`; they hold values only, never code.
     found = {}
     for name, module in list(sys.modules.items()):

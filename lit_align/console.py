@@ -35,6 +35,8 @@ QUIET_WARNINGS = (
     (r".*It is recommended to use `self.log\(.*sync_dist=True\)", r""),  # metrics are reduced by lit-align
     (r".*The number of training batches \(\d+\) is smaller than the logging interval", r""),
     (r".*Checkpoint directory .* exists and is not empty", r""),  # the run folder's own last.ckpt, on purpose
+    # the CLI fills a YAML `lora:`'s loftq_config with LoftQConfig's defaults, which peft then says it ignores
+    (r".*`loftq_config` specified but will be ignored", r""),
 )
 
 

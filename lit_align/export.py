@@ -13,7 +13,7 @@ from lit_align.outputs import atomic_directory
 def export_policy(policy, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Save the policy so that ``AutoModelForCausalLM.from_pretrained(directory)`` loads it.
 
-    LoRA adapters are merged into the base weights (``lora.export="merged"``, the default) or written as a peft
+    LoRA adapters are merged into the base weights (``lora_export="merged"``, the default) or written as a peft
     adapter (``"adapter"``). ``state_dict`` overrides the weights, e.g. a full state dict gathered from shards.
     The folder is written next to ``directory`` and moved into place once complete (``atomic_directory``): the
     previous export stays until then, and a full disk is one ``DiskWriteError`` naming the folder.
@@ -21,7 +21,7 @@ def export_policy(policy, directory: str | Path, state_dict: dict[str, torch.Ten
     directory = Path(directory)
     lora = policy.lora_options
     with atomic_directory(directory) as temp:
-        if lora is not None and lora.export == "adapter":
+        if lora is not None and policy.lora_export == "adapter":
             policy.policy.save_pretrained(temp, state_dict=state_dict, safe_serialization=True)
         else:
             base = policy.base_model

@@ -1,48 +1,88 @@
 """Metric accumulation that stays correct under gradient accumulation and across ranks.
 
-Each value is summed with its count over the micro-batches of one optimizer step (or one validation epoch) and
-the sums are all-reduced once before dividing, so a logged mean is the mean over every example that contributed:
-never a mean of per-rank or per-micro-batch means, and an accuracy can never exceed 1.
+Each named value feeds a ``torchmetrics.MeanMetric`` over the micro-batches of one optimizer step (or one
+validation epoch); its (sum, count) states are summed over ranks once before dividing, so a logged mean is the
+mean over every example that contributed: never a mean of per-rank or per-micro-batch means, and an accuracy can
+never exceed 1. The metrics are no submodules, so nothing of them is in a checkpoint.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
+import torch.distributed as dist
+from torchmetrics import MeanMetric
 
 from lit_align.losses import PreferenceLoss
 
 
-class MeanAccumulator:
-    """Example-weighted running means of named values."""
+class StageMeans:
+    """Example-weighted means of named values, one ``MeanMetric`` per name, created on the name's first value.
+
+    A tensor of n values counts as n examples, a scalar as one.
+    """
 
     def __init__(self) -> None:
-        self._sums: dict[str, torch.Tensor] = {}
-        self._counts: dict[str, torch.Tensor] = {}
+        self._means: dict[str, MeanMetric] = {}  # kept over resets: a name is logged again next step
+        self._updated: set[str] = set()  # the names seen since the last reset
 
     def update(self, values: dict[str, torch.Tensor]) -> None:
         for name, value in values.items():
-            value = value.detach().float()
-            self._sums[name] = self._sums.get(name, 0.0) + value.sum()
-            self._counts[name] = self._counts.get(name, 0.0) + value.numel()
+            value = torch.as_tensor(value).detach()
+            metric = self._means.get(name)
+            if metric is None:
+                metric = self._means[name] = _mean_metric(value.device)
+            elif metric.device != value.device:
+                metric.to(value.device)  # a stage run again on another device
+            metric.update(value)
+            self._updated.add(name)
 
-    def compute(self, all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Means of everything seen since the last reset; ``all_reduce_sum`` sums a tensor across ranks."""
-        if not self._sums:
-            return {}
-        names = sorted(self._sums)  # the same order on every rank
-        sums = torch.stack([torch.as_tensor(self._sums[n]) for n in names])
-        counts = torch.stack([torch.as_tensor(self._counts[n], device=sums.device, dtype=sums.dtype) for n in names])
-        totals = torch.cat([sums, counts])
-        if all_reduce_sum is not None:
-            totals = all_reduce_sum(totals)
-        sums, counts = totals[: len(names)], totals[len(names) :]
-        return {n: s / c.clamp(min=1) for n, s, c in zip(names, sums, counts)}
+    def compute(self, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        """Means of everything seen since the last reset, over all ranks when ``torch.distributed`` runs more than
+        one: then a collective, which every rank must call. ``device`` is where the states are summed (the
+        collective backend's device); by default where they are."""
+        names = set(self._updated)
+        if _distributed():
+            # Each name's sync is a collective of its own: every rank must run them for the same names in the same
+            # order, including a name only some ranks saw (a rank skipping it would leave the others waiting).
+            seen: list[set[str] | None] = [None] * dist.get_world_size()
+            dist.all_gather_object(seen, names)
+            names = set().union(*seen)
+        for name in sorted(names):
+            metric = self._means.get(name)
+            if metric is None:
+                metric = self._means[name] = _mean_metric(torch.device(device or self._device()))
+            elif device is not None and metric.device != torch.device(device):
+                metric.to(device)
+            if name not in self._updated:  # seen on another rank only: counts as updated (no warning), no example
+                metric.update(torch.empty(0, device=metric.device))
+        return {name: self._means[name].compute() for name in sorted(names)}
+
+    def _device(self) -> torch.device:
+        return next((m.device for m in self._means.values()), torch.device("cpu"))
 
     def reset(self) -> None:
-        self._sums.clear()
-        self._counts.clear()
+        for metric in self._means.values():
+            metric.reset()
+        self._updated.clear()
+
+
+def _mean_metric(device: torch.device) -> MeanMetric:
+    # nan_strategy="disable": a NaN loss shows as NaN in the logs rather than being dropped, and no update waits
+    # for the device to check for NaNs. The cross-rank sync sums each state with one all-reduce instead of
+    # torchmetrics' default all-gather of every rank's copy (two collectives each, shapes first).
+    metric = MeanMetric(nan_strategy="disable", dist_sync_fn=_all_reduce_sum, distributed_available_fn=_distributed)
+    return metric.to(device)
+
+
+def _all_reduce_sum(tensor: torch.Tensor, group=None) -> list[torch.Tensor]:
+    # torchmetrics stacks what this returns and applies the state's "sum" reduction: one summed tensor is the total.
+    total = tensor.clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+    return [total]
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def preference_metrics(out: PreferenceLoss) -> dict[str, torch.Tensor]:

@@ -8,8 +8,11 @@ template. It needs no download, so every shipped config and test runs offline. A
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,20 +66,90 @@ def tokenizer_adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
 
 
 def load_causal_lm(
-    name: str, dtype: str | None = None, trust_remote_code: bool = False, seed: int = EMBEDDED_SEED
+    name: str,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    seed: int = EMBEDDED_SEED,
+    attn_implementation: str | None = None,
+    revision: str | None = None,
+    quantization: dict[str, Any] | None = None,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> PreTrainedModel:
-    """Load a causal LM by hub id or local path, or build the embedded tiny model (random init from ``seed``)."""
+    """Load a causal LM by hub id or local path, or build the embedded tiny model (random init from ``seed``).
+
+    ``attn_implementation`` (``eager``, ``sdpa``, ``flash_attention_2``, ...), ``revision`` (a hub branch, tag or
+    commit), ``quantization`` (the fields of ``transformers.BitsAndBytesConfig``) and ``model_kwargs`` (anything
+    else) go to ``from_pretrained``; the embedded model honours ``attn_implementation`` only.
+    """
     torch_dtype = resolve_dtype(dtype)
     if is_embedded(name):
+        _refuse_for_embedded(name, revision=revision, quantization=quantization, model_kwargs=model_kwargs)
         config = AutoConfig.from_pretrained(EMBEDDED_DIR)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = AutoModelForCausalLM.from_config(config)
+            model = AutoModelForCausalLM.from_config(config, **_attention(attn_implementation))
         return model.to(torch_dtype) if torch_dtype is not None else model
+    kwargs = _pretrained_kwargs(torch_dtype, trust_remote_code, attn_implementation, revision, quantization,
+                                model_kwargs)
     try:
-        return AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except Exception as err:
         raise ModelLoadError(_explain(name, "model", err)) from err
+
+
+def quantization_config(settings: dict[str, Any]):
+    """A ``transformers.BitsAndBytesConfig`` of ``settings`` (e.g. ``{load_in_4bit: true, bnb_4bit_quant_type: nf4,
+    bnb_4bit_compute_dtype: bfloat16}``), built only when asked for: bitsandbytes and a CUDA device are needed."""
+    from transformers import BitsAndBytesConfig
+
+    fields = [n for n in inspect.signature(BitsAndBytesConfig).parameters if n != "kwargs"]
+    unknown = sorted(set(settings) - set(fields))
+    if unknown:  # BitsAndBytesConfig itself would log them and carry on without
+        raise ValueError(f"quantization: unknown field(s) {', '.join(unknown)}; BitsAndBytesConfig takes "
+                         f"{', '.join(fields)}")
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("a CUDA device (none is visible)")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("the bitsandbytes package (pip install bitsandbytes)")
+    if missing:
+        raise ModelLoadError(f"quantization {settings} loads the model through bitsandbytes, which needs "
+                             + " and ".join(missing))
+    return BitsAndBytesConfig(**settings)
+
+
+def _pretrained_kwargs(torch_dtype, trust_remote_code, attn_implementation, revision, quantization,
+                       model_kwargs) -> dict[str, Any]:
+    kwargs: dict[str, Any] = dict(model_kwargs or {})
+    own = sorted(set(kwargs) & _OWN_ARGUMENTS.keys())
+    if own:
+        raise ValueError(f"model_kwargs: {', '.join(own)} has an argument of its own: set "
+                         + ", ".join(_OWN_ARGUMENTS[k] for k in own) + " instead")
+    kwargs.update(dtype=torch_dtype, trust_remote_code=trust_remote_code, **_attention(attn_implementation))
+    if revision is not None:
+        kwargs["revision"] = revision
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization_config(quantization)
+    return kwargs
+
+
+#: ``from_pretrained`` keywords that lit-align sets from arguments of its own, and those arguments' names.
+_OWN_ARGUMENTS = {"dtype": "dtype", "torch_dtype": "dtype", "trust_remote_code": "trust_remote_code",
+                  "attn_implementation": "attn_implementation", "revision": "revision",
+                  "quantization_config": "quantization"}
+
+
+def _attention(attn_implementation: str | None) -> dict[str, str]:
+    # Left out when unset: transformers then picks its own default (SDPA where available).
+    return {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+
+
+def _refuse_for_embedded(name: str, **settings) -> None:
+    given = sorted(key for key, value in settings.items() if value)
+    if given:
+        raise ValueError(f"{', '.join(given)} cannot apply to the embedded model {name!r}, which is built from its "
+                         "shipped config, not loaded from a checkpoint; save it with save_pretrained and load that "
+                         "directory instead")
 
 
 def load_sequence_classifier(
@@ -85,27 +158,31 @@ def load_sequence_classifier(
     trust_remote_code: bool = False,
     seed: int = EMBEDDED_SEED,
     pad_token_id: int | None = None,
+    attn_implementation: str | None = None,
+    revision: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> PreTrainedModel:
     """A scalar-output ``AutoModelForSequenceClassification`` (``num_labels=1``) on the backbone ``name``.
 
     A causal-LM checkpoint gets a freshly initialised score head (transformers' usual warning says so); the
     embedded ``tiny`` is built from its shipped config with the seeded random init. ``pad_token_id`` is written
-    into the config so that other tools' pooling finds the padding.
+    into the config so that other tools' pooling finds the padding. ``attn_implementation``, ``revision`` and
+    ``model_kwargs`` go to ``from_pretrained`` as in ``load_causal_lm``.
     """
     from transformers import AutoModelForSequenceClassification
 
     torch_dtype = resolve_dtype(dtype)
     extra = {"num_labels": 1} if pad_token_id is None else {"num_labels": 1, "pad_token_id": pad_token_id}
     if is_embedded(name):
+        _refuse_for_embedded(name, revision=revision, model_kwargs=model_kwargs)
         config = AutoConfig.from_pretrained(EMBEDDED_DIR, **extra)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = AutoModelForSequenceClassification.from_config(config)
+            model = AutoModelForSequenceClassification.from_config(config, **_attention(attn_implementation))
         return model.to(torch_dtype) if torch_dtype is not None else model
+    kwargs = _pretrained_kwargs(torch_dtype, trust_remote_code, attn_implementation, revision, None, model_kwargs)
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
-            name, dtype=torch_dtype, trust_remote_code=trust_remote_code, **extra
-        )
+        return AutoModelForSequenceClassification.from_pretrained(name, **{**kwargs, **extra})
     except Exception as err:
         raise ModelLoadError(_explain(name, "sequence-classification model", err)) from err
 

@@ -20,7 +20,7 @@ from conftest import fit_args, run_main
 from lit_align.checkpoint_io import (
     CHECKSUM_KEY, AtomicCheckpointIO, CheckpointLoadError, load_checkpoint_file, payload_digest,
 )
-from lit_align.policy import LoraOptions
+from lit_align.rollout import SamplingConfig
 
 LAST = "runs/test/checkpoints/last.ckpt"
 QUIET = ["--data.val_split=null", "--export.enabled=false", "--trainer.limit_val_batches=0",
@@ -134,7 +134,8 @@ def test_checkpoint_with_a_pickled_object_is_refused_in_one_line(checkpoint, cap
 def test_checksum_round_trips_every_kind_of_value_and_changes_with_any_of_them(tmp_path):
     payload = {
         "state_dict": {"w": torch.randn(3, 4), "h": torch.ones(2, dtype=torch.bfloat16), "n": torch.tensor(7)},
-        "hyper_parameters": {"beta": 0.1, "lora": LoraOptions(r=4), "tags": {"a", "b", "c"}, "none": None},
+        "hyper_parameters": {"beta": 0.1, "sampling": SamplingConfig(max_new_tokens=4), "tags": {"a", "b", "c"},
+                             "none": None},
         "global_step": 5, "dtype": torch.float16, "shape": torch.Size([2, 3]), "empty": torch.zeros(0),
     }
     path = tmp_path / "ok.ckpt"
@@ -149,7 +150,8 @@ def test_checksum_round_trips_every_kind_of_value_and_changes_with_any_of_them(t
     assert payload_digest({**payload, "global_step": 6}) != base
     assert payload_digest({**payload, "global_step": 5.0}) != base
     hparams = payload["hyper_parameters"]
-    assert payload_digest({**payload, "hyper_parameters": {**hparams, "lora": LoraOptions(r=8)}}) != base
+    other_sampling = {**hparams, "sampling": SamplingConfig(max_new_tokens=8)}
+    assert payload_digest({**payload, "hyper_parameters": other_sampling}) != base
     weights = payload["state_dict"]
     assert payload_digest({**payload, "state_dict": {**weights, "w": weights["w"] + 1e-7}}) != base
     assert payload_digest({**payload, "state_dict": {**weights, "n": torch.tensor(7, dtype=torch.int32)}}) != base

@@ -4,7 +4,9 @@ import torch
 from conftest import fit_args
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lit_align import LoraOptions, PolicyWithReference
+from peft import LoraConfig
+
+from lit_align import PolicyWithReference
 from lit_align.cli import build_cli
 from lit_align.export import export_policy
 from lit_align.models import load_causal_lm
@@ -36,7 +38,8 @@ def test_fit_end_writes_a_model_transformers_loads_with_equal_logits(run_dir):
 
 
 def _trained_lora(export: str) -> PolicyWithReference:
-    policy = PolicyWithReference("tiny", reference="lora", lora=LoraOptions(r=4, alpha=8, export=export))
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
+    policy = PolicyWithReference("tiny", reference="lora", lora=lora, lora_export=export)
     torch.manual_seed(0)
     with torch.no_grad():  # B starts at zero; a random B makes the adapters change the output, as training would
         for name, param in policy.policy.named_parameters():

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -10,30 +11,61 @@ from conftest import fit_args
 
 from lit_align.cli import build_cli
 from lit_align.data.sources import load_rows
-from lit_align.metrics import MeanAccumulator
+from lit_align.metrics import StageMeans
 
 
-def test_mean_accumulator_is_example_weighted():
+def test_stage_means_are_example_weighted():
     """Micro-batch 1 has accuracies [1, 1, 1], micro-batch 2 has [0]: the mean is 3/4, not (1 + 0) / 2."""
-    acc = MeanAccumulator()
-    acc.update({"acc": torch.tensor([1.0, 1.0, 1.0]), "loss": torch.tensor(2.0)})
-    acc.update({"acc": torch.tensor([0.0]), "loss": torch.tensor(4.0)})
-    means = acc.compute()
-    assert means["acc"].item() == pytest.approx(0.75)
-    assert means["loss"].item() == pytest.approx(3.0)  # scalars count once each
-    acc.reset()
-    assert acc.compute() == {}
+    means = StageMeans()
+    means.update({"acc": torch.tensor([1.0, 1.0, 1.0]), "loss": torch.tensor(2.0)})
+    means.update({"acc": torch.tensor([0.0]), "loss": torch.tensor(4.0)})
+    computed = means.compute()
+    assert computed["acc"].item() == pytest.approx(0.75)
+    assert computed["loss"].item() == pytest.approx(3.0)  # scalars count once each
+    means.reset()
+    assert means.compute() == {}
+    means.update({"loss": torch.tensor([5.0, 7.0], dtype=torch.bfloat16)})  # after a reset: only what came since
+    assert list(means.compute()) == ["loss"] and means.compute()["loss"].item() == pytest.approx(6.0)
 
 
-def test_mean_accumulator_all_reduce_weights_ranks_by_examples():
-    """Rank 0 saw [1, 1, 1, 1] and rank 1 saw [0, 0]: the global mean is 4/6 = 0.6667 (a mean of means says 0.5)."""
-    rank0, rank1 = MeanAccumulator(), MeanAccumulator()
-    rank0.update({"acc": torch.ones(4)})
-    rank1.update({"acc": torch.zeros(2)})
-    other = {}
-    rank1.compute(lambda t: other.setdefault("totals", t.clone()))  # capture rank 1's (sums, counts)
-    means = rank0.compute(lambda t: t + other["totals"])  # the sum all-reduce of two ranks
-    assert means["acc"].item() == pytest.approx(4 / 6)
+def test_a_nan_value_shows_in_the_mean():
+    """torchmetrics' default drops NaNs with a warning; a NaN loss must show in the logs instead."""
+    means = StageMeans()
+    means.update({"loss": torch.tensor([1.0, float("nan")])})
+    assert torch.isnan(means.compute()["loss"])
+
+
+def _two_ranks(rank: int, init_file: str, results: dict) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))  # a collective left waiting fails instead of hanging
+    try:
+        means = StageMeans()
+        for _ in range(2):  # two logging periods: the names of the first must not leak into the second
+            if rank == 0:  # rank 0 saw [1, 1, 1, 1] and a name rank 1 never saw
+                means.update({"acc": torch.ones(4), "only_rank0": torch.tensor([2.0, 4.0])})
+            else:
+                means.update({"acc": torch.zeros(2), "only_rank1": torch.tensor(6.0)})
+            first = means.compute()
+            means.reset()
+        means.update({"acc": torch.ones(1)} if rank == 0 else {})  # a period where rank 1 saw nothing at all
+        second = means.compute()
+        results[rank] = ({k: v.item() for k, v in first.items()}, {k: v.item() for k, v in second.items()})
+    finally:
+        dist.destroy_process_group()
+
+
+def test_means_over_two_ranks_weight_by_examples_and_agree_on_names(tmp_path):
+    """Rank 0 saw [1, 1, 1, 1] and rank 1 saw [0, 0]: the global mean is 4/6 = 0.6667 (a mean of means says
+    0.5). A name one rank never saw is summed over the ranks that did, on every rank, without a deadlock."""
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.start_processes(_two_ranks, args=(str(tmp_path / "init"), results), nprocs=2, start_method="fork")
+    expected = {"acc": pytest.approx(4 / 6), "only_rank0": pytest.approx(3.0), "only_rank1": pytest.approx(6.0)}
+    assert results[0][0] == results[1][0] == expected
+    assert results[0][1] == results[1][1] == {"acc": 1.0}
 
 
 def _conflicting_pairs(path: Path) -> Path:

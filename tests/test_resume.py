@@ -111,9 +111,9 @@ def test_resumed_run_equals_uninterrupted_run(run_dir, stop_after, how, every):
 
 
 def _lr_at(step, total, peak=5e-4, warmup_ratio=0.25):
-    """The default linear schedule by hand: warm-up steps w = int(0.25 * 6) = 1; factor (s + 1) / (w + 1) for s < w,
-    then 1 - (s - w) / (total - w). Step 3: 1 - 2/5 = 0.6 -> 3.0e-4."""
+    """The default linear schedule by hand: warm-up steps w = int(0.25 * 6) = 1; factor s / w for s < w (transformers'
+    warm-up), then 1 - (s - w) / (total - w). Step 3: 1 - 2/5 = 0.6 -> 3.0e-4."""
     warmup = int(warmup_ratio * total)
     if step < warmup:
-        return peak * (step + 1) / (warmup + 1)
+        return peak * step / warmup
     return peak * (1 - (step - warmup) / (total - warmup))
