@@ -52,9 +52,7 @@ class PredictionWriter(BasePredictionWriter):
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # The module samples in predict_step; these settings reach it here rather than through its __init__,
         # so that any trained objective (offline ones have no sampling settings) can generate.
-        if self.sampling is not None:
-            pl_module.prediction_sampling = self.sampling
-        pl_module.prediction_num_samples = self.num_samples
+        pl_module.configure_prediction(self.sampling, self.num_samples)
         self._rows = []
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):

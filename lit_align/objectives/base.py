@@ -138,16 +138,23 @@ class AlignmentModule(L.LightningModule):
 
     # -- generation: ``lit-align predict`` and ``lit-align evaluate`` -------------------------------------------
 
-    #: Sampling settings of ``predict_step``, set by the ``PredictionWriter`` callback; ``None`` falls back to the
-    #: objective's own ``sampling`` (on-policy objectives) and then to ``SamplingConfig()``.
-    prediction_sampling: SamplingConfig | None = None
-    prediction_num_samples: int = 1
+    #: The objective's own sampling settings (on-policy objectives, PMLE's KL term); None for those that never
+    #: sample. ``predict_step`` falls back to them.
+    sampling: SamplingConfig | None = None
+    _prediction_sampling: SamplingConfig | None = None
+    _prediction_num_samples: int = 1
+
+    def configure_prediction(self, sampling: SamplingConfig | None = None, num_samples: int = 1) -> None:
+        """How ``predict_step`` samples (the ``PredictionWriter`` callback sets it): ``sampling`` (None: the
+        objective's own ``sampling``, else ``SamplingConfig()``) and ``num_samples`` responses per prompt."""
+        self._prediction_sampling = sampling
+        self._prediction_num_samples = num_samples
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Sample responses to the batch's prompts: ``rollout`` (``lit_align.rollout.Rollout``), ``index`` (N,) the
         data row each sample answers, ``sample`` (N,) its number among that row's samples, ``sampling`` used."""
-        sampling = self.prediction_sampling or getattr(self, "sampling", None) or SamplingConfig()
-        num_samples = self.prediction_num_samples
+        sampling = self._prediction_sampling or self.sampling or SamplingConfig()
+        num_samples = self._prediction_num_samples
         rollout = self.policy.generate(batch["prompt_ids"], batch["prompt_mask"], sampling, num_samples)
         rows = torch.arange(rollout.input_ids.shape[0], device=rollout.input_ids.device)
         return {"rollout": rollout, "index": batch["index"][rollout.prompt_index], "sample": rows % num_samples,
