@@ -81,7 +81,7 @@ def test_a_misspelt_lora_field_is_one_line_naming_it_and_the_fields(run_dir, cap
     args = ["fit", "--config", str(ROOT / "configs/dpo.yaml"), "--model.policy.init_args.reference=lora",
             "--model.policy.init_args.lora.lora_alpah=32"]
     assert run_main(args) == 2
-    line = capsys.readouterr().err.splitlines()[0]
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit-align: error:")]
     assert "peft.LoraConfig has no argument 'lora_alpah'; did you mean 'lora_alpha'" in line
 
 
