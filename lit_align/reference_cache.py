@@ -152,7 +152,7 @@ class ReferenceCache:
         base = policy.base_model
         dtype = str(next(base.parameters()).dtype).removeprefix("torch.")
         model = load_causal_lm(policy.model_name, dtype=dtype, trust_remote_code=policy.trust_remote_code,
-                               seed=policy.seed)
+                               seed=policy.seed, **policy.load_kwargs)  # the revision and options it was loaded with
         found = model_identity(policy.model_name, model)
         if found != self.identity:
             changed = sorted(k for k in set(found) | set(self.identity) if found.get(k) != self.identity.get(k))

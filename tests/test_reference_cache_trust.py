@@ -170,3 +170,17 @@ def test_pi0_is_reloaded_with_the_policys_own_seed():
     reloaded = cache._load_reference(SimpleNamespace(policy=policy, device=torch.device("cpu")), Path("unused"))
     for name, weight in policy.base_model.state_dict().items():
         torch.testing.assert_close(reloaded.state_dict()[name], weight, rtol=0, atol=0)
+
+
+def test_pi0_is_reloaded_with_the_policys_loading_options():
+    """A reference rebuilt from its source gets the options the policy was loaded with (here the attention
+    implementation; a hub revision or quantization likewise), not the library defaults."""
+    from types import SimpleNamespace
+
+    from lit_align.policy import PolicyWithReference
+    from lit_align.reference_cache import ReferenceCache
+
+    policy = PolicyWithReference(model="tiny", reference="none", attn_implementation="eager")
+    cache = ReferenceCache(model_name=policy.model_name, model=policy.base_model)
+    reloaded = cache._load_reference(SimpleNamespace(policy=policy, device=torch.device("cpu")), Path("unused"))
+    assert reloaded.config._attn_implementation == "eager"
