@@ -15,7 +15,7 @@ from peft import LoraConfig
 from torch import nn
 
 from lit_align.models import load_causal_lm, load_tokenizer, zero_dropout
-from lit_align.reference import Reference, ReferenceMode, build_reference
+from lit_align.reference import Reference, ReferenceMode, build_reference, reference_class
 from lit_align.rollout import Rollout, SamplingConfig, sample
 
 
@@ -77,7 +77,7 @@ class PolicyWithReference(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if reference == "lora" and lora is None:
+        if lora is None and reference_class(reference).needs_adapters:
             lora = default_lora_config()
         if lora is not None:  # a copy: peft writes the model's name and more into the config it is given
             lora = dataclasses.replace(lora, task_type=lora.task_type or "CAUSAL_LM")

@@ -47,6 +47,8 @@ class Reference(nn.Module):
     live: ClassVar[bool] = False
     #: Gives the reference log-probs of data rows (live references compute them; a cache looks them up).
     scores_data: ClassVar[bool] = False
+    #: Is the policy's own base model with its adapters off, so the policy must carry LoRA adapters.
+    needs_adapters: ClassVar[bool] = False
 
     def require(self, owner: str, need: Need) -> None:
         """Stop ``owner`` with one line when it needs what this reference cannot give."""
@@ -136,6 +138,7 @@ class LoraBase(Reference):
     name = "lora"
     live = True
     scores_data = True
+    needs_adapters = True
 
     @torch.no_grad()
     def logits(self, host, input_ids, attention_mask, **kwargs) -> torch.Tensor:
@@ -191,15 +194,20 @@ class NoReference(Reference):
     name = "none"
 
 
+def reference_class(mode: ReferenceMode) -> type[Reference]:
+    """The class a config's ``reference: <mode>`` names."""
+    classes = {cls.name: cls for cls in (FrozenCopy, LoraBase, CachedLogps, NoReference)}
+    if mode not in classes:
+        raise ValueError(f"reference must be one of {', '.join(classes)}; got {mode!r}")
+    return classes[mode]
+
+
 def build_reference(mode: ReferenceMode, model: nn.Module, model_name: str,
                     cache_dir: str | None = None) -> Reference:
     """The reference ``mode`` names, from ``model``: pi_0 as loaded, before any LoRA wrapping."""
-    if mode == "copy":
+    cls = reference_class(mode)
+    if cls is FrozenCopy:
         return FrozenCopy(model)
-    if mode == "lora":
-        return LoraBase()
-    if mode == "cache":
+    if cls is CachedLogps:
         return CachedLogps(cache_dir, model_name, model)
-    if mode == "none":
-        return NoReference()
-    raise ValueError(f"reference must be one of copy, lora, cache, none; got {mode!r}")
+    return cls()
