@@ -1,7 +1,9 @@
 """Every objective's maths, as pure functions of log-probabilities: this package imports torch only.
 
 ``preference``: losses of offline and sampled pairs (DPO, IPO, Bradley-Terry, PMLE, distillation, REBEL, KL
-surrogates). ``rl``: the per-token maths of PPO and reverse KL. Everything is importable from ``lit_align.losses``.
+surrogates). ``pairwise``: TRL's offline pairwise ``loss_type``s (SimPO, ORPO, hinge, robust DPO, BCO, APO, NCA,
+EXO, SPPO, DiscoPOP, AOT, length-normalised and length-desensitised DPO, WPO, RPO).
+``rl``: the per-token maths of PPO and reverse KL. Everything is importable from ``lit_align.losses``.
 """
 
 from lit_align.losses.preference import (
@@ -17,6 +19,26 @@ from lit_align.losses.preference import (
     sampled_kl_surrogate,
     token_kl_surrogate,
 )
+from lit_align.losses.pairwise import (
+    aot_loss,
+    apo_down_loss,
+    apo_zero_loss,
+    bco_pair_loss,
+    discopop_loss,
+    exo_pair_loss,
+    hinge_loss,
+    length_desensitized_logps,
+    length_normalized_dpo_loss,
+    length_normalized_ipo_loss,
+    nca_pair_loss,
+    nll_loss,
+    orpo_loss,
+    robust_dpo_loss,
+    rpo_loss,
+    simpo_loss,
+    sppo_hard_loss,
+    wpo_weights,
+)
 from lit_align.losses.rl import (
     TokenRewards,
     ClippedLoss,
@@ -30,19 +52,41 @@ from lit_align.losses.rl import (
     ppo_policy_loss,
     ppo_value_loss,
 )
+from lit_align.losses.unpaired import UnpairedLoss, kto_loss, kto_reference_point
 
 __all__ = [
+    "aot_loss",
+    "apo_down_loss",
+    "apo_zero_loss",
+    "bco_pair_loss",
+    "discopop_loss",
+    "exo_pair_loss",
+    "hinge_loss",
+    "length_desensitized_logps",
+    "length_normalized_dpo_loss",
+    "length_normalized_ipo_loss",
+    "nca_pair_loss",
+    "nll_loss",
+    "orpo_loss",
+    "robust_dpo_loss",
+    "rpo_loss",
+    "simpo_loss",
+    "sppo_hard_loss",
+    "wpo_weights",
     "ClippedLoss",
     "DistillationLoss",
     "PreferenceLoss",
     "RegressionLoss",
     "TokenRewards",
+    "UnpairedLoss",
     "bradley_terry_loss",
     "distillation_loss",
     "dpo_loss",
     "future_entropy_rewards",
     "generalized_advantages",
     "ipo_loss",
+    "kto_loss",
+    "kto_reference_point",
     "kl_penalty",
     "last_token_index",
     "masked_whiten",

@@ -3,6 +3,7 @@
 from lit_align.objectives.base import AlignmentModule
 from lit_align.objectives.distill import PreferenceDistillation
 from lit_align.objectives.dpo import DPO, IPO
+from lit_align.objectives.kto import KTO
 from lit_align.objectives.offline import OfflineObjective, OfflinePairObjective, RowLogps
 from lit_align.objectives.onpolicy import OnPolicyObjective
 from lit_align.objectives.pmle import PMLE
@@ -14,6 +15,6 @@ from lit_align.objectives.rkl import ReverseKL
 from lit_align.objectives.sft import SFT
 
 __all__ = [
-    "DPO", "IPO", "REBEL", "AlignmentModule", "OfflineObjective", "OfflinePairObjective", "OnPolicyObjective", "PMLE",
+    "DPO", "IPO", "KTO", "REBEL", "AlignmentModule", "OfflineObjective", "OfflinePairObjective", "OnPolicyObjective", "PMLE",
     "PreferenceDistillation", "RLHF", "ReverseKL", "RewardModeling", "RowLogps", "SFT", "SampledPairObjective",
 ]
