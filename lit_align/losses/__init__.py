@@ -52,6 +52,18 @@ from lit_align.losses.rl import (
     ppo_policy_loss,
     ppo_value_loss,
 )
+from lit_align.losses.group import (
+    GroupLossType,
+    GroupTokenLoss,
+    RewardScale,
+    group_advantages,
+    grpo_token_losses,
+    leave_one_out_baseline,
+    reduce_group_loss,
+    returns_to_go,
+    rloo_advantages,
+    rloo_loss,
+)
 from lit_align.losses.unpaired import UnpairedLoss, kto_loss, kto_reference_point
 
 __all__ = [
@@ -79,6 +91,16 @@ __all__ = [
     "RegressionLoss",
     "TokenRewards",
     "UnpairedLoss",
+    "GroupLossType",
+    "GroupTokenLoss",
+    "RewardScale",
+    "group_advantages",
+    "grpo_token_losses",
+    "leave_one_out_baseline",
+    "reduce_group_loss",
+    "returns_to_go",
+    "rloo_advantages",
+    "rloo_loss",
     "bradley_terry_loss",
     "distillation_loss",
     "dpo_loss",

@@ -3,6 +3,7 @@
 from lit_align.objectives.base import AlignmentModule
 from lit_align.objectives.distill import PreferenceDistillation
 from lit_align.objectives.dpo import DPO, IPO
+from lit_align.objectives.grpo import GRPO
 from lit_align.objectives.kto import KTO
 from lit_align.objectives.offline import OfflineObjective, OfflinePairObjective, RowLogps
 from lit_align.objectives.onpolicy import OnPolicyObjective
@@ -12,9 +13,10 @@ from lit_align.objectives.sampled_pairs import SampledPairObjective
 from lit_align.objectives.rebel import REBEL
 from lit_align.objectives.reward import RewardModeling
 from lit_align.objectives.rkl import ReverseKL
+from lit_align.objectives.rloo import RLOO
 from lit_align.objectives.sft import SFT
 
 __all__ = [
-    "DPO", "IPO", "KTO", "REBEL", "AlignmentModule", "OfflineObjective", "OfflinePairObjective", "OnPolicyObjective", "PMLE",
+    "DPO", "GRPO", "IPO", "KTO", "RLOO", "REBEL", "AlignmentModule", "OfflineObjective", "OfflinePairObjective", "OnPolicyObjective", "PMLE",
     "PreferenceDistillation", "RLHF", "ReverseKL", "RewardModeling", "RowLogps", "SFT", "SampledPairObjective",
 ]
