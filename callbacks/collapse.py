@@ -7,7 +7,6 @@ import torch
 
 from lit_align.callbacks.probe import PolicyProbe, Totals, scored_rollout
 from lit_align.data.formats import Example
-from lit_align.logprobs import completion_token_logprobs, token_entropy
 from lit_align.rollout import SamplingConfig
 
 
@@ -70,10 +69,10 @@ class ModeCollapseMonitor(PolicyProbe):
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, examples: list[Example]) -> Totals:
         rollout = self.sample(trainer, pl_module, examples)
-        logits, _ = scored_rollout(pl_module, rollout, with_reference=False)
         temperature = self.sampling.temperature or 1.0  # the distribution the rollout was drawn from
-        _, mask = completion_token_logprobs(logits, rollout.input_ids, rollout.completion_mask, temperature)
-        entropy = (token_entropy(logits[:, :-1], temperature) * mask).sum()
+        scores = scored_rollout(pl_module, rollout, with_reference=False, temperature=temperature, entropy=True)
+        mask = scores.mask
+        entropy = (scores.entropy * mask).sum()
         ids, response_mask = self.padded_responses(rollout)
         ids, response_mask = self.gather_rows(trainer, ids), self.gather_rows(trainer, response_mask)
         responses = [row[m.bool()].tolist() for row, m in zip(ids.cpu(), response_mask.cpu())]

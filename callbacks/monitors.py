@@ -11,7 +11,6 @@ import torch
 
 from lit_align.callbacks.probe import PolicyProbe, Totals, scored_rollout
 from lit_align.data.formats import Example
-from lit_align.logprobs import completion_token_logprobs, token_entropy, token_kl
 from lit_align.rollout import SamplingConfig
 
 
@@ -53,13 +52,10 @@ class KLMonitor(PolicyProbe):
                 self._warned = True
             return {}
         rollout = self.sample(trainer, pl_module, examples)
-        logits, reference = scored_rollout(pl_module, rollout, with_reference=True)
-        temperature = self.sampling.temperature  # the distribution the rollout was drawn from
-        policy_logps, mask = completion_token_logprobs(logits, rollout.input_ids, rollout.completion_mask, temperature)
-        reference_logps, _ = completion_token_logprobs(reference, rollout.input_ids, rollout.completion_mask,
-                                                       temperature)
-        log_ratio = (policy_logps - reference_logps).sum(-1)  # (N,)
-        per_token = (token_kl(logits[:, :-1], reference[:, :-1], temperature) * mask).sum(-1)  # (N,)
+        # scored at the temperature of the distribution the rollout was drawn from
+        scores = scored_rollout(pl_module, rollout, with_reference=True, temperature=self.sampling.temperature)
+        log_ratio = (scores.logps - scores.reference_logps).sum(-1)  # (N,)
+        per_token = (scores.kl * scores.mask).sum(-1)  # (N,)
         count = torch.tensor(float(log_ratio.numel()), device=log_ratio.device)
         return {
             "kl_k1": (log_ratio.sum(), count),
@@ -96,18 +92,19 @@ class EntropyMonitor(PolicyProbe):
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, examples: list[Example]) -> Totals:
         rollout = self.sample(trainer, pl_module, examples)
-        logits, _ = scored_rollout(pl_module, rollout, with_reference=False)
         temperature = self.sampling.temperature
-        _, mask = completion_token_logprobs(logits, rollout.input_ids, rollout.completion_mask, temperature)
-        entropy = token_entropy(logits[:, :-1], temperature) * mask  # (N, T-1)
+        scores = scored_rollout(pl_module, rollout, with_reference=False, temperature=temperature, entropy=True)
+        mask = scores.mask
+        entropy = scores.entropy * mask  # (N, T-1)
         totals = {
             "entropy": (entropy.sum(), mask.sum()),
             "sequence_entropy": (entropy.sum(), torch.tensor(float(mask.shape[0]), device=mask.device)),
         }
         batch = self.completion_batch(trainer, pl_module, examples) if self.data_completions else None
         if batch is not None:
-            data_logits = pl_module.policy(batch["input_ids"], batch["attention_mask"])
-            _, data_mask = completion_token_logprobs(data_logits, batch["input_ids"], batch["completion_mask"])
-            data_entropy = token_entropy(data_logits[:, :-1], temperature) * data_mask
+            data = pl_module.policy.completion_scores(batch["input_ids"], batch["attention_mask"],
+                                                      batch["completion_mask"], temperature, entropy=True)
+            data_mask = data.mask
+            data_entropy = data.entropy * data_mask
             totals["entropy_data"] = (data_entropy.sum(), data_mask.sum())
         return totals

@@ -191,9 +191,10 @@ def _eval_mode(module: torch.nn.Module):
         module.train(was_training)
 
 
-def scored_rollout(pl_module: L.LightningModule, rollout: Rollout, with_reference: bool):
-    """Policy (and reference) logits of sampled rows: (policy (N, T, V), reference (N, T, V) | None)."""
-    policy = pl_module.policy
-    logits = policy(rollout.input_ids, rollout.attention_mask)
-    reference = policy.reference_logits(rollout.input_ids, rollout.attention_mask) if with_reference else None
-    return logits, reference
+def scored_rollout(pl_module: L.LightningModule, rollout: Rollout, with_reference: bool, temperature: float = 1.0,
+                   entropy: bool = False):
+    """The policy's ``CompletionScores`` of sampled rows at ``temperature``: token log-probs, the mask, with
+    ``entropy`` the token entropies and ``with_reference`` the exact token KL to pi_0 and pi_0's log-probs, all
+    from the LM head applied in chunks (``PolicyWithReference.completion_scores``)."""
+    return pl_module.policy.completion_scores(rollout.input_ids, rollout.attention_mask, rollout.completion_mask,
+                                              temperature, entropy=entropy, kl=with_reference)

@@ -8,15 +8,28 @@ tokenizer's stop and pad tokens, the sampling settings and whether the weights a
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from peft import LoraConfig
 from torch import nn
 
+from lit_align.chunked_head import (
+    CompletionScores,
+    HeadRequest,
+    Layout,
+    chunkable,
+    run_with_full_logits,
+    run_with_request,
+)
 from lit_align.models import load_causal_lm, load_tokenizer, zero_dropout
 from lit_align.reference import Reference, ReferenceMode, build_reference, reference_class
 from lit_align.rollout import Rollout, SamplingConfig, sample
+
+if TYPE_CHECKING:
+    from lit_align.shared_prompt import SharedPromptBatch
 
 
 LoraExport = Literal["merged", "adapter"]
@@ -114,6 +127,81 @@ class PolicyWithReference(nn.Module):
     def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
         """Reference logits (B, T, V), without gradient (a live reference only: ``reference.require``)."""
         return self.reference.logits(self, input_ids, attention_mask, **kwargs)
+
+    # -- completion log-probs: the LM head in chunks, the (B, T, V) logits never whole -------------------------
+
+    def completion_logps(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
+                         temperature: float = 1.0, reference: bool = False,
+                         model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probs (B, T-1) of the completion tokens, zero off the mask, and the mask (B, T-1).
+
+        Under the policy (with gradient when enabled), pi_0 with ``reference`` (no gradient, a live reference) or
+        any ``model`` given (e.g. pi_0 reloaded from its source); (B, T) right- or left-padded rows. The same values
+        as ``completion_token_logprobs`` on the full logits, which are never materialised (``lit_align.chunked_head``).
+        """
+        scores = self.completion_scores(input_ids, attention_mask, completion_mask, temperature, reference, model)
+        return scores.logps, scores.mask
+
+    def completion_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
+                          temperature: float = 1.0, reference: bool = False, model: nn.Module | None = None,
+                          entropy: bool = False, kl: bool = False, hidden: bool = False) -> CompletionScores:
+        """``completion_logps`` and, from the same forward, what else is asked: the mean logit (always), the
+        token ``entropy``, the exact token ``kl`` to pi_0 with pi_0's log-probs (one no-grad reference forward
+        more; a live reference), the final ``hidden`` states (B, T, H) (value heads)."""
+        layout = Layout.of_rows(input_ids, completion_mask)
+        return self._scores(layout, input_ids, attention_mask, {}, temperature, reference, model, entropy, kl,
+                            hidden, mask=completion_mask[:, 1:].bool())
+
+    def packed_scores(self, packed: SharedPromptBatch, width: int, temperature: float = 1.0,
+                      reference: bool = False, model: nn.Module | None = None) -> CompletionScores:
+        """``completion_scores`` of the rows packed behind shared prompts (``lit_align.shared_prompt``), in the
+        unpacked rows' layout (``width`` = T-1 of the unpacked batch): only the kept positions that predict a
+        completion token meet the head."""
+        layout = Layout(packed.source, packed.labels, packed.row, packed.column, packed.num_rows, width)
+        kwargs = {"position_ids": packed.position_ids, "logits_to_keep": packed.logits_to_keep}
+        return self._scores(layout, packed.input_ids, packed.attention_mask, kwargs, temperature, reference, model)
+
+    @contextmanager
+    def scoring_model(self, reference: bool = False, model: nn.Module | None = None) -> Iterator[nn.Module]:
+        """The module that scores: ``model``, else pi_0 (``reference``, under no_grad) or the policy."""
+        if model is not None:
+            yield model
+        elif reference:
+            self.reference.require("scoring under the reference", "samples")
+            with torch.no_grad(), self.reference.sampling_model(self) as pi_0:
+                yield pi_0
+        else:
+            yield self.policy
+
+    def _scores(self, layout: Layout, input_ids, attention_mask, kwargs, temperature, reference, model,
+                entropy=False, kl=False, hidden=False, mask=None) -> CompletionScores:
+        request = HeadRequest(layout.index, layout.labels, temperature, entropy, keep_input=hidden)
+        ref_logits = None
+        if kl:
+            with self.scoring_model(reference=True) as pi_0:
+                pi_0_head = pi_0.get_output_embeddings()
+                if self._kl_chunkable(pi_0, pi_0_head):
+                    ref_request = HeadRequest(layout.index, layout.labels, temperature)
+                    run_with_request(pi_0, ref_request, input_ids, attention_mask, **kwargs)
+                    request.reference = (ref_request.selected, pi_0_head)
+                else:
+                    ref_logits = self.reference.logits(self, input_ids, attention_mask, **kwargs)
+        with self.scoring_model(reference, model) as network:
+            if chunkable(network) and ref_logits is None:
+                columns = run_with_request(network, request, input_ids, attention_mask, **kwargs)
+            else:
+                columns = run_with_full_logits(network, request, input_ids, attention_mask, ref_logits, **kwargs)
+        return layout.scores(columns, entropy, kl, request.head_input, mask)
+
+    def _kl_chunkable(self, pi_0: nn.Module, pi_0_head: nn.Module) -> bool:
+        # The policy's forward calls pi_0's head on pi_0's hidden states. A sharded separate copy of pi_0 has
+        # its head's weights sharded outside its own forward, and a head with LoRA adapters would score with the
+        # policy's adapters on: both take the full-logits path.
+        from lit_align.sharding import is_sharded
+
+        separate_sharded = pi_0 is not self.policy and is_sharded(pi_0)
+        return (chunkable(pi_0) and chunkable(self.policy) and not separate_sharded
+                and not hasattr(pi_0_head, "lora_A"))
 
     # -- generation: the one entry point -----------------------------------------------------------------------
 

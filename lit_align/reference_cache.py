@@ -244,8 +244,6 @@ def weights_digest(model: torch.nn.Module) -> str:
 def _compute(module, datamodule, examples, model, split) -> torch.Tensor:
     """Reference log-probs of ``examples`` from ``model``, or from the live policy when None (the objective's own
     row forward, ``OfflineObjective.row_logps``, either way)."""
-    from lit_align.policy import run_causal_lm
-
     trainer = module.trainer
     world, rank = trainer.world_size, trainer.global_rank
     per_rank = -(-len(examples) // world)
@@ -255,10 +253,6 @@ def _compute(module, datamodule, examples, model, split) -> torch.Tensor:
     batch_size = datamodule.hparams.eval_batch_size or datamodule.hparams.batch_size
     num_completions = len(examples[0].completion_ids)
     network = module.policy.policy if model is None else model
-
-    def forward(input_ids, attention_mask, **kwargs):
-        return run_causal_lm(network, input_ids, attention_mask, **kwargs)
-
     starts = range(0, len(shard), batch_size)
     report_every = max(1, len(starts) // 10)
     rows = []
@@ -267,7 +261,7 @@ def _compute(module, datamodule, examples, model, split) -> torch.Tensor:
     for number, start in enumerate(starts, 1):
         batch = collate(shard[start : start + batch_size])
         batch = {k: v.to(module.device) for k, v in batch.items()}
-        logps = module.row_logps(batch, forward).policy.view(num_completions, -1).T  # (B, K)
+        logps = module.row_logps(batch, network).policy.view(num_completions, -1).T  # (B, K)
         rows.append(torch.cat([batch["index"][:, None].float(), logps.float()], dim=1))
         if number % report_every == 0 or number == len(starts):
             done = min(len(examples), min(start + batch_size, per_rank) * world)

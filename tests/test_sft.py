@@ -42,22 +42,20 @@ def test_loss_is_token_mean_over_response_tokens_only(tokenizer):
 
 
 def test_prompt_tokens_get_no_gradient(tokenizer):
-    """The logits that predict prompt tokens (and padding) must not receive gradient."""
+    """The positions that predict prompt tokens (and padding) must not receive gradient: the final hidden states
+    (the LM head's input, which feeds nothing else) get none there."""
     module = SFT(policy=PolicyWithReference(reference="none"))
     batch = _batch(tokenizer)
     captured = {}
-    original = module.policy.forward
 
-    def forward(*args, **kwargs):
-        logits = original(*args, **kwargs)
-        logits.retain_grad()
-        captured["logits"] = logits
-        return logits
+    def keep(norm, args, hidden):
+        hidden.retain_grad()
+        captured["hidden"] = hidden
 
-    module.policy.forward = forward
+    module.policy.base_model.model.norm.register_forward_hook(keep)
     loss, _ = module.compute_loss(batch, "train")
     loss.backward()
-    grad_norm = captured["logits"].grad.norm(dim=-1)  # (B, T)
+    grad_norm = captured["hidden"].grad.norm(dim=-1)  # (B, T)
     # row 0: prompt of 4 tokens, positions 0..2 predict prompt tokens 1..3; position 3..5 predict the response
     assert grad_norm[0, :3].eq(0).all() and grad_norm[0, 3:6].gt(0).all() and grad_norm[0, 6:].eq(0).all()
     assert grad_norm[1, :1].eq(0).all() and grad_norm[1, 1:6].gt(0).all()

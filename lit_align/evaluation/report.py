@@ -24,8 +24,6 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_align.callbacks.predictions import gather_rows, prediction_records, write_jsonl
 from lit_align.evaluation.judges import Judge
-from lit_align.logprobs import completion_token_logprobs
-from lit_align.policy import run_causal_lm
 
 COLUMNS = ("method", "prompts", "samples", "win_rate", "win_prob", "reward", "reference_reward", "kl", "kl_std",
            "length", "ended")
@@ -127,14 +125,12 @@ class EvaluationReport(L.Callback):
                 rank_zero_warn("greedy decoding samples no distribution: the KL column stays empty")
                 self._warned_greedy = True
             return torch.full((ids.shape[0],), math.nan)
-        logps, _ = completion_token_logprobs(pl_module.policy(ids, mask), ids, rollout.completion_mask, temperature)
-        if self._reference is not None:
-            ref_logits = run_causal_lm(self._reference, ids, mask)
-        elif pl_module.policy.reference.live:
-            ref_logits = pl_module.policy.reference_logits(ids, mask)
-        else:
+        policy, completion = pl_module.policy, rollout.completion_mask
+        if self._reference is None and not policy.reference.live:
             return torch.full((ids.shape[0],), math.nan)
-        ref_logps, _ = completion_token_logprobs(ref_logits, ids, rollout.completion_mask, temperature)
+        logps, _ = policy.completion_logps(ids, mask, completion, temperature)
+        ref_logps, _ = policy.completion_logps(ids, mask, completion, temperature, reference=self._reference is None,
+                                               model=self._reference)
         return (logps - ref_logps).sum(-1).float().cpu()  # (N,)
 
 

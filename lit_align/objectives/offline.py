@@ -17,9 +17,10 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
+from torch import nn
 
 from lit_align.data.sources import DataError
 from lit_align.logprobs import completion_token_logprobs, masked_mean
@@ -31,8 +32,10 @@ from lit_align.reference import Need
 from lit_align.shared_prompt import SharedPromptBatch, pack_shared_prompt, shared_prompt_token_logps
 
 Batch = dict[str, torch.Tensor]
-#: ``forward(input_ids, attention_mask, **kwargs) -> logits``: the policy, its reference, or a model of choice.
+#: ``forward(input_ids, attention_mask, **kwargs) -> logits``: a model of choice scored from its full logits.
 Forward = Callable[..., torch.Tensor]
+#: What ``row_logps`` scores under: the policy, pi_0, a model given as it is, or a ``Forward``.
+Source = Literal["policy", "reference"] | nn.Module | Forward
 
 
 @dataclass
@@ -116,9 +119,26 @@ class OfflineObjective(AlignmentModule):
                                                     completions_per_example(batch)))
         return self._packed[1]
 
-    def row_logps(self, batch: Batch, forward: Forward | None = None) -> RowLogps:
-        """Log-probs of every row under ``forward`` (the policy by default); ``reference`` is left None."""
-        forward = forward or self.policy
+    def row_logps(self, batch: Batch, source: Source = "policy") -> RowLogps:
+        """Log-probs of every row (``reference`` is left None) under ``source``: ``"policy"`` (with gradient),
+        ``"reference"`` (pi_0, a live reference, no gradient) or a model scored as it is (the reference cache
+        runs pi_0 reloaded from its source). The LM head runs in chunks (``PolicyWithReference.completion_scores``).
+        A ``forward(input_ids, attention_mask, **kwargs) -> logits`` callable is still accepted and scored from
+        its full logits."""
+        if source == self.policy.reference_logits:  # the callable of earlier versions, answered without logits
+            source = "reference"
+        if callable(source) and not isinstance(source, nn.Module):
+            return self._row_logps_from_logits(batch, source)
+        reference, model = source == "reference", source if isinstance(source, nn.Module) else None
+        mask = batch["completion_mask"][:, 1:].bool()
+        if self.share_prompt:
+            scores = self.policy.packed_scores(self.packed(batch), mask.shape[1], reference=reference, model=model)
+        else:
+            scores = self.policy.completion_scores(batch["input_ids"], batch["attention_mask"],
+                                                   batch["completion_mask"], reference=reference, model=model)
+        return RowLogps(policy=scores.logps.sum(-1), tokens=scores.logps, mask=mask, mean_logits=scores.mean_logits)
+
+    def _row_logps_from_logits(self, batch: Batch, forward: Forward) -> RowLogps:
         mask = batch["completion_mask"][:, 1:].bool()
         if self.share_prompt:
             packed = self.packed(batch)
@@ -139,7 +159,7 @@ class OfflineObjective(AlignmentModule):
         cached = self.policy.reference.cached_logps("train" if stage == "train" else "val", batch["index"])
         if cached is not None:
             return cached
-        return self.row_logps(batch, self.policy.reference_logits).policy
+        return self.row_logps(batch, "reference").policy
 
     def compute_loss(self, batch: Batch, stage: Stage):
         logps = replace(self.row_logps(batch), reference=self.reference_row_logps(batch, stage))

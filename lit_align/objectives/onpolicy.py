@@ -42,7 +42,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from lit_align.frozen import drop_frozen, restore_frozen
-from lit_align.logprobs import completion_token_logprobs
 from lit_align.objectives.base import AlignmentModule, Stage
 from lit_align.objectives.reward_stage import RewardStage
 from lit_align.reward_inputs import RetokenizedReward, reads_policy_ids
@@ -198,27 +197,27 @@ class OnPolicyObjective(AlignmentModule):
         exp["scores"] = scores
         exp.update(self.policy_experience(exp))
         if self.policy.reference.live:  # a reference-free objective without one gets no ref_logps
-            exp["ref_logps"], _ = self.chunked_token_logps(exp, self.policy.reference_logits)
+            exp["ref_logps"], _ = self.chunked_token_logps(exp, reference=True)
         return exp
 
     def policy_experience(self, exp: Experience) -> Experience:
         """What one no-grad pass of the sampling-time policy gives of every row: ``old_logps`` and
         ``response_mask`` (RLHF adds its values from the same forward)."""
-        old_logps, response_mask = self.chunked_token_logps(exp, self.policy)
+        old_logps, response_mask = self.chunked_token_logps(exp)
         return {"old_logps": old_logps, "response_mask": response_mask}
 
     def experience_chunks(self, exp: Experience):
         """(input_ids, attention_mask, completion_mask) of the rows in mini-batch sized chunks: no-grad forwards
-        over them keep the (rows, T, V) logits as small as in training."""
+        over them keep the activations as small as in training."""
         size = math.ceil(exp["input_ids"].shape[0] / self.mini_batches)
         return zip(*(exp[k].split(size) for k in ("input_ids", "attention_mask", "completion_mask")))
 
     @torch.no_grad()
-    def chunked_token_logps(self, exp: Experience, forward) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token log-probs (N, T-1) and the response mask of every row under ``forward`` (the policy, its
-        reference, or another model's ``(ids, mask) -> logits``), chunk by chunk. Scored at the sampling
-        temperature: the distribution the responses were drawn from (rollout.py)."""
-        parts = [completion_token_logprobs(forward(ids, mask), ids, comp, temperature=self.sampling.temperature)
+    def chunked_token_logps(self, exp: Experience, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probs (N, T-1) and the response mask of every row under the policy (or, with
+        ``reference``, pi_0), chunk by chunk. Scored at the sampling temperature: the distribution the responses
+        were drawn from (rollout.py)."""
+        parts = [self.policy.completion_logps(ids, mask, comp, self.sampling.temperature, reference=reference)
                  for ids, mask, comp in self.experience_chunks(exp)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
@@ -237,9 +236,8 @@ class OnPolicyObjective(AlignmentModule):
 
     def policy_token_logps(self, mb: Experience) -> torch.Tensor:
         """Current policy's per-token log-probs (n, T-1) of the rows of ``mb``, with gradient, zero off the mask."""
-        logits = self.policy(mb["input_ids"], mb["attention_mask"])  # (n, T, V)
-        token_logps, _ = completion_token_logprobs(logits, mb["input_ids"], mb["completion_mask"],
-                                                   temperature=self.sampling.temperature)
+        token_logps, _ = self.policy.completion_logps(mb["input_ids"], mb["attention_mask"], mb["completion_mask"],
+                                                      temperature=self.sampling.temperature)
         return token_logps
 
     def experience_loss(self, mb: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -6,7 +6,6 @@ from typing import Literal
 
 import torch
 
-from lit_align.logprobs import completion_token_logprobs, token_kl
 from lit_align.losses import pmle_loss, sampled_kl_surrogate, token_kl_surrogate
 from lit_align.objectives.base import Stage
 from lit_align.objectives.offline import OfflinePairObjective
@@ -106,14 +105,12 @@ class PMLE(OfflinePairObjective):
         rollout = self.policy.generate(prompt_ids, prompt_mask, self.sampling, self.num_kl_samples)
         ids, attention, completion = rollout.input_ids, rollout.attention_mask, rollout.completion_mask
         temperature = self.sampling.temperature  # score the distribution the samples came from
-        logits = self.policy(ids, attention)  # (N, T, V), with gradient
-        ref_logits = self.policy.reference_logits(ids, attention)  # (N, T, V)
-        token_logps, mask = completion_token_logprobs(logits, ids, completion, temperature)  # (N, T-1)
+        # (N, T-1) each, policy with gradient; pi_0 in one no-grad forward; the head in chunks, never whole logits
+        scores = self.policy.completion_scores(ids, attention, completion, temperature, kl=True)
         if self.kl_estimator == "loo":
-            ref_token_logps, _ = completion_token_logprobs(ref_logits, ids, completion, temperature)
-            surrogate, kl = sampled_kl_surrogate(token_logps.sum(-1), ref_token_logps.sum(-1), self.num_kl_samples)
+            surrogate, kl = sampled_kl_surrogate(scores.logps.sum(-1), scores.reference_logps.sum(-1),
+                                                 self.num_kl_samples)
         else:
-            # (N, T-1): KL(pi_T || pi0_T) at the state before each token
-            token_kls = token_kl(logits[:, :-1], ref_logits[:, :-1], temperature)
-            surrogate, kl = token_kl_surrogate(token_kls, token_logps, mask)
+            # scores.kl: KL(pi_T || pi0_T) at the state before each response token
+            surrogate, kl = token_kl_surrogate(scores.kl, scores.logps, scores.mask)
         return surrogate, kl, rollout.lengths

@@ -6,7 +6,8 @@ from typing import Literal
 
 import torch
 
-from lit_align.logprobs import masked_mean, token_entropy
+from lit_align.chunked_head import CompletionScores
+from lit_align.logprobs import masked_mean
 from lit_align.losses import future_entropy_rewards
 from lit_align.objectives.onpolicy import Experience
 from lit_align.objectives.rlhf import RLHF
@@ -46,16 +47,20 @@ class ReverseKL(RLHF):
     def _bonus(self) -> bool:
         return self.entropy_mode == "bonus" and self.entropy_coef > 0
 
-    def extra_token_rewards(self, logits: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor | None:
+    @property
+    def needs_entropy(self) -> bool:
+        return self._bonus
+
+    def extra_token_rewards(self, scores: CompletionScores, response_mask: torch.Tensor) -> torch.Tensor | None:
         if not self._bonus:
             return None
-        entropies = token_entropy(logits[:, :-1], self.sampling.temperature)  # (n, T-1): H of pi_old at each state
-        return future_entropy_rewards(entropies, response_mask, self.entropy_coef)
+        # (n, T-1): H of pi_old at each response state, at the sampling temperature
+        return future_entropy_rewards(scores.entropy, response_mask, self.entropy_coef)
 
-    def extra_loss(self, logits: torch.Tensor, mb: Experience):
+    def extra_loss(self, scores: CompletionScores, mb: Experience):
         if not self._bonus:
             return 0.0, {}
         # token-weighted mean over the mini-batch, like the policy loss it is added to
-        entropy = masked_mean(token_entropy(logits[:, :-1], self.sampling.temperature), mb["response_mask"])
+        entropy = masked_mean(scores.entropy, mb["response_mask"])
         scale = mb["advantage_scale"][0]  # the whitening factor of this batch's advantages
         return -self.entropy_coef * scale * entropy, {"policy/entropy": entropy.detach()}

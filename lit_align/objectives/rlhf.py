@@ -14,7 +14,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from lit_align.logprobs import completion_token_logprobs, masked_mean
+from lit_align.chunked_head import CompletionScores
+from lit_align.logprobs import masked_mean
 from lit_align.losses import (
     generalized_advantages,
     masked_whiten,
@@ -24,7 +25,6 @@ from lit_align.losses import (
     whitening_scale,
 )
 from lit_align.objectives.onpolicy import Experience, OnPolicyObjective
-from lit_align.policy import position_ids_from_mask
 
 
 class RLHF(OnPolicyObjective):
@@ -99,12 +99,17 @@ class RLHF(OnPolicyObjective):
         """gamma of the per-token reward ``-gamma * ln pi_old`` (0 for RLHF)."""
         return 0.0
 
-    def extra_token_rewards(self, logits: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor | None:
+    @property
+    def needs_entropy(self) -> bool:
+        """Whether the hooks below read the exact token entropies (``scores.entropy``); none for RLHF."""
+        return False
+
+    def extra_token_rewards(self, scores: CompletionScores, response_mask: torch.Tensor) -> torch.Tensor | None:
         """Per-token rewards (n, T-1) added to those of ``ppo_token_rewards`` before whitening, from the
-        sampling-time logits (n, T, V) of the rows; none for RLHF."""
+        sampling-time scores of the rows (``forward_with_values``); none for RLHF."""
         return None
 
-    def extra_loss(self, logits: torch.Tensor, mb: Experience) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
+    def extra_loss(self, scores: CompletionScores, mb: Experience) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
         """An additional term of the mini-batch loss (none for RLHF). ``mb["advantage_scale"]`` is the factor by
         which whitening scaled the advantages: a term that is part of the objective must be scaled alike."""
         return 0.0, {}
@@ -114,21 +119,19 @@ class RLHF(OnPolicyObjective):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return self.policy.trainable_parameters() + list(self.value_head.parameters())
 
-    def forward_with_values(self, input_ids, attention_mask, completion_mask):
-        """Policy logits (n, T, V), per-token log-probs (n, T-1) and values (n, T-1) from one forward pass.
+    def forward_with_values(self, input_ids, attention_mask, completion_mask) -> tuple[CompletionScores, torch.Tensor]:
+        """The policy's scores of the rows (per-token log-probs (n, T-1), and entropies when ``needs_entropy``)
+        and the values (n, T-1), from one forward pass: the value head reads the final hidden states the LM head
+        is applied to (in chunks: the logits are never materialised whole).
 
         Column t of the values is V(s_t), the value of the state in which token t+1 is chosen, aligned with the
         log-probs of ``completion_token_logprobs``.
         """
-        out = self.policy.policy(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-            use_cache=False, output_hidden_states=True,
-        )
-        token_logps, _ = completion_token_logprobs(out.logits, input_ids, completion_mask,
-                                                   temperature=self.sampling.temperature)
-        hidden = out.hidden_states[-1][:, :-1]  # (n, T-1, H)
+        scores = self.policy.completion_scores(input_ids, attention_mask, completion_mask, self.sampling.temperature,
+                                               entropy=self.needs_entropy, hidden=True)
+        hidden = scores.hidden[:, :-1]  # (n, T-1, H)
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
-        return out.logits, token_logps, values
+        return scores, values
 
     # -- experience --------------------------------------------------------------------------------------------
 
@@ -136,10 +139,10 @@ class RLHF(OnPolicyObjective):
         # One forward per chunk gives the sampling-time log-probs, the values and any extra per-token rewards.
         logps, values, extras = [], [], []
         for ids, attn, comp in self.experience_chunks(exp):
-            logits, chunk_logps, chunk_values = self.forward_with_values(ids, attn, comp)
-            logps.append(chunk_logps)
+            scores, chunk_values = self.forward_with_values(ids, attn, comp)
+            logps.append(scores.logps)
             values.append(chunk_values)
-            extras.append(self.extra_token_rewards(logits, comp[:, 1:].bool()))
+            extras.append(self.extra_token_rewards(scores, comp[:, 1:].bool()))
         mask = exp["completion_mask"][:, 1:].bool()
         out = {"old_logps": torch.cat(logps), "response_mask": mask,
                "values": torch.cat(values).masked_fill(~mask, 0.0)}  # (N, T-1)
@@ -181,12 +184,12 @@ class RLHF(OnPolicyObjective):
 
     def experience_loss(self, mb: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = mb["response_mask"]
-        logits, logps, values = self.forward_with_values(mb["input_ids"], mb["attention_mask"], mb["completion_mask"])
-        policy = ppo_policy_loss(logps, mb["old_logps"], mb["advantages"], mask, self.clip_range)
+        scores, values = self.forward_with_values(mb["input_ids"], mb["attention_mask"], mb["completion_mask"])
+        policy = ppo_policy_loss(scores.logps, mb["old_logps"], mb["advantages"], mask, self.clip_range)
         value = ppo_value_loss(values, mb["values"], mb["returns"], mask, self.value_clip_range)
         # token-weighted over the mini-batch, as the per-token rewards define the objective
         policy_loss, value_loss = masked_mean(policy.losses, mask), masked_mean(value.losses, mask)
-        extra, extra_metrics = self.extra_loss(logits, mb)
+        extra, extra_metrics = self.extra_loss(scores, mb)
         loss = policy_loss + self.vf_coef * value_loss + extra
         metrics = {
             "loss/policy": policy_loss.detach(),

@@ -6,7 +6,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from lit_align.logprobs import completion_token_logprobs
 from lit_align.objectives.base import AlignmentModule, Stage
 from lit_align.policy import ReferenceMode
 
@@ -37,8 +36,7 @@ class SFT(AlignmentModule):
         rows = batch["index"].numel()  # a preference batch holds chosen rows first: keep those
         input_ids, attention_mask = batch["input_ids"][:rows], batch["attention_mask"][:rows]
         completion_mask = batch["completion_mask"][:rows]
-        logits = self.policy(input_ids, attention_mask)  # (B, T, V)
-        token_logps, mask = completion_token_logprobs(logits, input_ids, completion_mask)  # (B, T-1)
+        token_logps, mask = self.policy.completion_logps(input_ids, attention_mask, completion_mask)  # (B, T-1)
         nll_sum = -token_logps.sum()
         tokens = mask.sum()
         metrics = {
