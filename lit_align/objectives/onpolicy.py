@@ -44,6 +44,7 @@ from torch import nn
 from lit_align.frozen import drop_frozen, restore_frozen
 from lit_align.objectives.base import AlignmentModule, Stage
 from lit_align.objectives.reward_stage import RewardStage
+from lit_align.reward_functions import RewardFunction, RewardFunctions, reward_functions_of
 from lit_align.reward_inputs import RetokenizedReward, reads_policy_ids
 from lit_align.reward_model import load_reward_model
 from lit_align.rollout import SamplingConfig
@@ -67,9 +68,11 @@ class OnPolicyObjective(AlignmentModule):
             model, a lit-align ``RewardModeling`` checkpoint (``.ckpt``), or any module with
             ``forward(input_ids, attention_mask) -> (B,)`` rewards. Its tokenizer and chat template may differ
             from the policy's: responses are then re-encoded for it (``attach_reward_model``); name it as a
-            ``lit_align.reward_model.PretrainedRewardModel`` to set its input length and template use. When
-            omitted, ``reward_stage`` trains one on the preference pairs of the training data at the start of
-            ``fit``.
+            ``lit_align.reward_model.PretrainedRewardModel`` to set its input length and template use. Or reward
+            functions of the decoded text, ``fn(prompts, responses) -> list[float]``, named by import path
+            (``my_module.my_reward``), as a list (summed), or as ``lit_align.reward_functions.RewardFunction``
+            entries with weights (``lit_align/reward_functions.py``). When omitted, ``reward_stage`` trains one on
+            the preference pairs of the training data at the start of ``fit``.
         sampling: How responses are sampled (max/min new tokens, temperature > 0, top-p, top-k); every log-prob
             of training is taken at this temperature. PAPER TL;DR: temperature 0.7, 53 new tokens (also TRL's
             on-policy defaults).
@@ -89,7 +92,7 @@ class OnPolicyObjective(AlignmentModule):
 
     def __init__(
         self,
-        reward_model: str | nn.Module | None = None,
+        reward_model: str | nn.Module | list[str | RewardFunction] | None = None,
         sampling: SamplingConfig = SamplingConfig(max_new_tokens=53, temperature=0.7),
         num_samples: int = 2,
         epochs_per_batch: int = 4,
@@ -107,7 +110,8 @@ class OnPolicyObjective(AlignmentModule):
                 "leaves no room to sample a stop token, so missing_eos_penalty would replace every reward: set "
                 "missing_eos_penalty: null for fixed-length responses (the oracle task), or allow shorter ones")
         super().__init__(**kwargs)
-        if isinstance(reward_model, nn.Module):
+        if isinstance(reward_model, nn.Module) or isinstance(reward_model, (list, tuple)) and not all(
+                isinstance(r, str) for r in reward_model):
             self.hparams.pop("reward_model", None)  # weights never go into the hyperparameters
         self.automatic_optimization = False
         self.sampling = sampling
@@ -118,6 +122,8 @@ class OnPolicyObjective(AlignmentModule):
         self._warned_no_stop = False
         self.reward_stage = reward_stage
         self.reward_model: nn.Module | None = None
+        functions = reward_functions_of(reward_model)
+        reward_model = functions if functions is not None else reward_model
         if isinstance(reward_model, str):
             reward_model = load_reward_model(reward_model)
         if reward_model is not None:
@@ -135,6 +141,8 @@ class OnPolicyObjective(AlignmentModule):
         reward_model.requires_grad_(False)
         reward_model.eval()
         self.reward_model = reward_model
+        if isinstance(reward_model, RewardFunctions):
+            reward_model.bind(self.tokenizer)  # they read the text of the policy's own ids
         same_ids = reads_policy_ids(getattr(reward_model, "tokenizer", None), self.tokenizer)
         self._retokenized_reward = None if same_ids else RetokenizedReward(reward_model, self.tokenizer)
 
@@ -152,13 +160,16 @@ class OnPolicyObjective(AlignmentModule):
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
               completion_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Reward of every row (N,) in float32. A reward model with another tokenizer reads the decoded prompt and
-        response (``completion_mask`` marks the response) re-encoded with its own tokenizer."""
-        if self._retokenized_reward is None:
+        response (``completion_mask`` marks the response) re-encoded with its own tokenizer; reward functions read
+        them as text."""
+        text = isinstance(self.reward_model, RewardFunctions)
+        if self._retokenized_reward is None and not text:
             return self.reward_model(input_ids, attention_mask).float().reshape(-1)
         if completion_mask is None:
-            raise ValueError("the reward model has another tokenizer than the policy: score() needs the "
-                             "completion_mask that tells the response from the prompt")
-        return self._retokenized_reward(input_ids, attention_mask, completion_mask).float().reshape(-1)
+            raise ValueError("the reward model has another tokenizer than the policy, or is a reward function: "
+                             "score() needs the completion_mask that tells the response from the prompt")
+        scorer = self.reward_model if text else self._retokenized_reward
+        return scorer(input_ids, attention_mask, completion_mask).float().reshape(-1)
 
     # -- experience --------------------------------------------------------------------------------------------
 
