@@ -1,0 +1,189 @@
+"""TRL's offline pairwise ``loss_type``s of summed log-probs against a reference, one thin objective each.
+
+Each class is one term of ``pair_terms.PAIR_LOSSES`` with its settings; the maths is in
+``lit_align/losses/pairwise.py``. Defaults are TRL's ``DPOConfig`` (``beta: 0.1``) unless a paper gives its own.
+The length-aware losses (SimPO, ORPO, length-normalised and length-desensitised DPO, WPO, RPO) are in
+``pairwise_length.py``.
+"""
+
+from __future__ import annotations
+
+from lit_align.objectives.pair_terms import PairTermObjective, positive
+
+
+def _flip_rate(value: float, upper: float = 0.5) -> float:
+    if not 0.0 <= value < upper:
+        raise ValueError(f"label_smoothing must be in [0, {upper}), got {value}")
+    return value
+
+
+class Hinge(PairTermObjective):
+    """Hinge loss on the DPO margin (SLiC, Zhao et al. 2023; RSO, Liu et al. 2023): ``max(0, 1 - beta h)``.
+
+    Args:
+        beta: Inverse margin: the loss stops pushing once the margin ``h`` reaches ``1 / beta``. TRL default 0.1.
+        reference_free: Drop the reference (SLiC's own calibration loss, on the policy's log-prob margin):
+            none is loaded. TRL's ``hinge`` uses the reference (False).
+    """
+
+    term = "hinge"
+
+    def __init__(self, beta: float = 0.1, reference_free: bool = False, **kwargs) -> None:
+        positive("beta", beta)
+        if reference_free:
+            self.needs_reference = None
+            self.default_reference = "none"
+        super().__init__(**kwargs)
+        self.use_settings(beta=beta)
+
+
+class RobustDPO(PairTermObjective):
+    """Robust DPO (Chowdhury et al. 2024): DPO corrected to be unbiased under labels flipped at rate ``eps``.
+
+    Args:
+        beta: KL regularisation strength, as in DPO. TRL default 0.1.
+        label_smoothing: The assumed label-flip rate ``eps`` in [0, 0.5). TRL's default 0 reduces the loss to
+            DPO; 0.1 here assumes one label in ten is wrong.
+    """
+
+    term = "robust"
+
+    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.1, **kwargs) -> None:
+        positive("beta", beta), _flip_rate(label_smoothing)
+        super().__init__(**kwargs)
+        self.use_settings(beta=beta, label_smoothing=label_smoothing)
+
+
+class BCOPair(PairTermObjective):
+    """BCO on preference pairs (Jung et al. 2024; TRL ``bco_pair``): chosen and rejected told apart by a binary
+    classifier whose logit is the implicit reward, shifted by the running mean reward of training so far.
+
+    Args:
+        beta: Scale of the implicit reward ``beta * (ln pi - ln pi0)``. TRL default 0.1.
+    """
+
+    term = "bco_pair"
+
+    def __init__(self, beta: float = 0.1, **kwargs) -> None:
+        positive("beta", beta)
+        super().__init__(**kwargs)
+        self.use_settings(beta=beta)
+
+
+class APOZero(PairTermObjective):
+    """Anchored preference optimisation, zero variant (D'Oosterlinck et al. 2024; TRL ``apo_zero``): raises the
+    chosen and lowers the rejected likelihood, each against the reference (for a model weaker than its data).
+
+    Args:
+        beta: Scale of the log-ratios inside the sigmoids. TRL default 0.1.
+    """
+
+    term = "apo_zero"
+
+    def __init__(self, beta: float = 0.1, **kwargs) -> None:
+        positive("beta", beta)
+        super().__init__(**kwargs)
+        self.use_settings(beta=beta)
+
+
+class APODown(PairTermObjective):
+    """Anchored preference optimisation, down variant (D'Oosterlinck et al. 2024; TRL ``apo_down``): lowers both
+    likelihoods, the rejected one more (for a model already better than its chosen responses).
+
+    Args:
+        beta: Scale of the log-ratios inside the sigmoids. TRL default 0.1.
+    """
+
+    term = "apo_down"
+
+    def __init__(self, beta: float = 0.1, **kwargs) -> None:
+        positive("beta", beta)
+        super().__init__(**kwargs)
+        self.use_settings(beta=beta)
+
+
+class NCAPair(PairTermObjective):
+    """Noise-contrastive alignment on pairs (Chen et al. 2024; TRL ``nca_pair``): each response's log-ratio is
+    classified on its own, which keeps the chosen likelihood from falling as it can under DPO.
+
+    Args:
+        beta: Scale of the log-ratios. TRL default 0.1.
+    """
+
+    term = "nca_pair"
+
+    def __init__(self, beta: float = 0.1, **kwargs) -> None:
+        positive("beta", beta)
+        super().__init__(**kwargs)
+        self.use_settings(beta=beta)
+
+
+class EXOPair(PairTermObjective):
+    """Efficient exact optimisation on pairs (Ji et al. 2024; TRL ``exo_pair``): the reverse KL from the policy's
+    preference probability ``s(beta h)`` to the smoothed label (mode-seeking, where DPO's forward KL is not).
+
+    Args:
+        beta: Scale of the margin. TRL default 0.1.
+        label_smoothing: Label smoothing ``eps`` in (0, 1), which the reverse KL needs finite. TRL's default for
+            ``exo_pair``: 1e-3.
+    """
+
+    term = "exo_pair"
+
+    def __init__(self, beta: float = 0.1, label_smoothing: float = 1e-3, **kwargs) -> None:
+        positive("beta", beta)
+        if not 0.0 < label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in (0, 1), got {label_smoothing}")
+        super().__init__(**kwargs)
+        self.use_settings(beta=beta, label_smoothing=label_smoothing)
+
+
+class SPPOHard(PairTermObjective):
+    """Self-play preference optimisation with hard labels (Wu et al. 2024; TRL ``sppo_hard``): regresses the
+    chosen log-ratio onto ``+1 / (2 beta)`` and the rejected onto ``-1 / (2 beta)``.
+
+    Args:
+        beta: The inverse of SPPO's step size ``eta``. TRL default 0.1 (targets of +-5 nats).
+    """
+
+    term = "sppo_hard"
+
+    def __init__(self, beta: float = 0.1, **kwargs) -> None:
+        positive("beta", beta)
+        super().__init__(**kwargs)
+        self.use_settings(beta=beta)
+
+
+class DiscoPOP(PairTermObjective):
+    """DiscoPOP, the log-ratio-modulated loss (Lu et al. 2024; TRL ``discopop``): a mix of DPO's logistic loss
+    and the exponential loss, weighted by ``s(beta h / tau)``.
+
+    Args:
+        beta: Scale of the margin. The paper's 0.05 (TRL's default beta would be 0.1).
+        tau: Temperature of the mixing weight. The paper's and TRL's ``discopop_tau`` default: 0.05.
+    """
+
+    term = "discopop"
+
+    def __init__(self, beta: float = 0.05, tau: float = 0.05, **kwargs) -> None:
+        positive("beta", beta), positive("tau", tau)
+        super().__init__(**kwargs)
+        self.use_settings(beta=beta, tau=tau)
+
+
+class AOT(PairTermObjective):
+    """Alignment via optimal transport (Melnyk et al. 2024; TRL ``aot`` and ``aot_unpaired``): DPO's loss on the
+    sorted quantiles of the batch, so that the policy's margins stochastically dominate the reference's.
+
+    Args:
+        beta: Scale of the quantile differences. TRL default 0.1.
+        label_smoothing: cDPO-style smoothing of the logistic loss. TRL default 0.
+        paired: Compare sorted policy margins with sorted reference margins (TRL ``aot``); False sorts the
+            chosen and the rejected log-ratios apart (TRL ``aot_unpaired``). Needs large per-device batches.
+    """
+
+    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, paired: bool = True, **kwargs) -> None:
+        positive("beta", beta), _flip_rate(label_smoothing)
+        self.term = "aot" if paired else "aot_unpaired"
+        super().__init__(**kwargs)
+        self.use_settings(beta=beta, label_smoothing=label_smoothing)

@@ -1,0 +1,154 @@
+"""The thin objectives of TRL's pairwise losses and CombinedPairLoss, on the tiny model and the shipped pairs.
+
+Each objective's loss on a batch (its rows packed with a shared prompt) must equal its loss term evaluated on
+log-probs computed here independently, from the unpacked rows' logits of the policy and the reference.
+"""
+
+import pytest
+import torch
+
+from lit_align import PolicyWithReference
+from lit_align.data import PreferenceDataModule
+from lit_align.logprobs import completion_token_logprobs
+from lit_align.losses import dpo_loss
+from lit_align.objectives import (
+    AOT, APODown, APOZero, BCOPair, CombinedPairLoss, DiscoPOP, EXOPair, Hinge, LDDPO, LengthNormalizedDPO,
+    NCAPair, ORPO, RPO, RobustDPO, SPPOHard, SimPO, WPO,
+)
+from lit_align.objectives.offline import RowLogps
+from lit_align.objectives.pair_terms import PAIR_LOSSES, RunningRewardMean
+
+CLASSES = [AOT, APODown, APOZero, BCOPair, DiscoPOP, EXOPair, Hinge, LDDPO, LengthNormalizedDPO, NCAPair, ORPO,
+           RPO, RobustDPO, SPPOHard, SimPO, WPO]
+
+
+@pytest.fixture(scope="module")
+def batch():
+    data = PreferenceDataModule(path="tiny", tokenizer="tiny", batch_size=6, max_length=64, max_prompt_length=32)
+    data.setup("fit")
+    return next(iter(data.train_dataloader()))
+
+
+def _moved(module):
+    """The module with its policy moved off pi_0, so that log-ratios are not all zero."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in module.policy.policy.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return module
+
+
+def _rows(module, batch):
+    """(chosen, rejected) RowLogps of the unpacked rows, computed here from the logits."""
+    with torch.no_grad():
+        logits = module.policy(batch["input_ids"], batch["attention_mask"])
+        tokens, mask = completion_token_logprobs(logits, batch["input_ids"], batch["completion_mask"])
+        reference = None
+        if module.policy.reference.live:
+            ref_logits = module.policy.reference_logits(batch["input_ids"], batch["attention_mask"])
+            reference = completion_token_logprobs(ref_logits, batch["input_ids"], batch["completion_mask"])[0].sum(-1)
+    rows = RowLogps(tokens.sum(-1), tokens, mask, torch.zeros(len(tokens)), reference)
+    return rows.blocks(2)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_objective_loss_is_its_term_on_independent_logps(cls, batch):
+    module = _moved(cls(policy=PolicyWithReference(model="tiny", reference="none" if cls.needs_reference is None
+                                                   else "copy")))
+    module.eval()  # BCO's running mean is read, not moved
+    with torch.no_grad():
+        loss, metrics = module.compute_loss(batch, "val")
+    chosen, rejected = _rows(module, batch)
+    settings = dict(module.settings)
+    expected = PAIR_LOSSES[module.term].term(chosen, rejected, **settings)
+    torch.testing.assert_close(loss, expected.losses.mean(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(metrics["rewards/chosen"], expected.chosen_rewards, atol=1e-5, rtol=1e-5)
+    assert metrics["rewards/accuracies"].shape == (batch["index"].numel(),)
+
+
+@pytest.mark.parametrize("make", [SimPO, ORPO, lambda **kw: Hinge(reference_free=True, **kw)],
+                         ids=["SimPO", "ORPO", "Hinge-reference-free"])
+def test_reference_free_objectives_load_no_reference(make, batch):
+    module = make()
+    assert module.policy.reference.name == "none" and module.needs_reference is None
+    loss, _ = module.compute_loss(batch, "train")
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert Hinge().policy.reference.name != "none"  # the TRL form keeps its reference
+
+
+def test_ld_dpo_with_alpha_one_is_dpo_and_down_weights_excess_tokens(batch):
+    module = _moved(LDDPO(alpha=1.0))
+    chosen, rejected = _rows(module, batch)
+    plain = dpo_loss(chosen.policy, rejected.policy, chosen.reference, rejected.reference, 0.1).losses
+    torch.testing.assert_close(PAIR_LOSSES["ld_dpo"].term(chosen, rejected, alpha=1.0).losses, plain)
+    # alpha < 1: a pair of equal lengths is untouched, an unequal one is not
+    desensitised = PAIR_LOSSES["ld_dpo"].term(chosen, rejected, alpha=0.5).losses
+    same = chosen.lengths == rejected.lengths
+    assert (~same).any()
+    torch.testing.assert_close(desensitised[same], plain[same])
+    assert not torch.allclose(desensitised[~same], plain[~same])
+
+
+def test_wpo_batch_normalized_weights_average_one(batch):
+    module = _moved(WPO())
+    chosen, rejected = _rows(module, batch)
+    plain = dpo_loss(chosen.policy, rejected.policy, chosen.reference, rejected.reference, 0.1).losses
+    weighted = PAIR_LOSSES["wpo"].term(chosen, rejected).losses
+    weights = weighted / plain
+    assert weights.mean().item() == pytest.approx(1.0) and weights.std() > 0
+    raw = PAIR_LOSSES["wpo"].term(chosen, rejected, batch_normalized=False).losses / plain
+    # unnormalised: exp of both responses' mean token log-probs, well below 1 for a random tiny model
+    mean_logp = chosen.policy / chosen.lengths + rejected.policy / rejected.lengths
+    torch.testing.assert_close(raw, torch.exp(mean_logp).clamp(max=1))
+
+
+def test_combined_is_the_weighted_sum_of_its_parts_and_logs_each(batch):
+    spec = [{"loss": "sigmoid", "weight": 0.8, "beta": 0.1}, {"loss": "bco_pair", "weight": 0.2},
+            {"loss": "sft", "weight": 1.0}]
+    module = _moved(CombinedPairLoss(losses=spec))
+    module.eval()
+    with torch.no_grad():
+        loss, metrics = module.compute_loss(batch, "val")
+    chosen, rejected = _rows(module, batch)
+    dpo = PAIR_LOSSES["sigmoid"].term(chosen, rejected, beta=0.1)
+    bco = PAIR_LOSSES["bco_pair"].term(chosen, rejected)  # no running mean yet: the batch's own
+    nll = -(chosen.policy / chosen.lengths)
+    torch.testing.assert_close(loss, (0.8 * dpo.losses + 0.2 * bco.losses + nll).mean(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(metrics["loss/sft"], nll, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(metrics["loss/sigmoid"], dpo.losses, atol=1e-5, rtol=1e-5)
+    assert "loss/bco_pair" in metrics
+    torch.testing.assert_close(metrics["rewards/chosen"], dpo.chosen_rewards, atol=1e-5, rtol=1e-5)
+    assert "term_states.bco_pair.total" in module.state_dict()  # BCO's running mean is checkpointed
+
+
+def test_combined_names_repeats_loads_reference_only_when_needed_and_checks_its_spec():
+    module = CombinedPairLoss(losses=[{"loss": "simpo", "gamma": 1.0}, {"loss": "simpo"}, {"loss": "sft"}])
+    assert module.part_names == ["simpo_0", "simpo_1", "sft"]
+    assert module.policy.reference.name == "none"
+    with pytest.raises(ValueError, match="unknown pair loss 'dpo'"):
+        CombinedPairLoss(losses=[{"loss": "dpo"}])
+    with pytest.raises(ValueError, match="gama"):
+        CombinedPairLoss(losses=[{"loss": "simpo", "gama": 1.0}])
+    with pytest.raises(ValueError, match="label_smoothing"):  # a wrapped loss's settings are its own
+        CombinedPairLoss(losses=[{"loss": "nca_pair", "label_smoothing": 0.1}])
+    CombinedPairLoss(losses=[{"loss": "robust", "label_smoothing": 0.2}])
+    with pytest.raises(ValueError):
+        CombinedPairLoss(losses=[])
+
+
+def test_bco_running_mean_moves_in_training_only():
+    mean = RunningRewardMean()
+    assert mean(torch.tensor([1.0, 3.0])).item() == 2.0  # first batch: its own mean
+    assert mean(torch.tensor([5.0, 7.0])).item() == 4.0  # the mean of all four rewards
+    mean.eval()
+    assert mean(torch.tensor([100.0])).item() == 4.0  # read, not moved
+    mean.train()
+    assert mean(torch.tensor([9.0])).item() == 5.0
+
+
+def test_invalid_settings_fail_before_loading():
+    for make in (lambda: RobustDPO(label_smoothing=0.5), lambda: EXOPair(label_smoothing=0.0),
+                 lambda: LDDPO(alpha=1.5), lambda: SimPO(beta=0.0), lambda: DiscoPOP(tau=-1.0)):
+        with pytest.raises(ValueError):
+            make()
