@@ -7,6 +7,7 @@ from lit_align.objectives.dpo import DPO, IPO
 from lit_align.objectives.grpo import GRPO
 from lit_align.objectives.kto import KTO
 from lit_align.objectives.offline import OfflineObjective, OfflinePairObjective, RowLogps
+from lit_align.objectives.online_dpo import OnlineDPO
 from lit_align.objectives.onpolicy import OnPolicyObjective
 from lit_align.objectives.pairwise_length import LDDPO, ORPO, RPO, WPO, LengthNormalizedDPO, SimPO
 from lit_align.objectives.pairwise_losses import (
@@ -22,7 +23,7 @@ from lit_align.objectives.rloo import RLOO
 from lit_align.objectives.sft import SFT
 
 __all__ = [
-    "DPO", "GRPO", "IPO", "KTO", "RLOO", "REBEL", "AlignmentModule", "OfflineObjective", "OfflinePairObjective", "OnPolicyObjective", "PMLE",
+    "DPO", "GRPO", "IPO", "KTO", "RLOO", "REBEL", "AlignmentModule", "OfflineObjective", "OfflinePairObjective", "OnPolicyObjective", "OnlineDPO", "PMLE",
     "PreferenceDistillation", "RLHF", "ReverseKL", "RewardModeling", "RowLogps", "SFT", "SampledPairObjective",
     "AOT", "APODown", "APOZero", "BCOPair", "CombinedPairLoss", "DiscoPOP", "EXOPair", "Hinge", "LDDPO",
     "LengthNormalizedDPO", "NCAPair", "ORPO", "RPO", "RobustDPO", "SPPOHard", "SimPO", "WPO",
