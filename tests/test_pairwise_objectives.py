@@ -152,3 +152,14 @@ def test_invalid_settings_fail_before_loading():
                  lambda: LDDPO(alpha=1.5), lambda: SimPO(beta=0.0), lambda: DiscoPOP(tau=-1.0)):
         with pytest.raises(ValueError):
             make()
+
+
+def test_ipo_part_is_the_papers_by_default_and_trls_when_length_normalized(batch):
+    from lit_align.losses import ipo_loss, length_normalized_ipo_loss
+
+    module = _moved(CombinedPairLoss(losses=[{"loss": "ipo"}]))
+    chosen, rejected = _rows(module, batch)
+    args = chosen.policy, rejected.policy, chosen.reference, rejected.reference
+    torch.testing.assert_close(PAIR_LOSSES["ipo"].term(chosen, rejected).losses, ipo_loss(*args).losses)
+    torch.testing.assert_close(PAIR_LOSSES["ipo"].term(chosen, rejected, length_normalized=True).losses,
+                               length_normalized_ipo_loss(*args, chosen.lengths, rejected.lengths).losses)
