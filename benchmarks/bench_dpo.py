@@ -32,7 +32,9 @@ WORDS = ("calm careful bright quiet small warm kind open clear simple steady gen
          "curious").split()
 
 
-def build_model(directory: Path, hidden: int, layers: int) -> None:
+def build_model(directory: Path, hidden: int, layers: int, vocab: int | None = None) -> None:
+    """A random-init Llama of the embedded config's shape at ``hidden``/``layers``; ``vocab`` widens its embeddings
+    and LM head (the tokenizer's 474 tokens use the first rows) to measure a modern vocabulary's logits."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from lit_align.models import EMBEDDED_DIR, load_tokenizer
@@ -40,7 +42,7 @@ def build_model(directory: Path, hidden: int, layers: int) -> None:
     config = AutoConfig.from_pretrained(EMBEDDED_DIR)
     config.update({"hidden_size": hidden, "intermediate_size": int(hidden * 8 / 3 // 16 * 16),
                    "num_hidden_layers": layers, "num_attention_heads": hidden // 64, "num_key_value_heads": hidden // 64,
-                   "head_dim": 64, "max_position_embeddings": 4096})
+                   "head_dim": 64, "max_position_embeddings": 4096} | ({"vocab_size": vocab} if vocab else {}))
     import torch
 
     torch.manual_seed(0)
@@ -93,21 +95,22 @@ def run_lit_align(args) -> dict:
 
     rss_start = current_rss_mb()
     reference = "cache" if args.reference == "precomputed" else "copy"
-    policy = PolicyWithReference(model=args.model, reference=reference, dtype=args.dtype)
+    policy = PolicyWithReference(model=args.model, reference=reference, dtype=args.dtype,
+                                 reference_cache_dir=tempfile.mkdtemp(dir=args.workdir))
     module = DPO(beta=0.1, policy=policy, learning_rate=1e-5, lr_schedule="constant", warmup_ratio=0.0,
-                 reference_cache_dir=tempfile.mkdtemp(dir=args.workdir), share_prompt=not args.no_share_prompt)
+                 share_prompt=not args.no_share_prompt)
     data = PreferenceDataModule(path=args.data, batch_size=args.batch_size, max_length=args.max_length,
                                 max_prompt_length=args.max_length // 2, val_fraction=0.0, seed=0)
     precompute = []
-    if module.reference_cache is not None:
-        prepare = module.reference_cache.prepare
+    if reference == "cache":
+        prepare = policy.reference.prepare
 
         def timed_prepare(*a, **kw):
             start = time.perf_counter()
             prepare(*a, **kw)
             precompute.append(time.perf_counter() - start)
 
-        module.reference_cache.prepare = timed_prepare
+        policy.reference.prepare = timed_prepare
     clock = StepClock()
 
     class Timer(L.Callback):
@@ -238,6 +241,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--vocab", type=int, help="embedding and LM-head rows (default: the tokenizer's 474); "
+                        "131072 for a modern vocabulary")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3, help="processes per framework and row (medians reported)")
@@ -265,9 +270,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         args.workdir = workdir
         args.model = os.path.join(workdir, "model")
-        build_model(Path(args.model), args.hidden, args.layers)
+        build_model(Path(args.model), args.hidden, args.layers, args.vocab)
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {args.threads} threads"
-        print(f"# DPO: lit-align vs TRL ({device}; Llama hidden {args.hidden}, {args.layers} layers, {args.dtype}; "
+        print(f"# DPO: lit-align vs TRL ({device}; Llama hidden {args.hidden}, {args.layers} layers, vocabulary "
+              f"{args.vocab or 474}, {args.dtype}; "
               f"{args.warmup} warm-up + {args.steps} timed steps; median of {args.repeats} processes each)\n")
         print("| reference | batch | tokens/seq | lit-align step s (min-max) | TRL step s (min-max) | lit-align tok/s "
               "| TRL tok/s | speed-up | lit-align peak MB | TRL peak MB | precompute s lit / TRL |")
