@@ -70,7 +70,7 @@ def _outer_run(rows: int = 16):
     datamodule = PromptDataModule(path="tiny", limit_rows=rows, batch_size=4, max_length=64, max_prompt_length=32,
                                   tokenizer="tiny")
     datamodule.setup("fit")
-    trainer = SimpleNamespace(datamodule=datamodule, logger=None,
+    trainer = SimpleNamespace(datamodule=datamodule, logger=None, is_global_zero=True,
                               strategy=SimpleNamespace(root_device=torch.device("cpu")))
     return datamodule, trainer, SimpleNamespace(policy=SimpleNamespace(model_name="tiny"))
 
@@ -208,8 +208,8 @@ class SaveRankRewardModel(L.Callback):
 @pytest.mark.extended
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_every_rank_ends_with_the_reward_model_rank_zero_trained(run_dir, strategy):
-    """Two processes: rank 0 trains the reward model while rank 1 waits (no deadlock), then both hold exactly
-    the weights saved in ``<run>/reward_model``."""
+    """Two processes: both fit the reward model in step (no deadlock in the objective's cross-rank means), rank 0
+    saves it, and then both hold exactly the weights saved in ``<run>/reward_model``."""
     from launch_helpers import FSDP2, launch
 
     from lit_align.reward_model import load_reward_model

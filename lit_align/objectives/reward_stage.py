@@ -14,13 +14,16 @@ backbone, the data settings and a digest of the content of the training and vali
 and says why ("reward stage: retraining: the data changed (...)" or "... settings changed: <keys>").
 
 The training is a nested ``lightning.Trainer``: ``fit`` of ``RewardModeling`` on the training pairs, then
-``validate`` on the validation pairs for the accuracy. It runs in rank 0's process on rank 0's device alone, with
-no strategy of its own, while the other ranks wait at a barrier; then every rank loads the saved model, so all
-hold the same weights. A nested Trainer on the outer strategy is not used: that strategy (DDP, FSDP2) belongs to
-the outer Trainer, whose launcher, process group and device mesh are set up for the run in progress and bound to
-its LightningModule, so a second fit through it would set them up again in the middle of the first. The stage is
-small beside the run it precedes, so the cost is only that the other ranks idle meanwhile (a stage longer than
-the process group's timeout, ``strategy.timeout``, needs a longer one).
+``validate`` on the validation pairs for the accuracy. It runs on each rank's own device with no strategy of its
+own: every rank fits the same pairs with the same seed, rank 0 saves its model, and after a barrier every rank
+loads that one, so all hold the same weights (a GPU's run-to-run noise cannot set them apart). Every rank fits,
+not rank 0 alone, because the objective's logged means sum over the process group whenever one is running
+(``lit_align.metrics.StageMeans``): a fit on rank 0 alone would wait in a collective that the other ranks, idle at
+a barrier, never enter. In step, the same fit on every rank makes the same collectives, and no rank waits longer
+than one step (a rank-0-only stage longer than the process group's timeout would also have failed the others).
+A nested Trainer on the outer strategy is not used: that strategy (DDP, FSDP2) belongs to the outer Trainer, whose
+launcher, process group and device mesh are set up for the run in progress and bound to its LightningModule, so a
+second fit through it would set them up again in the middle of the first.
 
 The nested fit leaves the outer run as it was: the global random state is forked (and nothing is seeded globally,
 no ``seed_everything``), it writes no logs or checkpoints, and Lightning's info lines about it are hidden, since
@@ -94,7 +97,8 @@ class RewardStage:
         """The frozen reward model for ``objective``: loaded from ``dirpath`` if it matches, else trained there."""
         directory = Path(self.dirpath or Path(trainer.default_root_dir) / "reward_model")
         fingerprint = self.fingerprint(objective, trainer.datamodule)
-        saved = _saved_fingerprint(directory)
+        # rank 0's record decides for every rank: all of them fit, or none (see the module docstring)
+        saved = trainer.strategy.broadcast(_saved_fingerprint(directory))
         if not train and saved is not None:  # validate/test may load no training rows: compare the splits it has
             fingerprint = {**fingerprint, "content": {**saved.get("content", {}), **fingerprint["content"]}}
         if not (self.reuse and saved == fingerprint):
@@ -105,8 +109,7 @@ class RewardStage:
             if saved is not None:
                 reason = _why_retrain(saved, fingerprint) if saved != fingerprint else "reuse is off"
                 rank_zero_info(f"reward stage: retraining: {reason}")
-            if trainer.is_global_zero:
-                self.train(objective, trainer, directory, fingerprint)
+            self.train(objective, trainer, directory, fingerprint)  # every rank: see the module docstring
             trainer.strategy.barrier("reward_stage")
         rank_zero_info(f"reward model: {directory}")
         return load_reward_model(str(directory))
@@ -129,7 +132,7 @@ class RewardStage:
 
     def train(self, objective, trainer, directory: Path, fingerprint: dict[str, Any]) -> None:
         """Fit ``RewardModeling`` on the training pairs with a nested Trainer on this process's device, validate
-        it, and save it with its record in ``directory`` (this process only: see the module docstring)."""
+        it, and (on rank 0) save it with its record in ``directory``. Under several ranks every rank calls it."""
         datamodule = trainer.datamodule
         train_pairs, val_pairs = _pairs(datamodule, "train"), _pairs(datamodule, "val")
         collate = datamodule.collator()
@@ -150,6 +153,8 @@ class RewardStage:
                 loader = DataLoader(val_pairs, batch_size=datamodule.hparams.batch_size, collate_fn=collate)
                 accuracy = float(nested.validate(reward, loader, verbose=False)[0][ACCURACY_METRIC])
         rank_zero_info(f"reward stage: validation accuracy {_fmt(accuracy)}")
+        if not trainer.is_global_zero:
+            return
         # Weights and record are moved into place together: a kill mid-write never leaves new weights under the
         # previous model's record (reused as if they matched) or a record without its weights.
         with atomic_directory(directory) as temp:
