@@ -163,3 +163,16 @@ def test_ipo_part_is_the_papers_by_default_and_trls_when_length_normalized(batch
     torch.testing.assert_close(PAIR_LOSSES["ipo"].term(chosen, rejected).losses, ipo_loss(*args).losses)
     torch.testing.assert_close(PAIR_LOSSES["ipo"].term(chosen, rejected, length_normalized=True).losses,
                                length_normalized_ipo_loss(*args, chosen.lengths, rejected.lengths).losses)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_every_setting_is_documented_with_the_source_of_its_default(cls):
+    import inspect
+    import re
+
+    args = inspect.getdoc(cls).split("Args:\n", 1)[1]
+    entries = dict(re.findall(r"^    (\w+): (.*(?:\n {8}.*)*)", args, flags=re.M))  # name -> text, continuations too
+    for name, parameter in inspect.signature(cls.__init__).parameters.items():
+        if parameter.kind is parameter.POSITIONAL_OR_KEYWORD and parameter.default is not inspect.Parameter.empty:
+            assert name in entries, f"{cls.__name__}.{name} undocumented"
+            assert "TRL" in entries[name] or "paper" in entries[name], f"{cls.__name__}.{name}: no stated source"
