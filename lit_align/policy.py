@@ -70,6 +70,11 @@ class PolicyWithReference(nn.Module):
         gradient_checkpointing: Recompute activations in the backward pass to save memory.
         disable_dropout: Zero all dropout in policy and reference (recommended for preference training).
         seed: Seed of the random initialisation of the embedded ``tiny`` model.
+        generation: What samples responses: ``hf`` (Hugging Face ``generate``) or ``vllm`` (an in-process vLLM
+            engine, ``lit_align.generation.VLLMBackend``, fed the current weights before each generate; needs the
+            ``vllm`` extra).
+        vllm_options: With ``generation: vllm``, arguments of the engine, e.g. ``{gpu_memory_utilization: 0.3,
+            max_model_len: 1024, cpu_kv_cache_gib: 2}`` (see ``VLLMBackend``).
     """
 
     def __init__(
@@ -88,6 +93,8 @@ class PolicyWithReference(nn.Module):
         gradient_checkpointing: bool = False,
         disable_dropout: bool = True,
         seed: int = 0,
+        generation: Literal["hf", "vllm"] = "hf",
+        vllm_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if lora is None and reference_class(reference).needs_adapters:
@@ -116,6 +123,12 @@ class PolicyWithReference(nn.Module):
             base.config.use_cache = False
         self.reference: Reference = build_reference(reference, base, model, reference_cache_dir)
         self.policy = _wrap_lora(base, lora, quantized=quantization is not None) if lora is not None else base
+        if generation not in ("hf", "vllm"):
+            raise ValueError(f"generation must be hf or vllm, got {generation!r}")
+        if generation == "vllm":  # the engine (and the vllm import) waits for the first generate
+            from lit_align.generation import VLLMBackend
+
+            self.generation_backend = VLLMBackend(vllm_options)
 
     # -- forward passes ---------------------------------------------------------------------------------------
 
