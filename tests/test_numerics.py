@@ -80,7 +80,8 @@ def test_logprobs_are_float32_under_bf16_autocast_and_bf16_weights():
         examples, _ = RowEncoder(module.tokenizer, ("chosen", "rejected")).encode_all(rows, "rows")
         batch = CompletionCollator(module.tokenizer.pad_token_id)(examples)
         seen = []
-        module.policy.policy.register_forward_hook(lambda m, i, out: seen.append(out.logits.dtype))
+        # the LM head's own output: the logits of one chunk of positions (lit_align.chunked_head)
+        module.policy.policy.get_output_embeddings().register_forward_hook(lambda m, i, out: seen.append(out.dtype))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss, metrics = module.compute_loss(batch, "train")
         assert seen == [torch.bfloat16]  # the model really ran in bf16
