@@ -33,7 +33,7 @@ class RunningRewardMean(torch.nn.Module):
         self.register_buffer("total", torch.zeros((), dtype=torch.float64))
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
 
-    def __call__(self, rewards: torch.Tensor) -> torch.Tensor:
+    def forward(self, rewards: torch.Tensor) -> torch.Tensor:
         """The shift for a batch of rewards: the running mean including them (training) or as it stands."""
         if self.training:
             seen = torch.stack([rewards.detach().double().sum(), torch.tensor(float(rewards.numel()),
