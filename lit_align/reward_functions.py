@@ -88,6 +88,10 @@ class RewardFunctions(nn.Module):
         super().__init__()
         if not functions:
             raise ValueError("give at least one reward function")
+        for f in functions:
+            if not isinstance(f, (RewardFunction, str)):
+                raise TypeError(f"a list of rewards holds reward functions (import paths or RewardFunction), not a "
+                                f"{type(f).__name__}: give a reward model on its own")
         self.functions = nn.ModuleList(f if isinstance(f, RewardFunction) else RewardFunction(f) for f in functions)
         self.tokenizer = None  # the policy's, set by bind(): reads the policy's own ids
 
@@ -116,8 +120,8 @@ class RewardFunctions(nn.Module):
 
 
 def reward_functions_of(reward_model) -> RewardFunctions | None:
-    """``reward_model`` as ``RewardFunctions`` when it names functions (an import path, a ``RewardFunction``, a
-    plain callable, or a list of them); None when it is a reward model (a directory, hub id, ``.ckpt`` or module)."""
+    """``reward_model`` as ``RewardFunctions`` when it names functions (an import path, a ``RewardFunction``, or a
+    list of them); None when it is a reward model (a directory, hub id, ``.ckpt`` or module)."""
     if isinstance(reward_model, RewardFunctions):
         return reward_model
     if isinstance(reward_model, RewardFunction):

@@ -76,6 +76,8 @@ def test_a_wrong_path_or_length_is_named():
         RewardFunction("test_reward_functions.missing")
     with pytest.raises(ValueError, match="'test_reward_functions.CALLS' is a list"):
         RewardFunction("test_reward_functions.CALLS")
+    with pytest.raises(TypeError, match="not a Linear: give a reward model on its own"):
+        RewardFunctions(["test_reward_functions.letter_e", torch.nn.Linear(1, 1)])
     with pytest.raises(ValueError, match="returned 1 rewards for 2"):
         RewardFunction("test_reward_functions.one_value")(["a", "b"], ["a", "b"])
 
