@@ -10,6 +10,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from lit_align.policy import PolicyWithReference
+
 # Dense (no sparsity) bf16/fp16 tensor-core peak FLOP/s per device, from the vendors' data sheets. Matched by
 # substring of torch.cuda.get_device_name(); the first match wins, so specific names come before generic ones.
 PEAK_FLOPS: dict[str, float] = {
@@ -56,6 +58,8 @@ def flops_per_token(module: L.LightningModule) -> float:
     Attention's sequence-length term is left out, as in the usual 6N estimate; sampling is not counted.
     """
     policy = module.policy
+    if not isinstance(policy, PolicyWithReference):  # a reward model being trained: no reference to run
+        return 6.0 * sum(p.numel() for p in policy.parameters())
     n_policy = sum(p.numel() for p in policy.policy.parameters())
     n_reference = policy.reference.forward_parameters(policy)
     return 6.0 * n_policy + 2.0 * n_reference

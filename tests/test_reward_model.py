@@ -152,3 +152,15 @@ def test_missing_sources_are_named():
         load_reward_model("./no/such/reward_model")
     with pytest.raises(ModelLoadError, match="someone/no-such-reward-model"):
         load_reward_model("someone/no-such-reward-model")  # offline in tests: a hub id that cannot be fetched
+
+
+def test_predict_on_a_reward_model_is_one_line_not_a_traceback(run_dir, capsys):
+    from conftest import run_main
+
+    args = ["predict", "--config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                 "configs", "reward.yaml"),
+            "--trainer.accelerator=cpu", "--trainer.default_root_dir=runs/test", "--trainer.limit_predict_batches=1"]
+    assert run_main(args) == 2
+    err = capsys.readouterr().err
+    assert "RewardModeling trains a reward model, which scores text and generates none" in err
+    assert "Traceback" not in err

@@ -26,6 +26,15 @@ def test_flops_per_token_counts_policy_training_and_reference_forward():
     assert flops_per_token(cached) == 6 * n
 
 
+def test_flops_per_token_of_a_reward_model_being_trained():
+    """RewardModeling trains a scorer, not a PolicyWithReference: 6N over its weights, no reference forward."""
+    from lit_align.objectives import RewardModeling
+
+    module = RewardModeling()
+    n = sum(p.numel() for p in module.scorer.parameters())
+    assert flops_per_token(module) == 6 * n
+
+
 def test_peak_flops_table_prefers_the_specific_name():
     """'NVIDIA H100 PCIe' must not be read as the SXM part (989 TFLOP/s); the CPU has no entry."""
     assert device_peak_flops(torch.device("cpu")) is None

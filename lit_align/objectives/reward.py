@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from lit_align.errors import UserError
 from lit_align.losses import bradley_terry_loss
 from lit_align.metrics import preference_metrics
 from lit_align.objectives.base import AlignmentModule, Stage
@@ -76,6 +77,10 @@ class RewardModeling(AlignmentModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         pass  # nothing frozen was left out to fill back in
+
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0):
+        raise UserError("RewardModeling trains a reward model, which scores text and generates none: run "
+                        "`lit-align predict` on a policy objective (score text with lit-align evaluate's judges)")
 
     # -- saving -----------------------------------------------------------------------------------------------
 
