@@ -153,7 +153,9 @@ def test_grpo_experience_and_loss_match_an_independent_computation(tokenizer):
     exp = module.make_experience(prompts(tokenizer))
     assert exp["advantages"].shape == (8,) and "ref_logps" in exp
     torch.testing.assert_close(exp["advantages"].view(2, 4).sum(-1), torch.zeros(2), atol=1e-5, rtol=0)
+    exp["advantages"] = torch.linspace(-1.0, 2.5, 8)  # not summing to 0: equal lengths cannot cancel the loss
     loss, metrics = module.experience_loss(exp)
+    assert loss.abs() > 0.1
     # at the sampling weights rho = 1 and the policy equals pi_0 (k3 = 0): the token mean of -A over the batch
     mask = exp["response_mask"]
     expected = -(exp["advantages"] * mask.sum(-1)).sum() / mask.sum()
@@ -202,3 +204,25 @@ def test_config_trains_two_steps(run_dir, config, cls, extra):
     assert "train/loss" in cli.trainer.logged_metrics and "train/reward_std" in cli.trainer.logged_metrics
     if cls is GRPO:
         assert module.policy.reference.name == "none" and "train/clip_ratio/region_mean" in cli.trainer.logged_metrics
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "bnpo"])
+def test_dapo_divides_by_the_mean_token_count_of_every_rank_and_bnpo_by_its_own(tokenizer, loss_type):
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    module = GRPO(reward_model=CountReward(), sampling=SAMPLING, num_samples=4, loss_type=loss_type)
+    exp = module.make_experience(prompts(tokenizer))
+    exp["advantages"] = torch.linspace(0.5, 2.0, 8)  # all positive: a loss that cannot cancel to 0
+    local, _ = module.experience_loss(exp)
+    assert local.abs() > 0.1
+    tokens = exp["response_mask"].sum().float()
+    # the other rank holds 3 times as many tokens: the mean count over both ranks is 2 * tokens
+    module._trainer = SimpleNamespace(world_size=2, strategy=SimpleNamespace(
+        reduce=lambda count, reduce_op: (count + 3 * tokens) / 2 if reduce_op == "mean" else None))
+    try:
+        distributed, _ = module.experience_loss(exp)
+    finally:
+        module._trainer = None
+    expected = local / 2 if loss_type == "dapo" else local
+    torch.testing.assert_close(distributed, expected, atol=1e-6, rtol=1e-5)

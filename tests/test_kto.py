@@ -117,3 +117,34 @@ def test_config_trains_two_steps_and_matches_an_independent_computation(run_dir)
     expected = torch.where(batch["label"], 1 - torch.sigmoid(0.1 * (ratio - z0)),
                            1 - torch.sigmoid(0.1 * (z0 - ratio)))
     torch.testing.assert_close(loss, expected.mean(), atol=1e-5, rtol=1e-5)
+
+
+def test_reference_point_averages_every_rank_before_the_clamp(tokenizer):
+    """Under several ranks z0 is max(0, mean over all ranks' mismatched log-ratios): the sum and count are
+    all-reduced, so a rank whose own mean is negative still gets the positive global one."""
+    from types import SimpleNamespace
+
+    module = KTO(policy=PolicyWithReference(model="tiny", reference="copy"))
+    prompt, completion = tokenizer("Hi").input_ids, tokenizer(" there").input_ids
+    ids = torch.tensor([prompt + completion, prompt + completion])
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+             "completion_mask": torch.tensor([[0] * len(prompt) + [1] * len(completion)] * 2), "index": torch.arange(2)}
+    with torch.no_grad():
+        for p in module.policy.policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        local = mismatched_rows(batch, tokenizer.pad_token_id)
+        ratio = (module.row_logps(local).policy - module.row_logps(local, module.policy.reference_logits).policy)
+    other = {"sum": 10.0 - ratio.sum().item(), "count": 2.0}  # the other rank: the global mean is 10 / 4 = 2.5
+    reduced = []
+
+    def reduce(tensor, reduce_op):
+        reduced.append(reduce_op)
+        return tensor + torch.tensor([other["sum"], other["count"]])
+
+    module._trainer = SimpleNamespace(world_size=2, strategy=SimpleNamespace(reduce=reduce))
+    try:
+        z0 = module.reference_point(batch)
+    finally:
+        module._trainer = None
+    assert reduced == ["sum"]
+    assert z0.item() == pytest.approx(2.5, rel=1e-5)
