@@ -37,6 +37,7 @@ from lit_align.outputs import RunCheckpointIO, unplaced_disk_errors
 from lit_align.run_lock import RunLock
 from lit_align.run_settings import check_trainer_settings, instantiate_checked, one_line_parse_errors
 from lit_align.secrets import MaskingStream, mask_logged_hyperparameters, redact_file, refuse_keys_as_names
+from lit_align.strategies import lost_rank_message
 from lit_align.trainer import AlignTrainer
 
 
@@ -178,6 +179,8 @@ USER_ERRORS = (UserError, DataError, ModelLoadError, CheckpointLoadError, NonFin
 #: Exit status of a run stopped by SIGTERM after saving its checkpoint (128 + 15, the shell's convention), so
 #: job scripts and restart policies can tell a preempted run from a finished one.
 EXIT_PREEMPTED = 143
+#: Exit status of a rank whose peer went away mid-run (a generic failure, as an uncaught error would give).
+EXIT_LOST_RANK = 1
 DEBUG_ENV = "LIT_ALIGN_DEBUG"
 
 
@@ -206,17 +209,24 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(EXIT_PREEMPTED)
     except USER_ERRORS as err:
         _exit_with_one_line(err)
+    except RuntimeError as err:
+        # another rank went away mid-collective: one line on each surviving rank, not a traceback per rank
+        message = lost_rank_message(err)
+        if message is None:
+            raise
+        _exit_with_one_line(err, message, EXIT_LOST_RANK)
 
 
-def _exit_with_one_line(err: BaseException) -> None:
-    """``lit-align: error: <message>`` and exit status 2; with ``LIT_ALIGN_DEBUG=1`` the traceback instead."""
+def _exit_with_one_line(err: BaseException, message: str | None = None, status: int = 2) -> None:
+    """``lit-align: error: <message>`` and exit ``status``; with ``LIT_ALIGN_DEBUG=1`` the traceback instead."""
     if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
         raise err
-    err = _unwrap(err)
-    message = " ".join(str(err).split()) or type(err).__name__
+    if message is None:
+        err = _unwrap(err)
+        message = " ".join(str(err).split()) or type(err).__name__
     print(f"lit-align: error: {message}", file=sys.stderr)
     print(f"(set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
 
 
 def _print_help(subcommand: str, mode: str, args: list[str]) -> None:

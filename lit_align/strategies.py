@@ -101,6 +101,35 @@ def shard_with_strategy(module) -> None:
         )
 
 
+#: What gloo says when a peer's connection drops or a collective outlives the process group's timeout (it raises a
+#: plain RuntimeError; NCCL and the c10d store raise torch.distributed.DistError subclasses).
+_GLOO_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Timed out waiting", "timed out after")
+
+
+def lost_rank_message(err: BaseException) -> str | None:
+    """One line for a collective that failed because another process of the run went away (its node died, it was
+    killed, the network dropped) or did not answer within the process group's ``timeout``; None for other errors.
+
+    The backend's own message leads ("Connection closed by peer [10.0.0.2]:41234", "Timed out waiting 30000ms for
+    recv"): it names the peer's address, which is the node to look at."""
+    import torch.distributed as dist
+
+    seen = err
+    while seen is not None:
+        text = str(seen)
+        if isinstance(seen, dist.DistError) or (isinstance(seen, RuntimeError) and any(m in text for m in _GLOO_PEER_LOST)):
+            break
+        seen = seen.__cause__ or seen.__context__
+    else:
+        return None
+    # gloo prefixes its source location in brackets: keep what follows, up to the end of its first sentence
+    detail = " ".join(text.split("] ", 1)[-1].split())
+    detail = detail.split(". ", 1)[0].rstrip(".")
+    rank = f"rank {dist.get_rank()} of {dist.get_world_size()}" if dist.is_initialized() else "this process"
+    return (f"lost contact with another process of the run ({rank}: {detail}): a node or process died or did not "
+            "answer within the strategy's timeout; restart every node with --ckpt_path last to resume")
+
+
 class BlockWrapPolicy:
     """An auto-wrap policy for Lightning's (FSDP1) ``FSDPStrategy``: one FSDP unit per transformer block.
 
