@@ -105,12 +105,13 @@ class PMLE(OfflinePairObjective):
         rollout = self.policy.generate(prompt_ids, prompt_mask, self.sampling, self.num_kl_samples)
         ids, attention, completion = rollout.input_ids, rollout.attention_mask, rollout.completion_mask
         temperature = self.sampling.temperature  # score the distribution the samples came from
-        # (N, T-1) each, policy with gradient; pi_0 in one no-grad forward; the head in chunks, never whole logits
-        scores = self.policy.completion_scores(ids, attention, completion, temperature, kl=True)
+        # (N, T-1) each, policy with gradient, pi_0 without; the LM head in chunks, the logits never whole
         if self.kl_estimator == "loo":
-            surrogate, kl = sampled_kl_surrogate(scores.logps.sum(-1), scores.reference_logps.sum(-1),
-                                                 self.num_kl_samples)
+            token_logps, _ = self.policy.completion_logps(ids, attention, completion, temperature)
+            ref_token_logps, _ = self.policy.completion_logps(ids, attention, completion, temperature, reference=True)
+            surrogate, kl = sampled_kl_surrogate(token_logps.sum(-1), ref_token_logps.sum(-1), self.num_kl_samples)
         else:
+            scores = self.policy.completion_scores(ids, attention, completion, temperature, kl=True)
             # scores.kl: KL(pi_T || pi0_T) at the state before each response token
             surrogate, kl = token_kl_surrogate(scores.kl, scores.logps, scores.mask)
         return surrogate, kl, rollout.lengths
