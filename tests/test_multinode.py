@@ -35,6 +35,11 @@ TWO_NODES = [
 ]
 
 
+# The shipped monitors sample at step 0 on every rank; one test keeps them (they must line up across nodes), the
+# others drop them for time: they do not change an offline loss.
+NO_MONITORS = ["--trainer.callbacks=[]"]
+
+
 def _args(config: str, root: str, *extra: str) -> list[str]:
     return [
         "fit", "--config", os.path.join(CONFIGS, config), "--trainer.accelerator=cpu",
@@ -53,7 +58,7 @@ def _dpo(root: str, *extra: str) -> list[str]:
 # pairs=dataset: the data's own two completions, scored by the reward model. Sampled pairs would differ between
 # one process and two (each rank draws from its own generator), and top-1 sampling makes both responses equal (a
 # zero loss). The reward stage's batch is pinned: by default it is the data module's batch, which is per rank.
-PDISTILL = ["--trainer.max_steps=8", "--data.init_args.limit_rows=64", "--model.init_args.pairs=dataset",
+PDISTILL = [*NO_MONITORS, "--trainer.max_steps=8", "--data.init_args.limit_rows=32", "--model.init_args.pairs=dataset",
             "--model.init_args.reward_stage.epochs=1", "--model.init_args.reward_stage.batch_size=8"]
 
 
@@ -115,7 +120,7 @@ def test_dpo_under_slurm_variables_matches_one_process(run_dir, one_process_dpo)
     devices against SLURM_NNODES and SLURM_NTASKS_PER_NODE; no torchrun anywhere."""
     root = str(run_dir / "nodes")
     port = free_port()
-    args = _dpo(root, "--data.init_args.batch_size=4", *TWO_NODES)
+    args = _dpo(root, "--data.init_args.batch_size=4", *TWO_NODES, *NO_MONITORS)
     outputs = _assert_finished([_slurm_task(node_id, port, args) for node_id in (0, 1)])
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in outputs[1]
     _assert_curves_match(one_process_dpo, _losses(root))
@@ -136,7 +141,8 @@ def test_killed_node_ends_the_run_with_one_line_and_two_nodes_resume(run_dir, on
     naming the lost peer, non-zero, within the process group's timeout, not hang. The next launch on two nodes
     resumes from last.ckpt (step 2) and the whole curve is still the one-process curve."""
     root = str(run_dir / "nodes")
-    args = _dpo(root, "--data.init_args.batch_size=4", *TWO_NODES, "--trainer.callbacks+=crash_helpers.PauseMidStep",
+    args = _dpo(root, "--data.init_args.batch_size=4", *TWO_NODES, *NO_MONITORS,
+                "--trainer.callbacks+=crash_helpers.PauseMidStep",
                 "--trainer.callbacks.step=3", "--trainer.callbacks.seconds=5")
     port = free_port()
     markers = [run_dir / f"paused-node{rank}" for rank in (0, 1)]
@@ -163,7 +169,8 @@ def test_killed_node_ends_the_run_with_one_line_and_two_nodes_resume(run_dir, on
     assert "Traceback" not in output.split("lit-align: error:")[0], output[-6000:]  # no worker traceback first
     assert os.path.isdir(os.path.join(root, "checkpoints", "last.ckpt"))
 
-    _assert_finished(_torchrun_nodes([*_dpo(root, "--data.init_args.batch_size=4", *TWO_NODES), "--ckpt_path=last"]))
+    _assert_finished(_torchrun_nodes([*_dpo(root, "--data.init_args.batch_size=4", *TWO_NODES, *NO_MONITORS),
+                                      "--ckpt_path=last"]))
     first, resumed = metrics_by_run(root, "train/loss")
     assert sorted(first) == [0, 1, 2] and sorted(resumed) == [2, 3, 4, 5], (first, resumed)  # resumed at step 2
     assert resumed[2] == pytest.approx(first[2], abs=TOLERANCE)
