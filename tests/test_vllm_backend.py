@@ -125,6 +125,15 @@ def test_samples_follow_the_current_weights(policy):
     _assert_same_rollout(got, expected)
 
 
+def test_prompts_longer_than_the_engine_are_refused_in_one_line(policy):
+    from lit_align.errors import UserError
+
+    ids, mask = _prompts(policy.tokenizer)
+    policy.generate(ids, mask, GREEDY)  # the engine exists, sized for these prompts
+    with pytest.raises(UserError, match="set policy.vllm_options.max_model_len to at least"):
+        policy.generate(ids, mask, SamplingConfig(max_new_tokens=policy.generation_backend.max_model_len))
+
+
 def test_seeded_sampling_is_reproducible_and_each_row_has_its_own_seed(policy):
     ids, mask = _prompts(policy.tokenizer)
     config = SamplingConfig(max_new_tokens=12, temperature=1.0, top_k=50, top_p=0.95)

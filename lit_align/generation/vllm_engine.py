@@ -57,11 +57,12 @@ class VLLMBackend:
     def __call__(self, model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                  config: SamplingConfig, eos_token_id: int | list[int], pad_token_id: int, num_samples: int = 1,
                  synced_gpus: bool = False) -> Rollout:
-        needed = prompt_ids.shape[1] + config.max_new_tokens
+        longest = int(prompt_mask.sum(-1).max())  # the padding is not sent
+        needed = longest + config.max_new_tokens
         if self.llm is None:
             self.llm = self._build(model, needed)
-        elif needed > self.max_model_len:
-            raise UserError(f"generation: vllm: prompts of {prompt_ids.shape[1]} tokens plus max_new_tokens "
+        if needed > self.max_model_len:
+            raise UserError(f"generation: vllm: prompts of {longest} tokens plus max_new_tokens "
                             f"{config.max_new_tokens} exceed the engine's max_model_len {self.max_model_len}; "
                             f"set policy.vllm_options.max_model_len to at least {needed}")
         self._wake()
