@@ -128,7 +128,7 @@ class PolicyWithReference(nn.Module):
         if generation == "vllm":  # the engine (and the vllm import) waits for the first generate
             from lit_align.generation import VLLMBackend
 
-            self.generation_backend = VLLMBackend(vllm_options)
+            self.generation_backend = VLLMBackend(vllm_options, scorer=self.completion_logps)
 
     # -- forward passes ---------------------------------------------------------------------------------------
 

@@ -182,3 +182,24 @@ def test_pdistill_fits_with_vllm_generation(run_dir, model_dir):
     backend = cli.model.policy.generation_backend
     assert backend.llm is not None, "the vllm engine never sampled"
     assert backend.pushes >= 2, f"the updated weights were never pushed ({backend.pushes} push)"
+
+
+def test_logprob_gap_is_logged_and_near_zero_on_the_same_weights(run_dir, model_dir):
+    """With ``logprob_gap`` the engine's log-probs of the sampled tokens are compared with the trainer's: on the
+    weights just pushed they agree to rounding, and ``GenerationGapMonitor`` logs ``generation/logprob_gap``."""
+    from conftest import fit_args
+
+    from lit_align.cli import build_cli
+
+    policy = PolicyWithReference(model=model_dir, generation="vllm", vllm_options=OPTIONS | {"logprob_gap": True})
+    ids, mask = _prompts(policy.tokenizer)
+    policy.generate(ids, mask, SamplingConfig(max_new_tokens=12, temperature=0.7), num_samples=2)
+    assert abs(policy.generation_backend.last_logprob_gap) < 1e-3
+    cli = build_cli(fit_args("pdistill.yaml", "--model.reward_model=tiny", "--data.limit_rows=16",
+                             "--data.batch_size=4", "--model.sampling.max_new_tokens=6",
+                             "--model.epochs_per_batch=1", f"--model.policy.init_args.model={model_dir}",
+                             "--model.policy.init_args.generation=vllm",
+                             "--model.policy.init_args.vllm_options={cpu_kv_cache_gib: 1, logprob_gap: true}",
+                             "--trainer.callbacks+=lit_align.callbacks.GenerationGapMonitor", steps=2))
+    gap = cli.trainer.logged_metrics["generation/logprob_gap"]
+    assert abs(float(gap)) < 1e-3

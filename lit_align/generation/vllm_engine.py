@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,7 +30,7 @@ from lit_align.generation.weights import engine_weights, plain_model, weights_ve
 from lit_align.rollout import Rollout, SamplingConfig, _layout
 
 #: Keys of ``vllm_options`` that are lit-align's own; every other key goes to ``vllm.LLM``.
-OWN_OPTIONS = ("cpu_kv_cache_gib", "sleep")
+OWN_OPTIONS = ("cpu_kv_cache_gib", "sleep", "logprob_gap")
 
 
 class VLLMBackend:
@@ -41,11 +42,17 @@ class VLLMBackend:
             ``max_model_len`` fitting the first call's prompts and responses, and on a GPU
             ``gpu_memory_utilization: 0.3`` so training keeps most of the memory), plus lit-align's own:
             ``cpu_kv_cache_gib`` (KV cache on CPU in whole GiB, vLLM's ``VLLM_CPU_KVCACHE_SPACE``; default 1) and
-            ``sleep`` (offload the engine between calls on a GPU; default true).
+            ``sleep`` (offload the engine between calls on a GPU; default true) and ``logprob_gap`` (also ask the
+            engine for the sampled tokens' log-probs and keep the mean per-token gap, engine minus trainer, in
+            ``last_logprob_gap``: ``lit_align.callbacks.GenerationGapMonitor`` logs it; default false).
+        scorer: Per-token log-probs of the trainer (``PolicyWithReference.completion_logps``), for the gap.
     """
 
-    def __init__(self, options: dict[str, Any] | None = None) -> None:
+    def __init__(self, options: dict[str, Any] | None = None, scorer: Callable | None = None) -> None:
         self.options = dict(options or {})
+        self.scorer = scorer
+        self.logprob_gap = bool(self.options.get("logprob_gap", False)) and scorer is not None
+        self.last_logprob_gap: float | None = None  # engine minus trainer, mean over the last call's tokens
         self.llm = None
         self.max_model_len: int | None = None
         self._pushed: Any = None  # weights_version of what the engine holds
@@ -70,12 +77,29 @@ class VLLMBackend:
             self.sync_weights(model)
             prompts = _prompts(prompt_ids, prompt_mask, num_samples)
             stops = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-            params = _sampling_params(config, stops, len(prompts))
+            params = _sampling_params(config, stops, len(prompts), logprobs=0 if self.logprob_gap else None)
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
         finally:
             self._sleep()
         responses = [list(output.outputs[0].token_ids) for output in outputs]
-        return _rollout(prompt_ids, prompt_mask, responses, stops, pad_token_id, num_samples)
+        rollout = _rollout(prompt_ids, prompt_mask, responses, stops, pad_token_id, num_samples)
+        if self.logprob_gap:
+            self.last_logprob_gap = self._gap(model, rollout, config, outputs)
+        return rollout
+
+    def _gap(self, model: nn.Module, rollout: Rollout, config: SamplingConfig, outputs) -> float:
+        """Mean over the response tokens of the engine's log-prob minus the trainer's, same weights, same
+        temperature (the engine's processed log-probs, after temperature; with top_p or top_k set they are those of the
+        truncated distribution, the trainer's of the untruncated one, so the gap includes the mass cut away)."""
+        trainer, mask = self.scorer(rollout.input_ids, rollout.attention_mask, rollout.completion_mask,
+                                    temperature=config.temperature or 1.0, model=model)  # (N, T-1)
+        engine = torch.zeros_like(trainer)
+        start = rollout.prompt_length - 1  # position t of the (T-1) layout predicts token t + 1
+        for row, output in enumerate(outputs):
+            sample = output.outputs[0]
+            for step, (token, logprobs) in enumerate(zip(sample.token_ids, sample.logprobs)):
+                engine[row, start + step] = logprobs[token].logprob
+        return float(((engine - trainer) * mask).sum() / mask.sum().clamp(min=1))
 
     def sync_weights(self, model: nn.Module) -> bool:
         """Push ``model``'s weights into the engine if they changed since the last push; whether they did."""
@@ -103,6 +127,8 @@ class VLLMBackend:
         kwargs.setdefault("max_model_len", min(limit, max(needed, 256)))
         kwargs.setdefault("dtype", str(next(hf_model.parameters()).dtype).removeprefix("torch."))
         kwargs.setdefault("enforce_eager", True)
+        if self.logprob_gap:  # log-probs of the distribution sampled from (tempered), as the trainer scores
+            kwargs.setdefault("logprobs_mode", "processed_logprobs")
         if torch.cuda.is_available():
             kwargs.setdefault("gpu_memory_utilization", 0.3)
             kwargs.setdefault("enable_sleep_mode", self.sleeps)
@@ -145,7 +171,7 @@ def _prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_samples: i
     return [{"prompt_token_ids": row} for row in rows for _ in range(num_samples)]
 
 
-def _sampling_params(config: SamplingConfig, stops: list[int], count: int) -> list:
+def _sampling_params(config: SamplingConfig, stops: list[int], count: int, logprobs: int | None = None) -> list:
     """One ``SamplingParams`` per row, each with a seed from torch's generator (reproducible under a seed)."""
     from vllm import SamplingParams
 
@@ -161,6 +187,7 @@ def _sampling_params(config: SamplingConfig, stops: list[int], count: int) -> li
         stop_token_ids=stops,
         ignore_eos=False,
         detokenize=False,
+        logprobs=logprobs,
         seed=seed,
     ) for seed in seeds]
 
