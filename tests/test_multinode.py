@@ -33,6 +33,13 @@ TWO_NODES = [
     "--trainer.strategy.init_args.mixed_precision=null",  # float32, comparable with one process
     f"--trainer.strategy.init_args.timeout=0:00:{TIMEOUT_S}",
 ]
+# The shipped 2 x 8 GPU overlay as written (num_nodes 2, activation checkpointing), brought down to one CPU
+# process per node.
+MULTINODE_OVERLAY = [
+    "--config", os.path.join(CONFIGS, "strategy", "multinode.yaml"), "--trainer.accelerator=cpu",
+    "--trainer.devices=1", "--trainer.strategy.init_args.process_group_backend=gloo",
+    "--trainer.strategy.init_args.mixed_precision=null", f"--trainer.strategy.init_args.timeout=0:00:{TIMEOUT_S}",
+]
 
 
 # The shipped monitors sample at step 0 on every rank; one test keeps them (they must line up across nodes), the
@@ -117,10 +124,11 @@ def test_dpo_on_two_torchrun_nodes_matches_one_process(run_dir, one_process_dpo)
 
 def test_dpo_under_slurm_variables_matches_one_process(run_dir, one_process_dpo):
     """Lightning's SLURMEnvironment picks the ranks from SLURM_PROCID/SLURM_NODEID and checks num_nodes and
-    devices against SLURM_NNODES and SLURM_NTASKS_PER_NODE; no torchrun anywhere."""
+    devices against SLURM_NNODES and SLURM_NTASKS_PER_NODE; no torchrun anywhere. configs/strategy/multinode.yaml
+    is the overlay."""
     root = str(run_dir / "nodes")
     port = free_port()
-    args = _dpo(root, "--data.init_args.batch_size=4", *TWO_NODES, *NO_MONITORS)
+    args = _dpo(root, "--data.init_args.batch_size=4", *MULTINODE_OVERLAY, *NO_MONITORS)
     outputs = _assert_finished([_slurm_task(node_id, port, args) for node_id in (0, 1)])
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in outputs[1]
     _assert_curves_match(one_process_dpo, _losses(root))
