@@ -109,9 +109,12 @@ def _assert_curves_match(single: dict[int, float], nodes: dict[int, float]) -> N
 @pytest.fixture(scope="module")
 def one_process_dpo(tmp_path_factory) -> dict[int, float]:
     """The one-process DPO curve on global batches of 8, which every two-node DPO run must reproduce."""
-    root = str(tmp_path_factory.mktemp("one_process") / "dpo")
-    build_cli(_dpo(root, "--data.init_args.batch_size=8"))
-    return _losses(root)
+    folder = tmp_path_factory.mktemp("one_process")
+    with pytest.MonkeyPatch.context() as patch:  # as run_dir does: nothing of this run lands in the checkout
+        patch.chdir(folder)
+        patch.setenv("LIT_ALIGN_CACHE", str(folder / ".cache" / "lit_align"))
+        build_cli(_dpo(str(folder / "dpo"), "--data.init_args.batch_size=8"))
+    return _losses(str(folder / "dpo"))
 
 
 def test_dpo_on_two_torchrun_nodes_matches_one_process(run_dir, one_process_dpo):
