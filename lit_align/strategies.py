@@ -117,7 +117,9 @@ def lost_rank_message(err: BaseException) -> str | None:
     seen = err
     while seen is not None:
         text = str(seen)
-        if isinstance(seen, dist.DistError) or (isinstance(seen, RuntimeError) and any(m in text for m in _GLOO_PEER_LOST)):
+        if isinstance(seen, dist.DistError):
+            break
+        if isinstance(seen, RuntimeError) and any(marker in text for marker in _GLOO_PEER_LOST):
             break
         seen = seen.__cause__ or seen.__context__
     else:

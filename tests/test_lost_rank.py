@@ -13,7 +13,8 @@ from lit_align.strategies import lost_rank_message
 GLOO_CLOSED = ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
                "[10.0.0.2]:41234. This is typically caused by a remote worker crashing. Check the logs of the remote "
                "worker before reporting an error.")
-GLOO_TIMEOUT = "[/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 30000ms for recv operation to complete"
+GLOO_TIMEOUT = ("[/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 30000ms for "
+                "recv operation to complete")
 
 
 def test_gloo_peer_errors_become_one_line_naming_the_peer():
