@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from lit_align.sharding import ShardingOptions, shard_policy, shard_trainable_heads, without_reference
@@ -112,8 +113,6 @@ def lost_rank_message(err: BaseException) -> str | None:
 
     The backend's own message leads ("Connection closed by peer [10.0.0.2]:41234", "Timed out waiting 30000ms for
     recv"): it names the peer's address, which is the node to look at."""
-    import torch.distributed as dist
-
     seen = err
     while seen is not None:
         text = str(seen)
@@ -125,7 +124,7 @@ def lost_rank_message(err: BaseException) -> str | None:
     else:
         return None
     # gloo prefixes its source location in brackets: keep what follows, up to the end of its first sentence
-    detail = " ".join(text.split("] ", 1)[-1].split())
+    detail = " ".join((text.split("] ", 1)[-1] if text.startswith("[") else text).split())
     detail = detail.split(". ", 1)[0].rstrip(".")
     rank = f"rank {dist.get_rank()} of {dist.get_world_size()}" if dist.is_initialized() else "this process"
     return (f"lost contact with another process of the run ({rank}: {detail}): a node or process died or did not "
