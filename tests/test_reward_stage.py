@@ -227,3 +227,17 @@ def test_every_rank_ends_with_the_reward_model_rank_zero_trained(run_dir, strate
     assert ranks[0].keys() == ranks[1].keys() == saved.keys()
     for key, value in saved.items():
         assert torch.equal(ranks[0][key], value) and torch.equal(ranks[1][key], value), key
+
+
+def test_default_batch_is_the_global_batch_whatever_the_number_of_processes():
+    """Every rank fits the same pairs, so a per-process default would train another reward model on two processes
+    (batch 4 each) than on one (batch 8): the default is the global batch."""
+    from types import SimpleNamespace
+
+    from lit_align.objectives.reward_stage import RewardStage
+
+    datamodule = SimpleNamespace(hparams=SimpleNamespace(batch_size=4))
+    assert RewardStage().pairs_per_update(SimpleNamespace(world_size=2), datamodule) == 8
+    assert RewardStage().pairs_per_update(SimpleNamespace(world_size=1), SimpleNamespace(
+        hparams=SimpleNamespace(batch_size=8))) == 8
+    assert RewardStage(batch_size=3).pairs_per_update(SimpleNamespace(world_size=2), datamodule) == 3

@@ -76,7 +76,9 @@ class RewardStage:
         learning_rate: Peak AdamW learning rate (PAPER 2b: 3e-6, a rate a pretrained backbone survives).
         lr_schedule: Decay of the rate over the stage's updates, ``cosine`` (PAPER 2b), ``linear`` or ``constant``.
         warmup_ratio: Fraction of the updates spent warming up linearly from zero (the paper names none: 0).
-        batch_size: Pairs per update; defaults to the data module's batch size (PAPER 2b uses 64).
+        batch_size: Pairs per update; defaults to the run's global batch (the data module's batch size times the
+            number of processes), so that the reward model does not depend on how many processes train it (every
+            rank fits the same pairs). PAPER 2b uses 64.
         freeze_backbone: Train the score head only.
         seed: Seed of the head's initialisation and of the shuffling.
         reuse: Load the model saved in ``dirpath`` by an earlier run with identical settings instead of training.
@@ -114,6 +116,10 @@ class RewardStage:
         rank_zero_info(f"reward model: {directory}")
         return load_reward_model(str(directory))
 
+    def pairs_per_update(self, trainer, datamodule) -> int:
+        """``batch_size``, else the run's global batch: the same reward model on one process or many."""
+        return self.batch_size or datamodule.hparams.batch_size * trainer.world_size
+
     def fingerprint(self, objective, datamodule) -> dict[str, Any]:
         """What the saved model depends on: stage settings, backbone, data settings and the pairs' content."""
         # where the model goes and whether to reuse it do not change what is trained
@@ -146,7 +152,7 @@ class RewardStage:
                                     seed=self.seed, learning_rate=self.learning_rate, lr_schedule=self.lr_schedule,
                                     warmup_ratio=self.warmup_ratio, max_grad_norm=None)
             nested = _nested_trainer(trainer.strategy.root_device, self.epochs)
-            nested.fit(reward, DataLoader(train_pairs, batch_size=self.batch_size or datamodule.hparams.batch_size,
+            nested.fit(reward, DataLoader(train_pairs, batch_size=self.pairs_per_update(trainer, datamodule),
                                           shuffle=True, collate_fn=collate))
             accuracy = math.nan
             if val_pairs:
