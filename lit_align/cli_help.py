@@ -32,6 +32,25 @@ def _table(entries: list[tuple[str, str]], width: int = 100) -> list[str]:
     return [f"  {name:<{pad}}{text[: width - pad - 2]}" for name, text in entries]
 
 
+def _kinds(objectives, names: list[str], width: int = 100) -> list[str]:
+    """The objectives' names grouped by the base they build on, wrapped to ``width``."""
+    kinds = (("on offline pairs", objectives.OfflinePairObjective), ("on labelled rows", objectives.OfflineObjective),
+             ("sampled during training", objectives.OnPolicyObjective), ("stages", objectives.AlignmentModule))
+    lines = []
+    left = list(names)
+    for title, base in kinds:
+        group = [n for n in left if issubclass(getattr(objectives, n), base)]
+        left = [n for n in left if n not in group]
+        line = f"  {title + ':':<26}"
+        for name in group:
+            if len(line) + len(name) + 1 > width:
+                lines.append(line.rstrip())
+                line = " " * 28
+            line += name + " "
+        lines.append(line.rstrip())
+    return lines
+
+
 def short_help(subcommand: str) -> str:
     import lit_align.data as data
     import lit_align.objectives as objectives
@@ -39,14 +58,14 @@ def short_help(subcommand: str) -> str:
     from lit_align.objectives.base import AlignmentModule
 
     bases = ("AlignmentModule", "OfflineObjective", "OfflinePairObjective", "OnPolicyObjective", "SampledPairObjective")
-    models = [(n, t) for n, t in _catalogue(objectives, AlignmentModule) if n not in bases]
+    models = [n for n, _ in _catalogue(objectives, AlignmentModule) if n not in bases]
     datamodules = [(n, t) for n, t in _catalogue(data, TextDataModule) if n != "TextDataModule"]
     lines = [
         f"usage: lit-align {subcommand} --config CONFIG.yaml [--model.ARG VALUE] [--data.ARG VALUE] "
         "[--trainer.ARG VALUE] ...",
         "",
-        "Objectives (--model NAME, or the class_path of your own subclass):",
-        *_table(models),
+        "Objectives (--model NAME, or the class_path of your own subclass; --model.help NAME describes one):",
+        *_kinds(objectives, models),
         "",
         "Data modules (--data NAME):",
         *_table(datamodules),
