@@ -109,7 +109,8 @@ class RLHF(OnPolicyObjective):
         sampling-time scores of the rows (``forward_with_values``); none for RLHF."""
         return None
 
-    def extra_loss(self, scores: CompletionScores, mb: Experience) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
+    def extra_loss(self, scores: CompletionScores,
+                   mb: Experience) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
         """An additional term of the mini-batch loss (none for RLHF). ``mb["advantage_scale"]`` is the factor by
         which whitening scaled the advantages: a term that is part of the objective must be scaled alike."""
         return 0.0, {}
