@@ -184,18 +184,18 @@ def test_an_explicit_model_is_scored_as_it_is():
 
 @pytest.mark.parametrize("share_prompt", [True, False])
 def test_row_logps_sources_agree(share_prompt):
-    """``row_logps`` under "reference", the bound ``reference_logits`` of earlier versions and a logits callable
-    (scored from its full logits) give the same values; "policy" differs once the policy has moved."""
+    """``row_logps`` under "reference", under the frozen copy given as a model, and the full-logits computation of
+    the same rows give the same values; "policy" differs once the policy has moved."""
     from lit_align.objectives import DPO
 
     module = DPO(policy=_policy(), share_prompt=share_prompt)
     batch = CompletionCollator(pad_token_id=0)(ragged_examples(2))
     with torch.no_grad():
         reference = module.row_logps(batch, "reference")
-        legacy = module.row_logps(batch, module.policy.reference_logits)
-        from_logits = module.row_logps(batch, lambda *a, **k: module.policy.reference_logits(*a, **k))
+        as_model = module.row_logps(batch, module.policy.reference.weights)
+        logits = module.policy.reference_logits(batch["input_ids"], batch["attention_mask"])
+        from_logits, _ = completion_token_logprobs(logits, batch["input_ids"], batch["completion_mask"])
         policy = module.row_logps(batch)
-    torch.testing.assert_close(legacy.tokens, reference.tokens)
-    torch.testing.assert_close(from_logits.tokens, reference.tokens, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(from_logits.mean_logits, reference.mean_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(as_model.tokens, reference.tokens)
+    torch.testing.assert_close(from_logits, reference.tokens, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(policy.policy, reference.policy)

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from conftest import fit_args
 from test_onpolicy import LengthReward, make_objective, prompt_batch
 
-import lit_align.objectives.onpolicy as onpolicy
 from lit_align.cli import build_cli
 from lit_align.losses import distillation_loss, sampled_kl_surrogate
 from lit_align.models import load_causal_lm

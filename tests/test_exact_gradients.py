@@ -23,10 +23,9 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import lit_align.objectives.pmle as pmle_module
 from lit_align.models import EMBEDDED_DIR
 from lit_align.objectives import PMLE, ReverseKL
-from lit_align.policy import PolicyWithReference, position_ids_from_mask
+from lit_align.policy import PolicyWithReference
 from lit_align.rollout import Rollout, SamplingConfig
 
 VOCAB, EOS, PAD = 6, 2, 0

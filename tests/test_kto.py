@@ -133,7 +133,7 @@ def test_reference_point_averages_every_rank_before_the_clamp(tokenizer):
         for p in module.policy.policy.parameters():
             p.add_(0.05 * torch.randn_like(p))
         local = mismatched_rows(batch, tokenizer.pad_token_id)
-        ratio = (module.row_logps(local).policy - module.row_logps(local, module.policy.reference_logits).policy)
+        ratio = (module.row_logps(local).policy - module.row_logps(local, "reference").policy)
     other = {"sum": 10.0 - ratio.sum().item(), "count": 2.0}  # the other rank: the global mean is 10 / 4 = 2.5
     reduced = []
 

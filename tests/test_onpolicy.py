@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-import lit_align.objectives.onpolicy as onpolicy
 from lit_align.data import PromptDataModule
 from lit_align.objectives import PreferenceDistillation
 from lit_align.rollout import SamplingConfig

@@ -64,7 +64,7 @@ class KTO(OfflineObjective):
         """z0 from the batch's mismatched pairs, the log-ratios averaged over every rank before the clamp."""
         mismatched = mismatched_rows(batch, self.tokenizer.pad_token_id)
         policy = self.row_logps(mismatched).policy
-        reference = self.row_logps(mismatched, self.policy.reference_logits).policy  # live: no cache lookup
+        reference = self.row_logps(mismatched, "reference").policy  # live: no cache lookup
         ratio = (policy - reference).float()
         if self._trainer is not None and self.trainer.world_size > 1:
             total = self.trainer.strategy.reduce(torch.stack([ratio.sum(), ratio.new_tensor(ratio.numel())]),

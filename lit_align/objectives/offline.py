@@ -15,7 +15,6 @@ chosen rows first and the rejected rows after them; unpaired data (K = 1) has on
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
@@ -23,19 +22,16 @@ import torch
 from torch import nn
 
 from lit_align.data.sources import DataError
-from lit_align.logprobs import completion_token_logprobs, masked_mean
 from lit_align.losses import PreferenceLoss
 from lit_align.metrics import preference_metrics
 from lit_align.objectives.base import AlignmentModule, Stage
 from lit_align.policy import attention_accepts_4d_mask
 from lit_align.reference import Need
-from lit_align.shared_prompt import SharedPromptBatch, pack_shared_prompt, shared_prompt_token_logps
+from lit_align.shared_prompt import SharedPromptBatch, pack_shared_prompt
 
 Batch = dict[str, torch.Tensor]
-#: ``forward(input_ids, attention_mask, **kwargs) -> logits``: a model of choice scored from its full logits.
-Forward = Callable[..., torch.Tensor]
-#: What ``row_logps`` scores under: the policy, pi_0, a model given as it is, or a ``Forward``.
-Source = Literal["policy", "reference"] | nn.Module | Forward
+#: What ``row_logps`` scores under: the policy, pi_0, or a model given as it is.
+Source = Literal["policy", "reference"] | nn.Module
 
 
 @dataclass
@@ -122,13 +118,7 @@ class OfflineObjective(AlignmentModule):
     def row_logps(self, batch: Batch, source: Source = "policy") -> RowLogps:
         """Log-probs of every row (``reference`` is left None) under ``source``: ``"policy"`` (with gradient),
         ``"reference"`` (pi_0, a live reference, no gradient) or a model scored as it is (the reference cache
-        runs pi_0 reloaded from its source). The LM head runs in chunks (``PolicyWithReference.completion_scores``).
-        A ``forward(input_ids, attention_mask, **kwargs) -> logits`` callable is still accepted and scored from
-        its full logits."""
-        if source == self.policy.reference_logits:  # the callable of earlier versions, answered without logits
-            source = "reference"
-        if callable(source) and not isinstance(source, nn.Module):
-            return self._row_logps_from_logits(batch, source)
+        runs pi_0 reloaded from its source). The LM head runs in chunks (``PolicyWithReference.completion_scores``)."""
         reference, model = source == "reference", source if isinstance(source, nn.Module) else None
         mask = batch["completion_mask"][:, 1:].bool()
         if self.share_prompt:
@@ -137,19 +127,6 @@ class OfflineObjective(AlignmentModule):
             scores = self.policy.completion_scores(batch["input_ids"], batch["attention_mask"],
                                                    batch["completion_mask"], reference=reference, model=model)
         return RowLogps(policy=scores.logps.sum(-1), tokens=scores.logps, mask=mask, mean_logits=scores.mean_logits)
-
-    def _row_logps_from_logits(self, batch: Batch, forward: Forward) -> RowLogps:
-        mask = batch["completion_mask"][:, 1:].bool()
-        if self.share_prompt:
-            packed = self.packed(batch)
-            logits = forward(packed.input_ids, packed.attention_mask, position_ids=packed.position_ids,
-                             logits_to_keep=packed.logits_to_keep)  # (B, kept, V)
-            tokens, mean_logits = shared_prompt_token_logps(logits, packed, mask.shape[1])
-        else:
-            logits = forward(batch["input_ids"], batch["attention_mask"])  # (R, T, V)
-            tokens, mask = completion_token_logprobs(logits, batch["input_ids"], batch["completion_mask"])
-            mean_logits = masked_mean(logits.detach()[:, :-1].float().mean(-1), mask, dim=-1)
-        return RowLogps(policy=tokens.sum(-1), tokens=tokens, mask=mask, mean_logits=mean_logits)
 
     @torch.no_grad()
     def reference_row_logps(self, batch: Batch, stage: Stage) -> torch.Tensor | None:
