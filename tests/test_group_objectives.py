@@ -189,9 +189,9 @@ def test_rloo_token_level_advantage_of_the_first_response_token_is_the_sequence_
 
 @pytest.mark.parametrize("config, cls, extra", [
     ("rloo.yaml", RLOO, []),
-    ("rloo.yaml", RLOO, ["--model.token_level=true"]),
-    ("grpo.yaml", GRPO, []),
-    ("grpo.yaml", GRPO, ["--model.loss_type=dr_grpo"]),
+    pytest.param("rloo.yaml", RLOO, ["--model.token_level=true"], marks=pytest.mark.extended),  # the variants: in
+    ("grpo.yaml", GRPO, []),                                                                       # the extended step
+    pytest.param("grpo.yaml", GRPO, ["--model.loss_type=dr_grpo"], marks=pytest.mark.extended),
 ])
 def test_config_trains_two_steps(run_dir, config, cls, extra):
     cli = build_cli(fit_args(config, "--data.limit_rows=16", "--export.enabled=false",

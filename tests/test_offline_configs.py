@@ -19,7 +19,12 @@ def test_every_pairwise_objective_has_a_config():
                      "SPPOHard", "DiscoPOP", "AOT", "LengthNormalizedDPO", "LDDPO", "WPO", "RPO", "CombinedPairLoss"}
 
 
-@pytest.mark.parametrize("config", OFFLINE, ids=lambda p: p.stem)
+# Two configs in the default suite (the combination and a reference-free one); every one in the extended step.
+QUICK = {"mpo", "simpo"}
+
+
+@pytest.mark.parametrize("config", [p if p.stem in QUICK else pytest.param(p, marks=pytest.mark.extended)
+                                    for p in OFFLINE], ids=lambda p: p.stem)
 def test_offline_config_trains_two_steps(config, run_dir):
     text = config.read_text()
     assert text.startswith("#") and f"lit-align fit --config configs/offline/{config.name}" in text

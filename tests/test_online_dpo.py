@@ -92,7 +92,8 @@ def test_online_dpo_needs_a_live_reference():
         OnlineDPO(judge=LongerJudge(), policy=PolicyWithReference(model="tiny", reference="none"))
 
 
-@pytest.mark.parametrize("extra", [[], ["--model.judge=test_online_dpo.LongerJudge"]], ids=["reward_stage", "judge"])
+@pytest.mark.parametrize("extra", [pytest.param([], marks=pytest.mark.extended),  # trains a reward stage first
+                                   ["--model.judge=test_online_dpo.LongerJudge"]], ids=["reward_stage", "judge"])
 def test_config_trains_two_steps(run_dir, extra):
     cli = build_cli(fit_args("online_dpo.yaml", "--data.limit_rows=16", "--export.enabled=false",
                              "--trainer.log_every_n_steps=1", *extra, steps=2))

@@ -105,7 +105,7 @@ WEIGHTED = ('[{"class_path": "lit_align.reward_functions.RewardFunction", "init_
 
 
 @pytest.mark.parametrize("reward_model", ["[test_reward_functions.letter_e, test_reward_functions.prompt_length]",
-                                          WEIGHTED])
+                                          pytest.param(WEIGHTED, marks=pytest.mark.extended)])
 def test_config_trains_on_reward_functions_without_a_reward_stage(run_dir, reward_model):
     cli = build_cli(fit_args("grpo.yaml", "--data.limit_rows=16", "--export.enabled=false",
                              f"--model.reward_model={reward_model}", steps=2))

@@ -70,7 +70,7 @@ def _outer_run(rows: int = 16):
     datamodule = PromptDataModule(path="tiny", limit_rows=rows, batch_size=4, max_length=64, max_prompt_length=32,
                                   tokenizer="tiny")
     datamodule.setup("fit")
-    trainer = SimpleNamespace(datamodule=datamodule, logger=None, is_global_zero=True,
+    trainer = SimpleNamespace(datamodule=datamodule, logger=None, is_global_zero=True, world_size=1,
                               strategy=SimpleNamespace(root_device=torch.device("cpu")))
     return datamodule, trainer, SimpleNamespace(policy=SimpleNamespace(model_name="tiny"))
 
