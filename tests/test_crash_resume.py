@@ -27,7 +27,7 @@ import torch
 
 from lit_align.checkpoint_io import WRITE_DELAY_ENV, load_checkpoint_file
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]  # the default suite stays under 15 minutes
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "lit-align")

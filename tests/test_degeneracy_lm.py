@@ -20,6 +20,7 @@ import degeneracy_lm  # noqa: E402
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # the default suite stays under 15 minutes
 def test_dpo_entropy_falls_further_than_pmle(run_dir):
     results = degeneracy_lm.main([
         "--seeds", "0", "--steps", "48", "--every", "24", "--prompts", "8", "--samples", "4",

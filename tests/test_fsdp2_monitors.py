@@ -18,7 +18,7 @@ import pytest
 from lit_align.cli import build_cli
 from launch_helpers import CONFIGS, FSDP2, launch, metrics_by_run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]  # the default suite stays under 15 minutes
 
 PROBE = {"every_n_steps": 2, "num_prompts": 4, "num_samples": 2,
          "sampling": {"max_new_tokens": 6, "top_k": 1}}  # top-1 (greedy) responses: the same samples in every run

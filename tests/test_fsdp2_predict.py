@@ -18,7 +18,7 @@ import pytest
 from lit_align.cli import build_cli
 from launch_helpers import CONFIGS, FSDP2, ROOT, launch
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]  # the default suite stays under 15 minutes
 
 PROMPTS = 5
 
