@@ -199,3 +199,26 @@ def test_row_logps_sources_agree(share_prompt):
     torch.testing.assert_close(as_model.tokens, reference.tokens)
     torch.testing.assert_close(from_logits, reference.tokens, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(policy.policy, reference.policy)
+
+
+
+@pytest.mark.parametrize("objective", ["DPO", "KTO"])
+def test_no_grad_forwards_of_a_step_run_before_the_policy_keeps_its_activations(objective):
+    """pi_0's forwards of a step (and KTO's no-grad z0 forwards) run while no autograd graph of the policy exists
+    yet, so their buffers never add to the activations the policy's forward keeps for the backward (the step's
+    peak memory): the one forward with gradient is the last."""
+    from lit_align import objectives
+
+    module = getattr(objectives, objective)(policy=_policy())
+    batch = CompletionCollator(pad_token_id=0)(ragged_examples(2))
+    if objective == "KTO":  # unpaired rows, one label each
+        batch["index"] = torch.arange(batch["input_ids"].shape[0])
+        batch["label"] = (torch.arange(batch["input_ids"].shape[0]) % 2).bool()
+    events = []
+    module.policy.policy.register_forward_hook(lambda *_: events.append(("policy", torch.is_grad_enabled())))
+    module.policy.reference.weights.register_forward_hook(lambda *_: events.append(("reference", False)))
+    loss, _ = module.compute_loss(batch, "train")
+    assert events[-1] == ("policy", True)
+    assert not any(grad for _, grad in events[:-1]), events
+    assert len(events) == (4 if objective == "KTO" else 2)
+    assert loss.requires_grad

@@ -42,8 +42,12 @@ class KTO(OfflineObjective):
         self.desirable_weight = desirable_weight
         self.undesirable_weight = undesirable_weight
 
+    def compute_loss(self, batch: Batch, stage):
+        # z0's two no-grad forwards run before the policy's forward keeps its activations for the backward
+        return super().compute_loss({**batch, "reference_point": self.reference_point(batch)}, stage)
+
     def rows_loss(self, logps: RowLogps, batch: Batch):
-        z0 = self.reference_point(batch)
+        z0 = batch["reference_point"] if "reference_point" in batch else self.reference_point(batch)
         desirable = batch["label"].bool()
         out = kto_loss(logps.policy, logps.reference, desirable, z0, self.beta, self.desirable_weight,
                        self.undesirable_weight)

@@ -139,7 +139,10 @@ class OfflineObjective(AlignmentModule):
         return self.row_logps(batch, "reference").policy
 
     def compute_loss(self, batch: Batch, stage: Stage):
-        logps = replace(self.row_logps(batch), reference=self.reference_row_logps(batch, stage))
+        # pi_0's no-grad forward first: run after the policy's, its buffers would add to the activations the
+        # policy's forward keeps for the backward, at the step's peak memory
+        reference = self.reference_row_logps(batch, stage)
+        logps = replace(self.row_logps(batch), reference=reference)
         losses, metrics = self.rows_loss(logps, batch)
         return losses.mean(), {"loss": losses.detach(), **metrics}
 

@@ -107,8 +107,9 @@ class PMLE(OfflinePairObjective):
         temperature = self.sampling.temperature  # score the distribution the samples came from
         # (N, T-1) each, policy with gradient, pi_0 without; the LM head in chunks, the logits never whole
         if self.kl_estimator == "loo":
-            token_logps, _ = self.policy.completion_logps(ids, attention, completion, temperature)
+            # pi_0's no-grad forward first, before the policy's keeps activations for the backward
             ref_token_logps, _ = self.policy.completion_logps(ids, attention, completion, temperature, reference=True)
+            token_logps, _ = self.policy.completion_logps(ids, attention, completion, temperature)
             surrogate, kl = sampled_kl_surrogate(token_logps.sum(-1), ref_token_logps.sum(-1), self.num_kl_samples)
         else:
             scores = self.policy.completion_scores(ids, attention, completion, temperature, kl=True)
