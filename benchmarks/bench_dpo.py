@@ -3,6 +3,8 @@
     pip install -e ".[bench]"
     python benchmarks/bench_dpo.py                       # default comparison + length/batch scaling
     python benchmarks/bench_dpo.py --quick               # default comparison only
+    python benchmarks/bench_dpo.py --checkpointing both  # gradient checkpointing on in both (TRL's default)
+    python benchmarks/bench_dpo.py --rows live:4:128 live:8:128 live:16:128 --plot memory.png
 
 Each measurement runs in a fresh process (peak memory is the process's peak RSS on CPU, max_memory_allocated on
 CUDA) that trains ``--warmup`` steps untimed, then ``--steps`` timed optimizer steps. Both frameworks get the
@@ -96,7 +98,8 @@ def run_lit_align(args) -> dict:
     rss_start = current_rss_mb()
     reference = "cache" if args.reference == "precomputed" else "copy"
     policy = PolicyWithReference(model=args.model, reference=reference, dtype=args.dtype,
-                                 reference_cache_dir=tempfile.mkdtemp(dir=args.workdir))
+                                 reference_cache_dir=tempfile.mkdtemp(dir=args.workdir),
+                                 gradient_checkpointing=recomputes(args, "lit"))
     module = DPO(beta=0.1, policy=policy, learning_rate=1e-5, lr_schedule="constant", warmup_ratio=0.0,
                  share_prompt=not args.no_share_prompt)
     data = PreferenceDataModule(path=args.data, batch_size=args.batch_size, max_length=args.max_length,
@@ -144,7 +147,7 @@ def run_trl(args) -> dict:
         beta=0.1, max_length=args.max_length, logging_steps=LOG_EVERY, max_grad_norm=1.0, save_strategy="no",
         report_to=[], precompute_ref_log_probs=args.reference == "precomputed",
         use_cpu=not torch.cuda.is_available(), bf16=args.dtype == "bfloat16", dataloader_num_workers=0, seed=0,
-        disable_tqdm=True,
+        disable_tqdm=True, gradient_checkpointing=recomputes(args, "trl"),
     )
     precompute = []
     original = DPOTrainer._precompute_ref_logps
@@ -171,6 +174,12 @@ def run_trl(args) -> dict:
                          processing_class=tokenizer, callbacks=[Timer()])
     trainer.train()
     return clock.summary(args.warmup, sum(precompute), rss_start)
+
+
+def recomputes(args, framework: str) -> bool:
+    """Gradient checkpointing for ``framework``: ``defaults`` gives each its own default (TRL on, lit-align off),
+    ``both``/``none`` the same for both (the same work)."""
+    return {"defaults": framework == "trl", "both": True, "none": False}[args.checkpointing]
 
 
 class StepClock:
@@ -216,7 +225,8 @@ def measure(framework: str, args, reference: str, batch_size: int, seq_len: int)
     cmd = [sys.executable, __file__, "--worker", framework, "--reference", reference, "--batch-size", str(batch_size),
            "--max-length", str(2 * seq_len), "--data", str(data), "--model", args.model, "--workdir", args.workdir,
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--dtype", args.dtype,
-           "--threads", str(args.threads)] + (["--no-share-prompt"] if args.no_share_prompt else [])
+           "--threads", str(args.threads), "--checkpointing", args.checkpointing] + (
+        ["--no-share-prompt"] if args.no_share_prompt else [])
     # a fresh datasets cache, or TRL would reuse the reference log-probs an earlier process precomputed
     env = dict(os.environ, HF_DATASETS_CACHE=tempfile.mkdtemp(dir=args.workdir))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -230,6 +240,34 @@ def median_of(runs: list[dict]) -> dict:
 
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]} | {
         "step_time_min": min(r["step_time"] for r in runs), "step_time_max": max(r["step_time"] for r in runs)}
+
+
+def plot_memory(rows: list[dict], args) -> None:
+    """Peak memory of both frameworks against batch size (rows at the default length) and sequence length (rows
+    at the default batch), medians of the processes of each row, one panel each."""
+    import statistics
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("batch", "seq", args.seq_len, "batch size (pairs)"), ("seq", "batch", args.batch_size,
+                                                                       "tokens per sequence (prompt + response)")]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (x, fixed, value, label) in zip(axes, panels):
+        chosen = sorted((r for r in rows if r[fixed] == value and r["reference"] == "live"), key=lambda r: r[x])
+        for framework, name in (("lit", "lit-align"), ("trl", "TRL DPOTrainer")):
+            ax.plot([r[x] for r in chosen], [statistics.median(m["peak_memory_mb"] for m in r[framework])
+                                             for r in chosen], marker="o", label=name)
+        ax.set_xlabel(label)
+        ax.set_ylabel("peak memory (MB)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"DPO peak memory, vocabulary {args.vocab or 474}, hidden {args.hidden}, checkpointing: "
+                 f"{args.checkpointing}")
+    fig.tight_layout()
+    fig.savefig(args.plot, dpi=120)
 
 
 def main() -> None:
@@ -252,6 +290,10 @@ def main() -> None:
     parser.add_argument("--json", help="also write every measurement to this file")
     parser.add_argument("--no-share-prompt", action="store_true", help="lit-align without prompt sharing (ablation)")
     parser.add_argument("--rows", nargs="*", help="only these rows, as reference:batch:seq (e.g. live:8:64)")
+    parser.add_argument("--checkpointing", default="defaults", choices=["defaults", "both", "none"],
+                        help="gradient checkpointing: each framework's default (TRL on, lit-align off), or the same "
+                        "for both")
+    parser.add_argument("--plot", help="draw peak memory against batch size and sequence length of the rows here")
     parser.add_argument("--data")
     parser.add_argument("--model")
     parser.add_argument("--workdir")
@@ -301,6 +343,8 @@ def main() -> None:
                   f"{trl['peak_memory_mb']:.0f} | {precompute} |", flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(everything, indent=1))
+        if args.plot:
+            plot_memory(everything, args)
 
 
 if __name__ == "__main__":
