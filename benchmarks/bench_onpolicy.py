@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_dpo import WORDS, build_model, current_rss_mb  # noqa: E402
+from bench_dpo import WORDS, build_model, current_rss_mb
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -184,9 +184,9 @@ def run_lit_align(args) -> dict:
     clock = BatchClock(args.breakdown)
     policy = PolicyWithReference(model=args.model, reference="copy", dtype="float32")
     sampling = SamplingConfig(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, temperature=TEMPERATURE)
-    common = dict(policy=policy, reward_model=args.reward_model, sampling=sampling, num_samples=SAMPLES_PER_PROMPT,
-                  missing_eos_penalty=None, learning_rate=LEARNING_RATE, lr_schedule="constant", warmup_ratio=0.0,
-                  max_grad_norm=1.0)
+    common = {"policy": policy, "reward_model": args.reward_model, "sampling": sampling,
+              "num_samples": SAMPLES_PER_PROMPT, "missing_eos_penalty": None, "learning_rate": LEARNING_RATE,
+              "lr_schedule": "constant", "warmup_ratio": 0.0, "max_grad_norm": 1.0}
     if args.pair == "rlhf":
         module = RLHF(epochs_per_batch=1, kl_coef=KL_COEF, **common)
     elif args.pair == "rebel":
@@ -342,7 +342,7 @@ def measure(framework: str, pair: str, args, breakdown: bool = False) -> dict:
            "--batches", str(args.batches), "--warmup", str(args.warmup), "--threads", str(args.threads)]
     cmd += ["--breakdown"] if breakdown else []
     env = dict(os.environ, HF_DATASETS_CACHE=tempfile.mkdtemp(dir=args.workdir))
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{framework} {pair} failed:\n{out.stderr[-4000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -411,9 +411,9 @@ def main() -> None:
         build_model(Path(args.model), args.hidden, args.layers)
         build_reward_model(Path(args.reward_model), Path(args.model))
         prompt_tokens = build_prompts(Path(args.data), max(512, PROMPTS_PER_BATCH * args.batches), Path(args.model))
-        print(f"# On-policy: lit-align vs TRL (CPU, {args.threads} thread(s); Llama hidden {args.hidden}, {args.layers} "
-              f"layers, vocabulary 474, float32; {PROMPTS_PER_BATCH} prompts of ~{prompt_tokens:.0f} tokens x "
-              f"{SAMPLES_PER_PROMPT} samples x {NEW_TOKENS} new tokens per batch; {args.warmup} warm-up + "
+        print(f"# On-policy: lit-align vs TRL (CPU, {args.threads} thread(s); Llama hidden {args.hidden}, "
+              f"{args.layers} layers, vocabulary 474, float32; {PROMPTS_PER_BATCH} prompts of ~{prompt_tokens:.0f} "
+              f"tokens x {SAMPLES_PER_PROMPT} samples x {NEW_TOKENS} new tokens per batch; {args.warmup} warm-up + "
               f"{args.batches - args.warmup} timed batches; median of {args.repeats} process(es) each)\n")
         print("| row | lit-align | TRL | updates/batch | lit-align batch s (min-max) | TRL batch s (min-max) | lit/TRL "
               "| generation share lit / TRL | lit-align peak MB | TRL peak MB | peak lit/TRL | RSS growth MB lit / TRL "
@@ -423,8 +423,8 @@ def main() -> None:
         for pair in args.pairs:
             runs = {"lit": [], "trl": []}
             for _ in range(args.repeats):  # alternate, so drift in machine speed hits both alike
-                for framework in runs:
-                    runs[framework].append(measure(framework, pair, args))
+                for framework, measured in runs.items():
+                    measured.append(measure(framework, pair, args))
             lit, trl = median_of(runs["lit"]), median_of(runs["trl"])
             everything.append({"pair": pair, **runs})
             print(f"| {pair} | {LIT_NAME[pair]} | {TRL_NAME[pair]} | {UPDATES[pair]} | {lit['batch_time']:.3f} "
