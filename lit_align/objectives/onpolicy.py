@@ -10,6 +10,11 @@ One ``training_step`` (one batch of prompts) runs, with manual optimisation:
    ``experience_loss(mb)`` -> backward -> gradient clipping to ``max_grad_norm`` -> optimizer step.
 3. The learning-rate schedule steps once.
 
+With one mini-batch (``mini_batches: 1``) the first update scores exactly the rows and the weights of the
+sampling-time pass, so that pass runs with gradient and is kept as the first update's forward
+(``HeldForward``): its detached values are ``old_logps`` (and RLHF's values), and one policy forward per batch
+is saved (TRL's RLOO/GRPO run both). The ratio of the first update is then exactly 1, as in theory.
+
 Hooks a subclass uses:
 
 - ``experience_loss(mb) -> (scalar loss, {name: per-row or scalar diagnostics})`` (required). ``mb`` is the
@@ -33,8 +38,10 @@ device by Lightning and left out of checkpoints, like the reference.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -89,6 +96,8 @@ class OnPolicyObjective(AlignmentModule):
 
     #: The KL shaping and monitors score fresh samples under pi_0; a reference-free objective sets None.
     needs_reference = "samples"
+    #: With one mini-batch, keep the sampling-time forward (with its graph) as the first update's (module doc).
+    hold_first_forward: bool = True
 
     def __init__(
         self,
@@ -120,6 +129,7 @@ class OnPolicyObjective(AlignmentModule):
         self.mini_batches = mini_batches
         self.missing_eos_penalty = missing_eos_penalty
         self._warned_no_stop = False
+        self._held = HeldForward()
         self.reward_stage = reward_stage
         self.reward_model: nn.Module | None = None
         functions = reward_functions_of(reward_model)
@@ -206,14 +216,19 @@ class OnPolicyObjective(AlignmentModule):
                     f"{self.missing_eos_penalty} replaced every reward and the batch carries nothing of the reward "
                     "model: raise max_new_tokens, or set missing_eos_penalty: null")
         exp["scores"] = scores
-        exp.update(self.policy_experience(exp))
         if self.policy.reference.live:  # a reference-free objective without one gets no ref_logps
+            # pi_0's no-grad forward before the policy's, which may be kept with its graph (HeldForward)
             exp["ref_logps"], _ = self.chunked_token_logps(exp, reference=True)
+        exp.update(self.policy_experience(exp))
         return exp
 
     def policy_experience(self, exp: Experience) -> Experience:
-        """What one no-grad pass of the sampling-time policy gives of every row: ``old_logps`` and
-        ``response_mask`` (RLHF adds its values from the same forward)."""
+        """What one pass of the sampling-time policy gives of every row: ``old_logps`` and ``response_mask``
+        (RLHF adds its values from the same forward). Kept as the first update's forward when it can be."""
+        if self._held.armed:
+            with torch.enable_grad():  # make_experience runs under no_grad
+                token_logps = self._held.keep(self.policy_token_logps(exp))
+            return {"old_logps": token_logps.detach(), "response_mask": exp["completion_mask"][:, 1:].bool()}
         old_logps, response_mask = self.chunked_token_logps(exp)
         return {"old_logps": old_logps, "response_mask": response_mask}
 
@@ -247,6 +262,9 @@ class OnPolicyObjective(AlignmentModule):
 
     def policy_token_logps(self, mb: Experience) -> torch.Tensor:
         """Current policy's per-token log-probs (n, T-1) of the rows of ``mb``, with gradient, zero off the mask."""
+        held = self._held.take(mb["input_ids"].shape[0])
+        if held is not None:
+            return held
         token_logps, _ = self.policy.completion_logps(mb["input_ids"], mb["attention_mask"], mb["completion_mask"],
                                                       temperature=self.sampling.temperature)
         return token_logps
@@ -268,12 +286,14 @@ class OnPolicyObjective(AlignmentModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         optimizer = self.optimizers()
-        exp = self.make_experience(batch)
+        with self._held.arm(self.mini_batches == 1 and self.hold_first_forward):
+            exp = self.make_experience(batch)
         self.record("train", self.experience_metrics(exp))
         loss = None
         for _ in range(self.epochs_per_batch):
             for rows in self.mini_batch_rows(exp):
-                loss, metrics = self.experience_loss({k: v[rows] for k, v in exp.items()})
+                with self._held.for_rows(rows):
+                    loss, metrics = self.experience_loss({k: v[rows] for k, v in exp.items()})
                 self.manual_backward(loss)
                 self.clip_and_log_gradients(optimizer, self.max_grad_norm)
                 optimizer.step()
@@ -313,3 +333,66 @@ class OnPolicyObjective(AlignmentModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         restore_frozen(checkpoint.get("state_dict"), self.reward_model, "reward_model.")
+
+
+class HeldForward:
+    """The sampling-time policy forward of a batch, kept with its graph for the first update to use.
+
+    ``arm(on)`` around ``make_experience``: while armed, ``policy_experience`` runs its forward of every row with
+    gradient and hands it to ``keep``. ``for_rows(rows)`` around the first update, whose forward asks
+    ``take(num_rows)`` first: the kept output at ``rows``, once (later forwards are computed as usual). Whatever
+    was not taken is dropped when the update ends, with its graph.
+    """
+
+    def __init__(self) -> None:
+        self.armed = False
+        self._output: Any = None
+        self._rows: torch.Tensor | None = None
+
+    @contextmanager
+    def arm(self, on: bool):
+        self.armed, self._output = on, None
+        try:
+            yield
+        finally:
+            self.armed = False
+
+    def keep(self, output: Any) -> Any:
+        self._output = output
+        return output
+
+    @contextmanager
+    def for_rows(self, rows: torch.Tensor):
+        self._rows = rows
+        try:
+            yield
+        finally:
+            self._output = self._rows = None  # a later update recomputes its forward
+
+    def take(self, num_rows: int) -> Any:
+        if self._output is None or self._rows is None or self._rows.numel() != num_rows:
+            return None
+        output, self._output = self._output, None
+        return select_rows(output, self._rows)
+
+
+def select_rows(value: Any, rows: torch.Tensor) -> Any:
+    """``value`` (a tensor, a tuple of them or a dataclass of them, first dimension the rows) at ``rows``."""
+    if isinstance(value, torch.Tensor):
+        return value[rows]
+    if isinstance(value, tuple):
+        return type(value)(select_rows(v, rows) for v in value)
+    if dataclasses.is_dataclass(value):
+        return dataclasses.replace(value, **{f.name: select_rows(getattr(value, f.name), rows)
+                                             for f in dataclasses.fields(value) if getattr(value, f.name) is not None})
+    raise TypeError(f"cannot select rows of a {type(value).__name__}")
+
+
+def detached(value: Any) -> Any:
+    """``value`` (as ``select_rows`` takes it) without its graph."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, tuple):
+        return type(value)(detached(v) for v in value)
+    return dataclasses.replace(value, **{f.name: getattr(value, f.name).detach()
+                                         for f in dataclasses.fields(value) if getattr(value, f.name) is not None})

@@ -24,7 +24,7 @@ from lit_align.losses import (
     ppo_value_loss,
     whitening_scale,
 )
-from lit_align.objectives.onpolicy import Experience, OnPolicyObjective
+from lit_align.objectives.onpolicy import Experience, OnPolicyObjective, detached
 
 
 class RLHF(OnPolicyObjective):
@@ -128,6 +128,9 @@ class RLHF(OnPolicyObjective):
         Column t of the values is V(s_t), the value of the state in which token t+1 is chosen, aligned with the
         log-probs of ``completion_token_logprobs``.
         """
+        held = self._held.take(input_ids.shape[0])
+        if held is not None:  # the sampling-time forward of these rows, kept for the first update
+            return held
         scores = self.policy.completion_scores(input_ids, attention_mask, completion_mask, self.sampling.temperature,
                                                entropy=self.needs_entropy, hidden=True)
         hidden = scores.hidden[:, :-1]  # (n, T-1, H)
@@ -137,10 +140,15 @@ class RLHF(OnPolicyObjective):
     # -- experience --------------------------------------------------------------------------------------------
 
     def policy_experience(self, exp: Experience) -> Experience:
-        # One forward per chunk gives the sampling-time log-probs, the values and any extra per-token rewards.
+        # One forward per chunk gives the sampling-time log-probs, the values and any extra per-token rewards;
+        # with one mini-batch it is one forward, kept with its graph for the first update (HeldForward).
         logps, values, extras = [], [], []
         for ids, attn, comp in self.experience_chunks(exp):
-            scores, chunk_values = self.forward_with_values(ids, attn, comp)
+            if self._held.armed:
+                with torch.enable_grad():
+                    scores, chunk_values = detached(self._held.keep(self.forward_with_values(ids, attn, comp)))
+            else:
+                scores, chunk_values = self.forward_with_values(ids, attn, comp)
             logps.append(scores.logps)
             values.append(chunk_values)
             extras.append(self.extra_token_rewards(scores, comp[:, 1:].bool()))
