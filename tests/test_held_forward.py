@@ -35,7 +35,8 @@ def _train(name: str, hold: bool, epochs: int, mini_batches: int = 1, steps: int
     module = OBJECTIVES[name](policy=PolicyWithReference(model="tiny", reference="copy"), reward_model=TokenReward(),
                               sampling=SamplingConfig(max_new_tokens=6, temperature=1.0), warmup_ratio=0.0,
                               # SGD: an update proportional to the gradient, so equal gradients give equal weights
-                              optimizer=lambda params: torch.optim.SGD(params, lr=0.5), epochs_per_batch=epochs, mini_batches=mini_batches)
+                              optimizer=lambda params: torch.optim.SGD(params, lr=0.5),
+                              epochs_per_batch=epochs, mini_batches=mini_batches)
     module.hold_first_forward = hold
     scored = []
     original = module.policy._scores
