@@ -116,6 +116,9 @@ class PolicyWithReference(nn.Module):
         self.load_kwargs = {"attn_implementation": attn_implementation, "revision": revision,
                             "quantization": quantization, "model_kwargs": model_kwargs}
         base = load_causal_lm(model, dtype=dtype, trust_remote_code=trust_remote_code, seed=seed, **self.load_kwargs)
+        # from_pretrained hands the model over in eval mode and Lightning keeps each module's mode: without this
+        # the policy would train in eval mode, where gradient checkpointing (and dropout) silently do nothing
+        base.train()
         if disable_dropout:
             zero_dropout(base)
         if gradient_checkpointing:

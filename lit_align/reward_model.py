@@ -135,6 +135,7 @@ def build_reward_scorer(
     classifier = load_sequence_classifier(
         model, dtype=dtype, trust_remote_code=trust_remote_code, seed=seed, pad_token_id=tokenizer.pad_token_id
     )
+    classifier.train()  # from_pretrained returns eval mode, where gradient checkpointing and dropout do nothing
     if disable_dropout:
         zero_dropout(classifier)
     if gradient_checkpointing:

@@ -1,0 +1,59 @@
+"""What is trained runs in training mode, what is frozen in eval mode, for models loaded from a directory too:
+``from_pretrained`` returns eval mode and Lightning keeps each module's mode, so a policy or reward model left as
+loaded would train in eval mode, where gradient checkpointing (and dropout) silently do nothing."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+
+from lit_align import PolicyWithReference
+from lit_align.data import PreferenceDataModule
+from lit_align.objectives import DPO, RewardModeling
+
+
+@pytest.fixture(scope="module")
+def saved_tiny(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny_model")
+    policy = PolicyWithReference(model="tiny", reference="none")
+    policy.policy.save_pretrained(directory)
+    policy.tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+class ModesSeen(L.Callback):
+    """The modes of the trained and the frozen modules at each training step."""
+
+    def __init__(self, trained, frozen) -> None:
+        self.trained, self.frozen, self.seen = trained, frozen, []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        trained, frozen = self.trained(module), self.frozen(module)
+        layers = [m for m in trained.modules() if hasattr(m, "gradient_checkpointing")]
+        self.seen.append({
+            "trained": all(m.training for m in trained.modules()),
+            "frozen": frozen is None or not any(m.training for m in frozen.modules()),
+            "checkpointing": bool(layers) and all(m.gradient_checkpointing and m.training for m in layers),
+        })
+
+
+def _fit(module, callback) -> None:
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
+                        val_check_interval=1, callbacks=[callback])
+    trainer.fit(module, datamodule=PreferenceDataModule(path="tiny", batch_size=2, limit_rows=8, val_fraction=0.25))
+
+
+def test_a_policy_loaded_from_a_directory_trains_in_training_mode_with_checkpointing_in_effect(saved_tiny):
+    module = DPO(policy=PolicyWithReference(model=saved_tiny, reference="copy", gradient_checkpointing=True))
+    seen = ModesSeen(lambda m: m.policy.policy, lambda m: m.policy.reference.weights)
+    _fit(module, seen)
+    # the second step comes after a validation pass, which puts modules in eval mode and back
+    assert seen.seen == [{"trained": True, "frozen": True, "checkpointing": True}] * 2
+
+
+def test_a_reward_model_loaded_from_a_directory_trains_in_training_mode(saved_tiny):
+    module = RewardModeling(model=saved_tiny, gradient_checkpointing=True)
+    seen = ModesSeen(lambda m: m.scorer, lambda m: None)
+    _fit(module, seen)
+    assert seen.seen == [{"trained": True, "frozen": True, "checkpointing": True}] * 2
