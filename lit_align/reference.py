@@ -144,13 +144,20 @@ class LoraBase(Reference):
     def logits(self, host, input_ids, attention_mask, **kwargs) -> torch.Tensor:
         from lit_align.policy import run_causal_lm
 
-        with host.policy.disable_adapter():
-            return run_causal_lm(host.policy, input_ids, attention_mask, **kwargs)
+        with self.sampling_model(host) as pi_0:
+            return run_causal_lm(pi_0, input_ids, attention_mask, **kwargs)
 
     @contextmanager
     def sampling_model(self, host) -> Iterator[nn.Module]:
-        with host.policy.disable_adapter():
-            yield host.policy
+        # pi_0 is frozen: in eval mode, or the policy's dropout (when kept) would make its log-probs random
+        modes = {m: m.training for m in host.policy.modules()}
+        host.policy.eval()
+        try:
+            with host.policy.disable_adapter():
+                yield host.policy
+        finally:
+            for m, training in modes.items():
+                m.train(training)
 
     def forward_parameters(self, host) -> int:
         return sum(p.numel() for p in host.policy.parameters())

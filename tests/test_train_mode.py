@@ -57,3 +57,29 @@ def test_a_reward_model_loaded_from_a_directory_trains_in_training_mode(saved_ti
     seen = ModesSeen(lambda m: m.scorer, lambda m: None)
     _fit(module, seen)
     assert seen.seen == [{"trained": True, "frozen": True, "checkpointing": True}] * 2
+
+
+@pytest.mark.parametrize("reference", ["lora", "copy"])
+def test_the_reference_scores_in_eval_mode_while_the_policy_trains_with_dropout(reference):
+    """With dropout kept (``disable_dropout: false``) the training policy is random, pi_0 never: the LoRA base
+    runs in eval mode for its forward (and the policy is back in training mode after it)."""
+    import torch
+    from peft import LoraConfig
+    from test_shared_prompt import ragged_examples
+
+    from lit_align.data.collate import CompletionCollator
+
+    policy = PolicyWithReference(model="tiny", reference=reference, disable_dropout=False,
+                                 lora=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]) if reference == "lora" else None)
+    for module in policy.modules():
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = 0.5
+    module = DPO(policy=policy)
+    module.train()
+    batch = CompletionCollator(pad_token_id=0)(ragged_examples(2))
+    first, second = (module.row_logps(batch, "reference").policy for _ in range(2))
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert all(m.training for m in policy.policy.modules())
+    with torch.no_grad():
+        noisy = [module.row_logps(batch).policy for _ in range(2)]
+    assert not torch.equal(*noisy)  # the policy itself does train with dropout
