@@ -69,8 +69,8 @@ def test_the_reference_scores_in_eval_mode_while_the_policy_trains_with_dropout(
 
     from lit_align.data.collate import CompletionCollator
 
-    policy = PolicyWithReference(model="tiny", reference=reference, disable_dropout=False,
-                                 lora=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]) if reference == "lora" else None)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"]) if reference == "lora" else None
+    policy = PolicyWithReference(model="tiny", reference=reference, disable_dropout=False, lora=lora)
     for module in policy.modules():
         if hasattr(module, "attention_dropout"):
             module.attention_dropout = 0.5
