@@ -187,6 +187,17 @@ def load_sequence_classifier(
         raise ModelLoadError(_explain(name, "sequence-classification model", err)) from err
 
 
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each transformer block's activations in the backward (non-reentrant, so parameter names and
+    state dicts stay as they are). transformers 5.24 renamed ``gradient_checkpointing_enable`` (now deprecated,
+    with a warning at every call) to ``activation_checkpointing_enable``; older versions have only the first."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+
+
 def zero_dropout(model: nn.Module) -> None:
     """Zero every dropout, including the functional attention dropout that HF attention modules read from attributes.
 

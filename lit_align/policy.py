@@ -24,7 +24,7 @@ from lit_align.chunked_head import (
     run_with_full_logits,
     run_with_request,
 )
-from lit_align.models import load_causal_lm, load_tokenizer, zero_dropout
+from lit_align.models import enable_activation_checkpointing, load_causal_lm, load_tokenizer, zero_dropout
 from lit_align.reference import Reference, ReferenceMode, build_reference, reference_class
 from lit_align.rollout import Rollout, SamplingConfig, sample
 
@@ -122,8 +122,7 @@ class PolicyWithReference(nn.Module):
         if disable_dropout:
             zero_dropout(base)
         if gradient_checkpointing:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            base.config.use_cache = False
+            enable_activation_checkpointing(base)
         self.reference: Reference = build_reference(reference, base, model, reference_cache_dir)
         self.policy = _wrap_lora(base, lora, quantized=quantization is not None) if lora is not None else base
         if generation not in ("hf", "vllm"):

@@ -28,6 +28,7 @@ from lit_align.losses import last_token_index
 from lit_align.models import (
     EMBEDDED_SEED,
     ModelLoadError,
+    enable_activation_checkpointing,
     is_embedded,
     load_sequence_classifier,
     load_tokenizer,
@@ -139,8 +140,7 @@ def build_reward_scorer(
     if disable_dropout:
         zero_dropout(classifier)
     if gradient_checkpointing:
-        classifier.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        classifier.config.use_cache = False
+        enable_activation_checkpointing(classifier)
     return RewardScorer(classifier, tokenizer, source=model)
 
 

@@ -23,6 +23,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from lit_align.models import enable_activation_checkpointing
+
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -66,8 +68,7 @@ def shard_policy(policy, mesh, options: ShardingOptions) -> None:
         )
     if options.activation_checkpointing:
         # HF's own non-reentrant checkpointing keeps parameter names unchanged, so state dicts stay loadable.
-        hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        hf_model.config.use_cache = False
+        enable_activation_checkpointing(hf_model)
     kwargs = _fully_shard_kwargs(mesh, options)
     if is_scorer:
         # RewardScorer.forward calls the backbone and then the score head itself, not the HF model's forward, so

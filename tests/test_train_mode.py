@@ -83,3 +83,34 @@ def test_the_reference_scores_in_eval_mode_while_the_policy_trains_with_dropout(
     with torch.no_grad():
         noisy = [module.row_logps(batch).policy for _ in range(2)]
     assert not torch.equal(*noisy)  # the policy itself does train with dropout
+
+
+def test_activation_checkpointing_recomputes_with_the_same_gradients_and_no_deprecation_warning():
+    import warnings
+
+    import torch
+
+    from lit_align.models import enable_activation_checkpointing
+
+    plain = PolicyWithReference(model="tiny", reference="none").policy
+    recomputing = PolicyWithReference(model="tiny", reference="none").policy
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        enable_activation_checkpointing(recomputing)
+    layers = [m for m in recomputing.modules() if hasattr(m, "gradient_checkpointing")]
+    assert layers and all(m.gradient_checkpointing for m in layers) and recomputing.config.use_cache is False
+    ids = torch.randint(3, 400, (2, 12), generator=torch.Generator().manual_seed(0))
+    saved = []
+    for model in (plain, recomputing):
+        sizes = []
+
+        def pack(t, sizes=sizes):
+            sizes.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(input_ids=ids).logits.float().logsumexp(-1).sum().backward()
+        saved.append(sum(sizes))
+    assert saved[1] < saved[0]  # fewer activations kept for the backward
+    for a, b in zip(plain.parameters(), recomputing.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
