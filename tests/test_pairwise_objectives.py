@@ -10,7 +10,7 @@ import torch
 from lit_align import PolicyWithReference
 from lit_align.data import PreferenceDataModule
 from lit_align.logprobs import completion_token_logprobs
-from lit_align.losses import dpo_loss
+from lit_align.losses import dpo_loss, length_desensitized_logps
 from lit_align.objectives import (
     AOT, APODown, APOZero, BCOPair, CombinedPairLoss, DiscoPOP, EXOPair, Hinge, LDDPO, LengthNormalizedDPO,
     NCAPair, ORPO, RPO, RobustDPO, SPPOHard, SimPO, WPO,
@@ -38,16 +38,24 @@ def _moved(module):
     return module
 
 
-def _rows(module, batch):
-    """(chosen, rejected) RowLogps of the unpacked rows, computed here from the logits."""
+def _rows(module, batch, ld_alpha=None):
+    """(chosen, rejected) RowLogps of the unpacked rows, computed here from the logits; with ``ld_alpha`` the
+    policy's and the reference's sums desensitised LD-DPO's way."""
     with torch.no_grad():
         logits = module.policy(batch["input_ids"], batch["attention_mask"])
         tokens, mask = completion_token_logprobs(logits, batch["input_ids"], batch["completion_mask"])
-        reference = None
+        ref_tokens = None
         if module.policy.reference.live:
             ref_logits = module.policy.reference_logits(batch["input_ids"], batch["attention_mask"])
-            reference = completion_token_logprobs(ref_logits, batch["input_ids"], batch["completion_mask"])[0].sum(-1)
-    rows = RowLogps(tokens.sum(-1), tokens, mask, torch.zeros(len(tokens)), reference)
+            ref_tokens = completion_token_logprobs(ref_logits, batch["input_ids"], batch["completion_mask"])[0]
+
+    def summed(values):
+        if values is None or ld_alpha is None:
+            return None if values is None else values.sum(-1)
+        public = torch.minimum(*mask.sum(-1).chunk(2)).repeat(2)
+        return length_desensitized_logps(values, mask, public, ld_alpha)
+
+    rows = RowLogps(summed(tokens), tokens, mask, torch.zeros(len(tokens)), summed(ref_tokens))
     return rows.blocks(2)
 
 
@@ -58,7 +66,7 @@ def test_objective_loss_is_its_term_on_independent_logps(cls, batch):
     module.eval()  # BCO's running mean is read, not moved
     with torch.no_grad():
         loss, metrics = module.compute_loss(batch, "val")
-    chosen, rejected = _rows(module, batch)
+    chosen, rejected = _rows(module, batch, module.ld_alpha)
     settings = dict(module.settings)
     expected = PAIR_LOSSES[module.term].term(chosen, rejected, **settings)
     torch.testing.assert_close(loss, expected.losses.mean(), atol=1e-5, rtol=1e-5)
@@ -77,17 +85,23 @@ def test_reference_free_objectives_load_no_reference(make, batch):
     assert Hinge().policy.reference.name != "none"  # the TRL form keeps its reference
 
 
-def test_ld_dpo_with_alpha_one_is_dpo_and_down_weights_excess_tokens(batch):
+def test_ld_dpo_with_alpha_one_is_dpo_and_desensitises_the_reference_too(batch):
     module = _moved(LDDPO(alpha=1.0))
     chosen, rejected = _rows(module, batch)
     plain = dpo_loss(chosen.policy, rejected.policy, chosen.reference, rejected.reference, 0.1).losses
-    torch.testing.assert_close(PAIR_LOSSES["ld_dpo"].term(chosen, rejected, alpha=1.0).losses, plain)
+    with torch.no_grad():
+        torch.testing.assert_close(module.compute_loss(batch, "val")[1]["loss"], plain, atol=1e-5, rtol=1e-5)
+        module.use_ld_alpha(0.5)
+        desensitised = module.compute_loss(batch, "val")[1]["loss"]
     # alpha < 1: a pair of equal lengths is untouched, an unequal one is not
-    desensitised = PAIR_LOSSES["ld_dpo"].term(chosen, rejected, alpha=0.5).losses
     same = chosen.lengths == rejected.lengths
     assert (~same).any()
-    torch.testing.assert_close(desensitised[same], plain[same])
+    torch.testing.assert_close(desensitised[same], plain[same], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(desensitised[~same], plain[~same])
+    # the reference is desensitised as well as the policy (TRL's): at the reference the loss is ln 2 exactly
+    at_reference = LDDPO(alpha=0.5)
+    with torch.no_grad():
+        torch.testing.assert_close(at_reference.compute_loss(batch, "val")[0], torch.tensor(0.6931472))
 
 
 def test_wpo_batch_normalized_weights_average_one(batch):
@@ -112,14 +126,16 @@ def test_combined_is_the_weighted_sum_of_its_parts_and_logs_each(batch):
         loss, metrics = module.compute_loss(batch, "val")
     chosen, rejected = _rows(module, batch)
     dpo = PAIR_LOSSES["sigmoid"].term(chosen, rejected, beta=0.1)
-    bco = PAIR_LOSSES["bco_pair"].term(chosen, rejected)  # no running mean yet: the batch's own
-    nll = -(chosen.policy / chosen.lengths)
+    bco = PAIR_LOSSES["bco_pair"].term(chosen, rejected)  # no shift (TRL 1.16's bco_pair)
+    nll = -chosen.policy * len(chosen.policy) / chosen.lengths.sum()  # the token mean over the batch (TRL's sft)
     torch.testing.assert_close(loss, (0.8 * dpo.losses + 0.2 * bco.losses + nll).mean(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(metrics["loss/sft"], nll, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(metrics["loss/sigmoid"], dpo.losses, atol=1e-5, rtol=1e-5)
     assert "loss/bco_pair" in metrics
     torch.testing.assert_close(metrics["rewards/chosen"], dpo.chosen_rewards, atol=1e-5, rtol=1e-5)
-    assert "term_states.bco_pair.total" in module.state_dict()  # BCO's running mean is checkpointed
+    assert "term_states.bco_pair.total" not in module.state_dict()  # no running mean unless asked for
+    shifted = CombinedPairLoss(losses=[{"loss": "bco_pair", "running_mean": True}])
+    assert "term_states.bco_pair.total" in shifted.state_dict()  # the paper's running mean is checkpointed
 
 
 def test_combined_names_repeats_loads_reference_only_when_needed_and_checks_its_spec():

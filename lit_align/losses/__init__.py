@@ -2,11 +2,15 @@
 
 ``preference``: losses of offline and sampled pairs (DPO, IPO, Bradley-Terry, PMLE, distillation, REBEL, KL
 surrogates). ``pairwise``: TRL's offline pairwise ``loss_type``s (SimPO, ORPO, hinge, robust DPO, BCO, APO, NCA,
-EXO, SPPO, DiscoPOP, AOT, length-normalised and length-desensitised DPO, WPO, RPO).
+EXO, SPPO, DiscoPOP, AOT, length-normalised and length-desensitised DPO, WPO, RPO). ``group``: RLOO and GRPO
+(and GRPO's variants). ``unpaired``: KTO.
 ``rl``: the per-token maths of PPO and reverse KL. Everything is importable from ``lit_align.losses``.
 """
 
 from lit_align.losses.preference import (
+    F_DIVERGENCES,
+    FDivergence,
+    f_divergence_scores,
     PreferenceLoss,
     dpo_loss,
     ipo_loss,
@@ -53,6 +57,11 @@ from lit_align.losses.rl import (
     ppo_value_loss,
 )
 from lit_align.losses.group import (
+    GROUP_LOSS_TYPES,
+    entropy_token_mask,
+    normalized_advantages,
+    sequence_log_ratio,
+    vespo_weights,
     GroupLossType,
     GroupTokenLoss,
     RewardScale,
@@ -67,6 +76,14 @@ from lit_align.losses.group import (
 from lit_align.losses.unpaired import UnpairedLoss, kto_loss, kto_reference_point
 
 __all__ = [
+    "F_DIVERGENCES",
+    "FDivergence",
+    "f_divergence_scores",
+    "GROUP_LOSS_TYPES",
+    "entropy_token_mask",
+    "normalized_advantages",
+    "sequence_log_ratio",
+    "vespo_weights",
     "aot_loss",
     "apo_down_loss",
     "apo_zero_loss",

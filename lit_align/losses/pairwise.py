@@ -11,6 +11,7 @@ detached implicit rewards of both responses (``PreferenceLoss``), so reduction s
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from lit_align.losses.preference import PreferenceLoss, dpo_loss
 
 Tensor = torch.Tensor
+NLLReduction = Literal["token", "example"]
 
 
 def _log_ratios(policy_chosen: Tensor, policy_rejected: Tensor, reference_chosen: Tensor | None,
@@ -38,17 +40,22 @@ def _per_token(logps: Tensor, lengths: Tensor) -> Tensor:
 
 
 def simpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, chosen_lengths: Tensor, rejected_lengths: Tensor,
-               beta: float = 2.0, gamma: float = 0.5, label_smoothing: float = 0.0) -> PreferenceLoss:
+               beta: float = 2.0, gamma: float = 0.5, label_smoothing: float = 0.0, cpo_alpha: float = 0.0
+               ) -> PreferenceLoss:
     """SimPO (Meng et al. 2024): ``-ln s(beta/|y+| ln pi(y+) - beta/|y-| ln pi(y-) - gamma)``.
 
     Reference-free and length-normalised: the implicit reward is the mean per-token log-prob times ``beta``, and
     ``gamma`` is a target margin between the rewards. ``label_smoothing`` eps gives the cDPO-style
-    ``-(1-eps) ln s(z) - eps ln s(-z)`` (TRL's CPO form; 0 is the paper's loss).
+    ``-(1-eps) ln s(z) - eps ln s(-z)`` (TRL's CPO form; 0 is the paper's loss). ``cpo_alpha`` adds that weight
+    times the chosen responses' NLL, a token mean over the batch (``nll_loss``): TRL's ``CPOTrainer`` with
+    ``loss_type: simpo`` (its ``cpo_alpha`` default is 1.0; 0 is the SimPO paper's loss).
     """
     chosen = beta * _per_token(policy_chosen, chosen_lengths)
     rejected = beta * _per_token(policy_rejected, rejected_lengths)
     logits = chosen - rejected - gamma
     losses = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
+    if cpo_alpha:
+        losses = losses + cpo_alpha * nll_loss(policy_chosen, chosen_lengths)
     return PreferenceLoss(losses, chosen.detach(), rejected.detach())
 
 
@@ -58,16 +65,17 @@ def _log_odds(mean_logps: Tensor) -> Tensor:
 
 
 def orpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, chosen_lengths: Tensor, rejected_lengths: Tensor,
-              lam: float = 0.1) -> PreferenceLoss:
+              lam: float = 0.1, nll_reduction: NLLReduction = "token") -> PreferenceLoss:
     """ORPO (Hong et al. 2024): ``L_SFT + lam * L_OR`` with ``L_OR = -ln s(ln odds(y+) - ln odds(y-))``.
 
     ``P(y) = exp(ln pi(y) / |y|)`` is the length-normalised likelihood and ``odds(y) = P(y) / (1 - P(y))``;
-    ``L_SFT = -ln pi(y+) / |y+|``, the mean per-token NLL of the chosen response (per example here; TRL takes
-    the token mean over the batch). Reference-free. Rewards are ``lam`` times the mean per-token log-probs (TRL's).
+    ``L_SFT`` the chosen responses' NLL (``nll_loss``: by default the token mean over the batch, as TRL; TRL's
+    also counts the prompt tokens, which the completion log-probs here do not hold). Reference-free. Rewards are
+    ``lam`` times the mean per-token log-probs (TRL's).
     """
     chosen, rejected = _per_token(policy_chosen, chosen_lengths), _per_token(policy_rejected, rejected_lengths)
     odds_ratio = -F.logsigmoid(_log_odds(chosen) - _log_odds(rejected))
-    return _rewards(-chosen + lam * odds_ratio, chosen, rejected, lam)
+    return _rewards(nll_loss(policy_chosen, chosen_lengths, nll_reduction) + lam * odds_ratio, chosen, rejected, lam)
 
 
 def hinge_loss(policy_chosen: Tensor, policy_rejected: Tensor, reference_chosen: Tensor | None = None,
@@ -98,19 +106,16 @@ def robust_dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, reference_ch
 
 
 def bco_pair_loss(policy_chosen: Tensor, policy_rejected: Tensor, reference_chosen: Tensor,
-                  reference_rejected: Tensor, beta: float = 0.1, reward_shift: Tensor | float | None = None
+                  reference_rejected: Tensor, beta: float = 0.1, reward_shift: Tensor | float = 0.0
                   ) -> PreferenceLoss:
     """BCO on pairs (Jung et al. 2024): ``-ln s(beta h+ - delta) - ln s(-(beta h- - delta))``.
 
-    A binary classifier with logit ``beta h`` tells chosen (label 1) from rejected (label 0) responses; the
-    reward shift ``delta`` is the mean implicit reward ``beta h`` seen so far (the paper's moving average). With
-    ``reward_shift=None`` it is this batch's mean over both responses (detached): a simplification for a caller
-    that keeps no running mean (``BCOPair`` keeps one over the steps of training).
+    A binary classifier with logit ``beta h`` tells chosen (label 1) from rejected (label 0) responses. The paper
+    shifts the logits by ``delta``, the mean implicit reward ``beta h`` seen so far (``BCOPair(running_mean=True)``
+    keeps one); TRL 1.16's ``bco_pair`` applies no shift: ``reward_shift = 0``, the default. Detached.
     """
     chosen, rejected = _log_ratios(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
     chosen_rewards, rejected_rewards = beta * chosen, beta * rejected
-    if reward_shift is None:
-        reward_shift = torch.cat([chosen_rewards, rejected_rewards]).mean()
     delta = torch.as_tensor(reward_shift, dtype=chosen_rewards.dtype, device=chosen_rewards.device).detach()
     losses = -F.logsigmoid(chosen_rewards - delta) - F.logsigmoid(-(rejected_rewards - delta))
     return _rewards(losses, chosen, rejected, beta)
@@ -162,7 +167,7 @@ def exo_pair_loss(policy_chosen: Tensor, policy_rejected: Tensor, reference_chos
     ``p_theta = (s(beta h), s(-beta h))`` is the policy's probability that y+ (resp. y-) is preferred and
     ``p_data = (1 - eps, eps)`` the smoothed label: ``s(beta h) (ln s(beta h) - ln(1-eps)) + s(-beta h)
     (ln s(-beta h) - ln eps)``. Mode-seeking where DPO's forward KL is mean-seeking; needs ``0 < eps < 1``
-    (default 1e-3, TRL's).
+    (default 1e-3; TRL's ``label_smoothing`` default is 0, which it refuses for ``exo_pair``).
     """
     if not 0.0 < label_smoothing < 1.0:
         raise ValueError(f"EXO needs label_smoothing in (0, 1), got {label_smoothing}")
@@ -225,11 +230,14 @@ def length_normalized_dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, r
                                beta: float = 0.1, label_smoothing: float = 0.0) -> PreferenceLoss:
     """Length-normalised DPO (TRL ``sigmoid_norm``): DPO on ``h+/|y+| - h-/|y-|``, mean per-token log-ratios.
 
-    Removes DPO's pull towards longer chosen responses; the rewards are ``beta`` times the per-token log-ratios.
+    Removes DPO's pull towards longer chosen responses. The rewards are ``beta`` times the summed log-ratios, as
+    TRL logs them for every loss type. ``label_smoothing`` gives cDPO's smoothing (TRL's ``sigmoid_norm`` has none:
+    0, the default).
     """
-    return dpo_loss(_per_token(policy_chosen, chosen_lengths), _per_token(policy_rejected, rejected_lengths),
-                    _per_token(reference_chosen, chosen_lengths), _per_token(reference_rejected, rejected_lengths),
-                    beta, label_smoothing)
+    out = dpo_loss(_per_token(policy_chosen, chosen_lengths), _per_token(policy_rejected, rejected_lengths),
+                   _per_token(reference_chosen, chosen_lengths), _per_token(reference_rejected, rejected_lengths),
+                   beta, label_smoothing)
+    return _rewards(out.losses, policy_chosen - reference_chosen, policy_rejected - reference_rejected, beta)
 
 
 def length_desensitized_logps(token_logps: Tensor, mask: Tensor, public_lengths: Tensor, alpha: float) -> Tensor:
@@ -267,19 +275,32 @@ def wpo_weights(chosen_token_logps: Tensor, chosen_mask: Tensor, rejected_token_
 
 
 def rpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, reference_chosen: Tensor, reference_rejected: Tensor,
-             chosen_lengths: Tensor, beta: float = 0.1, alpha: float = 1.0) -> PreferenceLoss:
-    """RPO (Pang et al. 2024): ``DPO + alpha * (-ln pi(y+) / |y+|)``, DPO plus the chosen response's NLL.
+             chosen_lengths: Tensor, beta: float = 0.1, alpha: float = 1.0,
+             nll_reduction: NLLReduction = "token") -> PreferenceLoss:
+    """RPO (Pang et al. 2024): ``DPO + alpha * NLL(y+)``, DPO plus the chosen responses' NLL (``nll_loss``).
 
-    The NLL is per completion token of the chosen response (TRL's ``rpo_alpha`` term; the paper divides by
-    prompt plus response length). ``alpha = 1`` is the paper's.
+    ``nll_reduction="token"``: the token mean over the batch, TRL's ``loss_type: [sigmoid, sft]`` with
+    ``loss_weights: [1, alpha]``; ``"example"``: each example's mean per-token NLL (the two agree when every chosen
+    response has the same length; the paper divides by prompt plus response length). ``alpha = 1`` is the paper's.
     """
     out = dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta)
-    return out._replace(losses=out.losses - alpha * _per_token(policy_chosen, chosen_lengths))
+    return out._replace(losses=out.losses + alpha * nll_loss(policy_chosen, chosen_lengths, nll_reduction))
 
 
-def nll_loss(policy_chosen: Tensor, chosen_lengths: Tensor) -> Tensor:
-    """The chosen response's mean per-token NLL ``-ln pi(y+) / |y+|`` (TRL's ``sft`` term), (B,)."""
-    return -_per_token(policy_chosen, chosen_lengths)
+def nll_loss(policy_chosen: Tensor, chosen_lengths: Tensor, reduction: NLLReduction = "token") -> Tensor:
+    """The chosen responses' NLL as per-example values (B,) whose batch mean is the loss.
+
+    ``token``: ``-ln pi(y+_i) * B / sum_j |y+_j|``, so that the mean is the token mean over the batch
+    ``-sum_i ln pi(y+_i) / sum_j |y+_j|`` (TRL's ``sft`` term). ``example``: ``-ln pi(y+_i) / |y+_i|``, each example's
+    mean per-token NLL. Example: ln pi = (-3, -1), lengths (2, 2): both (1.5, 0.5); lengths (2, 1): token
+    (-3, -1) * 2/3 = (2, 0.6667), mean 4/3; example (1.5, 1).
+    """
+    if reduction == "example":
+        return -_per_token(policy_chosen, chosen_lengths)
+    if reduction == "token":
+        total = chosen_lengths.sum().clamp(min=1).to(policy_chosen.dtype)
+        return -policy_chosen * policy_chosen.shape[0] / total
+    raise ValueError(f"nll reduction must be token or example, got {reduction!r}")
 
 
 def length_normalized_ipo_loss(policy_chosen: Tensor, policy_rejected: Tensor, reference_chosen: Tensor,
@@ -288,8 +309,8 @@ def length_normalized_ipo_loss(policy_chosen: Tensor, policy_rejected: Tensor, r
     """IPO on per-token log-ratios (TRL's ``ipo``): ``(h+/|y+| - h-/|y-| - 1/(2 tau))^2``.
 
     The IPO paper (Azar et al. 2023) uses summed log-probs (``lit_align.losses.ipo_loss``); TRL divides
-    each log-ratio by its response length first.
+    each log-ratio by its response length first. The rewards are ``tau`` times the summed log-ratios (TRL's).
     """
-    chosen = _per_token(policy_chosen - reference_chosen, chosen_lengths)
-    rejected = _per_token(policy_rejected - reference_rejected, rejected_lengths)
-    return _rewards((chosen - rejected - 1.0 / (2.0 * tau)) ** 2, chosen, rejected, tau)
+    chosen_sum, rejected_sum = policy_chosen - reference_chosen, policy_rejected - reference_rejected
+    chosen, rejected = _per_token(chosen_sum, chosen_lengths), _per_token(rejected_sum, rejected_lengths)
+    return _rewards((chosen - rejected - 1.0 / (2.0 * tau)) ** 2, chosen_sum, rejected_sum, tau)

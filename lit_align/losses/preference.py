@@ -7,10 +7,15 @@ ranks stays with the caller. Equation numbers follow arXiv 2506.01523 v2 ("PAPER
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+FDivergence = Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"]
+F_DIVERGENCES: tuple[str, ...] = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+
 
 class PreferenceLoss(NamedTuple):
     """Per-example loss and the implicit rewards of both responses (detached)."""
@@ -20,6 +25,30 @@ class PreferenceLoss(NamedTuple):
     rejected_rewards: torch.Tensor
 
 
+def f_divergence_scores(log_ratios: torch.Tensor, divergence: FDivergence = "reverse_kl",
+                        alpha: float = 0.5) -> torch.Tensor:
+    """``f'(t)`` at the ratio ``t = pi / pi0`` (given as ``ln t``), the score DPO compares for an f-divergence
+    regulariser (Wang et al. 2023, "Beyond reverse KL"; TRL's ``f_divergence_type``):
+
+    - ``reverse_kl``: ``ln t`` (DPO);  ``forward_kl``: ``1 - 1/t``;  ``js_divergence``: ``ln 2 + ln s(ln t)``
+      (``= ln(2t / (1 + t))``);  ``alpha_divergence``: ``(t^(alpha - 1) - 1) / (alpha - 1)`` (``ln t`` at alpha = 1;
+      the exponent capped at 80, as in TRL).
+
+    Example: ``ln t = ln 2``: reverse 0.6931, forward 0.5, JS ln(4/3) = 0.2877, alpha 0.5: (2^-0.5 - 1)/-0.5 = 0.5858.
+    """
+    if divergence == "reverse_kl":
+        return log_ratios
+    if divergence == "forward_kl":
+        return 1 - torch.exp(-log_ratios)
+    if divergence == "js_divergence":
+        return math.log(2) + F.logsigmoid(log_ratios)
+    if divergence == "alpha_divergence":
+        if abs(alpha - 1.0) < 1e-6:
+            return log_ratios
+        return torch.expm1(((alpha - 1.0) * log_ratios).clamp(max=80.0)) / (alpha - 1.0)
+    raise ValueError(f"f_divergence_type must be one of {', '.join(F_DIVERGENCES)}, got {divergence!r}")
+
+
 def dpo_loss(
     policy_chosen: torch.Tensor,
     policy_rejected: torch.Tensor,
@@ -27,15 +56,21 @@ def dpo_loss(
     reference_rejected: torch.Tensor,
     beta: float = 0.1,
     label_smoothing: float = 0.0,
+    f_divergence: FDivergence = "reverse_kl",
+    f_alpha: float = 0.5,
 ) -> PreferenceLoss:
-    """DPO (PAPER Eq. 6), with conservative DPO (cDPO) label smoothing.
+    """DPO (PAPER Eq. 6), with conservative DPO (cDPO) label smoothing and f-divergence regularisers.
 
     ``-(1-eps) ln s(beta*h) - eps ln s(-beta*h)`` with ``h = (ln pi(a+) - ln pi0(a+)) - (ln pi(a-) - ln pi0(a-))``:
-    ``eps`` is the assumed probability that a label is flipped. Implicit rewards are ``beta * (ln pi - ln pi0)``.
+    ``eps`` is the assumed probability that a label is flipped. With another ``f_divergence`` than ``reverse_kl``,
+    ``h = f'(pi/pi0)(a+) - f'(pi/pi0)(a-)`` (``f_divergence_scores``, alpha ``f_alpha``). Implicit rewards are
+    ``beta * (ln pi - ln pi0)`` whatever the divergence (TRL's).
     """
     chosen_ratio = policy_chosen - reference_chosen
     rejected_ratio = policy_rejected - reference_rejected
-    logits = beta * (chosen_ratio - rejected_ratio)
+    margin = (f_divergence_scores(chosen_ratio, f_divergence, f_alpha)
+              - f_divergence_scores(rejected_ratio, f_divergence, f_alpha))
+    logits = beta * margin
     losses = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
     return PreferenceLoss(losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach())
 

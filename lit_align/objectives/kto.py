@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from lit_align.losses import kto_loss, kto_reference_point
@@ -18,31 +20,39 @@ class KTO(OfflineObjective):
     the reference must be ``copy`` or ``lora`` (a ``cache`` holds only the data rows).
 
     Logged: ``rewards/chosen`` and ``rewards/rejected`` (``beta * (ln pi - ln pi0)`` of the desirable and the
-    undesirable rows), ``rewards/margins`` (their difference of means), ``logps/chosen``, ``logps/rejected`` and
-    ``kl`` (z0), TRL's names.
+    undesirable rows), ``rewards/margins`` (their difference of means), ``logps/chosen``, ``logps/rejected``,
+    ``logits/chosen``, ``logits/rejected`` (over tokens) and ``kl`` (z0; 0 for ``apo_zero_unpaired``), TRL's names.
 
     Args:
         beta: Scale of the log-ratio inside the sigmoid. TRL default: 0.1.
         desirable_weight: Weight of the desirable rows' loss. TRL default: 1.0; the paper advises weights that keep
             ``w_d * n_desirable / (w_u * n_undesirable)`` in [1, 4/3].
         undesirable_weight: Weight of the undesirable rows' loss. TRL default: 1.0.
+        loss_type: ``kto`` (TRL's default) or ``apo_zero_unpaired``: APO-zero on unpaired rows, no reference point
+            (so no mismatched forwards, and any reference that gives the rows' log-probs, a ``cache`` included).
     """
 
     data_columns = {"label": bool}
 
     def __init__(self, beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
-                 **kwargs) -> None:
+                 loss_type: Literal["kto", "apo_zero_unpaired"] = "kto", **kwargs) -> None:
+        if loss_type not in ("kto", "apo_zero_unpaired"):
+            raise ValueError(f"loss_type must be kto or apo_zero_unpaired, got {loss_type!r}")
         if beta <= 0:
             raise ValueError(f"beta must be positive, got {beta}")
         if desirable_weight < 0 or undesirable_weight < 0:
             raise ValueError(f"the weights must be non-negative, got {desirable_weight}, {undesirable_weight}")
         super().__init__(**kwargs)
-        self.policy.reference.require("KTO's reference point (prompts with mismatched completions)", "samples")
+        self.loss_type = loss_type
+        if loss_type == "kto":
+            self.policy.reference.require("KTO's reference point (prompts with mismatched completions)", "samples")
         self.beta = beta
         self.desirable_weight = desirable_weight
         self.undesirable_weight = undesirable_weight
 
     def compute_loss(self, batch: Batch, stage):
+        if self.loss_type != "kto":
+            return super().compute_loss({**batch, "reference_point": torch.zeros(())}, stage)
         # z0's two no-grad forwards run before the policy's forward keeps its activations for the backward
         return super().compute_loss({**batch, "reference_point": self.reference_point(batch)}, stage)
 
@@ -50,13 +60,17 @@ class KTO(OfflineObjective):
         z0 = batch["reference_point"] if "reference_point" in batch else self.reference_point(batch)
         desirable = batch["label"].bool()
         out = kto_loss(logps.policy, logps.reference, desirable, z0, self.beta, self.desirable_weight,
-                       self.undesirable_weight)
+                       self.undesirable_weight, self.loss_type)
         chosen, rejected = out.rewards[desirable], out.rewards[~desirable]
         metrics = {
             "rewards/chosen": chosen,
             "rewards/rejected": rejected,
             "logps/chosen": logps.policy.detach()[desirable],
             "logps/rejected": logps.policy.detach()[~desirable],
+            # means over every completion token of the step (TRL's): each row's mean logit weighs its length
+            "logits/chosen": (logps.mean_logits[desirable], logps.lengths[desirable].to(logps.mean_logits.dtype)),
+            "logits/rejected": (logps.mean_logits[~desirable],
+                                logps.lengths[~desirable].to(logps.mean_logits.dtype)),
             "kl": z0,
         }
         if chosen.numel() and rejected.numel():

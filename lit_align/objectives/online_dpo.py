@@ -3,13 +3,13 @@ sampled from the current policy, the preference given by a reward model or a jud
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from lit_align.callbacks.predictions import prompt_text
 from lit_align.evaluation.judges import Judge
-from lit_align.losses import dpo_loss
+from lit_align.losses import dpo_loss, ipo_loss
 from lit_align.metrics import preference_metrics
 from lit_align.objectives.onpolicy import Experience
 from lit_align.objectives.sampled_pairs import SampledPairObjective, first_second
@@ -27,19 +27,25 @@ class OnlineDPO(SampledPairObjective):
     ``objective/scores_margin`` (chosen score minus rejected score).
 
     Args:
-        beta: Strength of the implicit KL regularisation towards the reference. TRL default: 0.1.
+        beta: Strength of the implicit KL regularisation towards the reference (IPO's tau with ``loss_type:
+            ipo``). TRL's ``OnlineDPOConfig`` default: 0.1.
+        loss_type: ``sigmoid`` (DPO, TRL's default) or ``ipo``: ``(h - 1/(2 beta))^2`` on the summed log-ratio
+            margin ``h`` (TRL's online IPO; ``ipo_loss``).
         judge: Decides which response of each pair is preferred, instead of the reward model, e.g. a
             ``lit_align.evaluation.judges.RewardModelJudge`` or your own ``Judge`` subclass.
         epochs_per_batch: Optimisation passes over each sampled batch. TRL: 1 (one update per generation).
     """
 
-    def __init__(self, beta: float = 0.1, judge: Judge | None = None, epochs_per_batch: int = 1,
-                 **kwargs: Any) -> None:
+    def __init__(self, beta: float = 0.1, loss_type: Literal["sigmoid", "ipo"] = "sigmoid", judge: Judge | None = None,
+                 epochs_per_batch: int = 1, **kwargs: Any) -> None:
         if beta <= 0:
             raise ValueError(f"beta must be positive, got {beta}")
+        if loss_type not in ("sigmoid", "ipo"):
+            raise ValueError(f"loss_type must be sigmoid or ipo, got {loss_type!r}")
         super().__init__(epochs_per_batch=epochs_per_batch, **kwargs)
         self.hparams.pop("judge", None)  # a judge may hold a model: rebuilt from the config, never pickled
         self.beta = beta
+        self.loss_type = loss_type
         self.judge = judge
         self._judge_ready = False
 
@@ -81,7 +87,8 @@ class OnlineDPO(SampledPairObjective):
 
         chosen, rejected = chosen_rejected(logps)
         ref_chosen, ref_rejected = chosen_rejected(mb["ref_logps"].sum(-1))
-        out = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
+        loss = dpo_loss if self.loss_type == "sigmoid" else ipo_loss
+        out = loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
         return out.losses, {
             **preference_metrics(out),
             "logps/chosen": chosen.detach(),

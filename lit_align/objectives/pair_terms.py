@@ -3,7 +3,8 @@
 A term is ``term(chosen: RowLogps, rejected: RowLogps, **settings) -> PreferenceLoss``: it picks what its loss
 reads from the rows (summed, per-token, lengths, reference) and calls the pure maths of ``lit_align.losses``.
 ``PAIR_LOSSES`` names them as TRL's ``DPOConfig.loss_type`` does (plus ``simpo`` and ``orpo`` of TRL's CPO and
-ORPO trainers and ``ld_dpo``, ``wpo``, ``rpo`` for TRL's ``ld_alpha``, ``use_weighting`` and ``rpo_alpha``).
+ORPO trainers and ``wpo``, ``rpo`` for TRL's ``use_weighting`` and DPO plus an NLL term). TRL's ``ld_alpha`` is
+not a term but a way of scoring the rows (``LengthDesensitizable``), as in TRL.
 Each objective of ``pairwise_losses.py`` is one term with its settings; ``CombinedPairLoss`` sums several.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -19,7 +20,7 @@ import torch.distributed as dist
 
 from lit_align import losses as L
 from lit_align.losses import PreferenceLoss
-from lit_align.objectives.offline import OfflinePairObjective, RowLogps
+from lit_align.objectives.offline import OfflinePairObjective, RowLogps, completions_per_example
 
 
 class RunningRewardMean(torch.nn.Module):
@@ -48,8 +49,10 @@ class RunningRewardMean(torch.nn.Module):
         return (self.total / self.count).to(rewards.dtype)
 
 
-def _sigmoid(chosen, rejected, beta=0.1, label_smoothing=0.0):
-    return L.dpo_loss(chosen.policy, rejected.policy, chosen.reference, rejected.reference, beta, label_smoothing)
+def _sigmoid(chosen, rejected, beta=0.1, label_smoothing=0.0, f_divergence_type="reverse_kl",
+             f_alpha_divergence_coef=0.5):
+    return L.dpo_loss(chosen.policy, rejected.policy, chosen.reference, rejected.reference, beta, label_smoothing,
+                      f_divergence_type, f_alpha_divergence_coef)
 
 
 def _ipo(chosen, rejected, tau=0.1, length_normalized=False):
@@ -68,11 +71,11 @@ def _with_reference(loss: Callable[..., PreferenceLoss]) -> Callable[..., Prefer
     return term
 
 
-def _bco_pair(chosen, rejected, beta=0.1, running_mean: RunningRewardMean | None = None):
-    shift = None
-    if running_mean is not None:
+def _bco_pair(chosen, rejected, beta=0.1, running_mean=False, reward_mean: RunningRewardMean | None = None):
+    shift = 0.0  # TRL 1.16's bco_pair: no shift
+    if running_mean:
         rewards = beta * torch.cat([chosen.policy - chosen.reference, rejected.policy - rejected.reference])
-        shift = running_mean(rewards)
+        shift = reward_mean(rewards)
     return L.bco_pair_loss(chosen.policy, rejected.policy, chosen.reference, rejected.reference, beta, shift)
 
 
@@ -86,27 +89,20 @@ def _sigmoid_norm(chosen, rejected, beta=0.1, label_smoothing=0.0):
                                         chosen.lengths, rejected.lengths, beta, label_smoothing)
 
 
-def _sft(chosen, rejected):
+def _sft(chosen, rejected, nll_reduction="token"):
     # the "rewards" of a likelihood term: the mean per-token log-probs of both responses
-    nll = L.nll_loss(chosen.policy, chosen.lengths)
-    return PreferenceLoss(nll, -nll.detach(), -L.nll_loss(rejected.policy, rejected.lengths).detach())
+    nll = L.nll_loss(chosen.policy, chosen.lengths, nll_reduction)
+    return PreferenceLoss(nll, (chosen.policy / chosen.lengths.clamp(min=1)).detach(),
+                          (rejected.policy / rejected.lengths.clamp(min=1)).detach())
 
 
-def _simpo(chosen, rejected, beta=2.0, gamma=0.5, label_smoothing=0.0):
+def _simpo(chosen, rejected, beta=2.0, gamma=0.5, label_smoothing=0.0, cpo_alpha=0.0):
     return L.simpo_loss(chosen.policy, rejected.policy, chosen.lengths, rejected.lengths, beta, gamma,
-                        label_smoothing)
+                        label_smoothing, cpo_alpha)
 
 
-def _orpo(chosen, rejected, lam=0.1):
-    return L.orpo_loss(chosen.policy, rejected.policy, chosen.lengths, rejected.lengths, lam)
-
-
-def _ld_dpo(chosen, rejected, beta=0.1, alpha=0.5):
-    # TRL's form: only the policy's log-probs are desensitised, the reference's stay summed
-    public = torch.minimum(chosen.lengths, rejected.lengths)
-    policy_chosen = L.length_desensitized_logps(chosen.tokens, chosen.mask, public, alpha)
-    policy_rejected = L.length_desensitized_logps(rejected.tokens, rejected.mask, public, alpha)
-    return L.dpo_loss(policy_chosen, policy_rejected, chosen.reference, rejected.reference, beta)
+def _orpo(chosen, rejected, lam=0.1, nll_reduction="token"):
+    return L.orpo_loss(chosen.policy, rejected.policy, chosen.lengths, rejected.lengths, lam, nll_reduction)
 
 
 def _wpo(chosen, rejected, beta=0.1, batch_normalized=True):
@@ -117,9 +113,9 @@ def _wpo(chosen, rejected, beta=0.1, batch_normalized=True):
     return out._replace(losses=weights * out.losses)
 
 
-def _rpo(chosen, rejected, beta=0.1, alpha=1.0):
+def _rpo(chosen, rejected, beta=0.1, alpha=1.0, nll_reduction="token"):
     return L.rpo_loss(chosen.policy, rejected.policy, chosen.reference, rejected.reference, chosen.lengths, beta,
-                      alpha)
+                      alpha, nll_reduction)
 
 
 @dataclass(frozen=True)
@@ -128,7 +124,8 @@ class PairTerm:
 
     term: Callable[..., PreferenceLoss]
     needs_reference: bool = True
-    #: A module built once per use and passed to the term as ``running_mean`` (BCO's reward shift).
+    #: A module built once per use and passed to the term as ``reward_mean`` when the ``running_mean`` setting is
+    #: on (BCO's running reward shift).
     state: type[torch.nn.Module] | None = None
 
 
@@ -150,7 +147,6 @@ PAIR_LOSSES: dict[str, PairTerm] = {
     "sft": PairTerm(_sft, needs_reference=False),
     "simpo": PairTerm(_simpo, needs_reference=False),
     "orpo": PairTerm(_orpo, needs_reference=False),
-    "ld_dpo": PairTerm(_ld_dpo),
     "wpo": PairTerm(_wpo),
     "rpo": PairTerm(_rpo),
 }
@@ -162,19 +158,91 @@ def positive(name: str, value: float) -> float:
     return value
 
 
-class PairTermObjective(OfflinePairObjective):
-    """An offline pair objective that is one ``PAIR_LOSSES`` term: a subclass names it and calls ``use_settings``."""
+def _in_range(name: str, value: float, low: float, high: float, closed_low: bool = True,
+              closed_high: bool = False) -> float:
+    above = value >= low if closed_low else value > low
+    below = value <= high if closed_high else value < high
+    if not (above and below):
+        raise ValueError(f"{name} must be in {'[' if closed_low else '('}{low}, {high}{']' if closed_high else ')'}, "
+                         f"got {value}")
+    return value
+
+
+def _one_of(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+#: Every setting's check, by name: the one place where a pair loss's settings are validated, for its objective
+#: (``PairTermObjective``) and as a part of ``CombinedPairLoss`` alike. (term, value) -> None or raises.
+_CHECKS: dict[str, Callable[[str, object], object]] = {
+    "beta": lambda term, v: positive("beta", v),
+    "tau": lambda term, v: positive("tau", v),
+    "lam": lambda term, v: positive("lam", v),
+    "label_smoothing": lambda term, v: (_in_range("label_smoothing", v, 0.0, 1.0, closed_low=False)
+                                        if term == "exo_pair" else _in_range("label_smoothing", v, 0.0, 0.5)),
+    "alpha": lambda term, v: _in_range("alpha", v, 0.0, float("inf")),
+    "cpo_alpha": lambda term, v: _in_range("cpo_alpha", v, 0.0, float("inf")),
+    "nll_reduction": lambda term, v: _one_of("nll_reduction", v, ("token", "example")),
+    "f_divergence_type": lambda term, v: _one_of("f_divergence_type", v, L.F_DIVERGENCES),
+    "f_alpha_divergence_coef": lambda term, v: positive("f_alpha_divergence_coef", v),
+}
+
+
+def check_settings(term: str, settings: dict) -> dict:
+    """``settings`` of the ``PAIR_LOSSES`` term ``term``, each checked (``_CHECKS``); returned unchanged."""
+    for name, value in settings.items():
+        if name in _CHECKS:
+            _CHECKS[name](term, value)
+    return settings
+
+
+def check_ld_alpha(ld_alpha: float | None) -> float | None:
+    """LD-DPO's weight of the tokens past the shorter response of a pair: None (off) or in [0, 1]."""
+    return None if ld_alpha is None else _in_range("ld_alpha", ld_alpha, 0.0, 1.0, closed_high=True)
+
+
+class LengthDesensitizable(OfflinePairObjective):
+    """An offline pair objective that can score both responses LD-DPO's way (Liu et al. 2024; TRL ``ld_alpha``):
+    with ``ld_alpha`` set, every summed log-prob, the policy's and the reference's, counts the tokens of the longer
+    response past the shorter one's length ``ld_alpha`` times (``lit_align.losses.length_desensitized_logps``).
+
+    The reference's per-token log-probs are needed, so it must be live (``copy`` or ``lora``; a ``cache`` holds sums).
+    """
+
+    ld_alpha: float | None = None
+
+    def use_ld_alpha(self, ld_alpha: float | None) -> None:
+        """Turn LD-DPO's scoring on (called after the base's ``__init__``; None leaves it off)."""
+        self.ld_alpha = check_ld_alpha(ld_alpha)
+        if self.ld_alpha is not None:
+            self.policy.reference.require("ld_alpha (the reference's log-probs desensitised token by token)",
+                                          "samples")
+
+    def row_logps(self, batch, source="policy") -> RowLogps:
+        logps = super().row_logps(batch, source)
+        if self.ld_alpha is None or completions_per_example(batch) != 2:
+            return logps
+        chosen, rejected = logps.lengths.chunk(2)
+        public = torch.minimum(chosen, rejected).repeat(2)  # (R,): each row's pair's shorter length
+        return replace(logps, policy=L.length_desensitized_logps(logps.tokens, logps.mask, public, self.ld_alpha))
+
+
+class PairTermObjective(LengthDesensitizable):
+    """An offline pair objective that is one ``PAIR_LOSSES`` term: a subclass names it, checks its settings with
+    ``check_settings`` before the base's ``__init__`` and calls ``use_settings`` after it."""
 
     #: The ``PAIR_LOSSES`` name of the loss.
     term: ClassVar[str]
 
     def use_settings(self, **settings) -> None:
         """The term's settings (called in ``__init__`` after the base's); builds the state the term keeps."""
-        self.settings = settings
+        self.settings = dict(settings)  # checked by the subclass with check_settings before the base's __init__
         state = PAIR_LOSSES[self.term].state
-        if state is not None:
+        if state is not None and settings.get("running_mean"):
             self.term_state = state()
-            self.settings["running_mean"] = self.term_state
+            self.settings["reward_mean"] = self.term_state
 
     def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
         return PAIR_LOSSES[self.term].term(chosen, rejected, **self.settings)

@@ -4,7 +4,11 @@ LD-DPO, WPO and RPO, one thin objective each (terms of ``pair_terms.PAIR_LOSSES`
 
 from __future__ import annotations
 
-from lit_align.objectives.pair_terms import PairTermObjective, positive
+from typing import Literal
+
+from lit_align.objectives.pair_terms import PairTermObjective, check_settings
+
+NLLReduction = Literal["token", "example"]
 
 
 class SimPO(PairTermObjective):
@@ -16,16 +20,21 @@ class SimPO(PairTermObjective):
             (TRL's CPO default beta of 0.1 is for CPO's summed log-probs).
         gamma: Target reward margin. TRL's ``simpo_gamma`` default 0.5.
         label_smoothing: cDPO-style smoothing. TRL default 0 (the paper's loss).
+        cpo_alpha: Weight of the chosen responses' NLL (a token mean over the batch) added to the loss. 0 is the
+            SimPO paper's loss; TRL's ``CPOConfig.cpo_alpha`` defaults to 1.0 (CPO's behaviour-cloning term): set
+            1.0 to train as TRL's ``CPOTrainer`` with ``loss_type: simpo`` does by default.
     """
 
     term = "simpo"
     default_reference = "none"
     needs_reference = None
 
-    def __init__(self, beta: float = 2.0, gamma: float = 0.5, label_smoothing: float = 0.0, **kwargs) -> None:
-        positive("beta", beta)
+    def __init__(self, beta: float = 2.0, gamma: float = 0.5, label_smoothing: float = 0.0, cpo_alpha: float = 0.0,
+                 **kwargs) -> None:
+        settings = check_settings(self.term, dict(beta=beta, gamma=gamma, label_smoothing=label_smoothing,
+                                                  cpo_alpha=cpo_alpha))
         super().__init__(**kwargs)
-        self.use_settings(beta=beta, gamma=gamma, label_smoothing=label_smoothing)
+        self.use_settings(**settings)
 
 
 class ORPO(PairTermObjective):
@@ -34,16 +43,19 @@ class ORPO(PairTermObjective):
 
     Args:
         lam: Weight of the odds-ratio term (the paper's lambda, TRL's ``beta``). Both default to 0.1.
+        nll_reduction: The SFT term: ``token``, the token mean over the batch's chosen completions (TRL's, which
+            counts the prompt tokens too: those have no log-probs here), or ``example``, each example's mean
+            per-token NLL.
     """
 
     term = "orpo"
     default_reference = "none"
     needs_reference = None
 
-    def __init__(self, lam: float = 0.1, **kwargs) -> None:
-        positive("lam", lam)
+    def __init__(self, lam: float = 0.1, nll_reduction: NLLReduction = "token", **kwargs) -> None:
+        settings = check_settings(self.term, dict(lam=lam, nll_reduction=nll_reduction))
         super().__init__(**kwargs)
-        self.use_settings(lam=lam)
+        self.use_settings(**settings)
 
 
 class LengthNormalizedDPO(PairTermObjective):
@@ -51,21 +63,21 @@ class LengthNormalizedDPO(PairTermObjective):
 
     Args:
         beta: KL regularisation strength on the per-token scale. TRL default 0.1.
-        label_smoothing: cDPO label smoothing. TRL default 0.
+        label_smoothing: cDPO label smoothing. 0, TRL's ``sigmoid_norm`` (which has none).
     """
 
     term = "sigmoid_norm"
 
     def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, **kwargs) -> None:
-        positive("beta", beta)
+        settings = check_settings(self.term, dict(beta=beta, label_smoothing=label_smoothing))
         super().__init__(**kwargs)
-        self.use_settings(beta=beta, label_smoothing=label_smoothing)
+        self.use_settings(**settings)
 
 
 class LDDPO(PairTermObjective):
-    """Length-desensitised DPO (Liu et al. 2024; TRL ``ld_alpha``): in the policy's log-probs, the tokens of the
-    longer response beyond the shorter one's length count ``alpha`` times, so length alone moves the margin less.
-    The reference's log-probs stay summed (as in TRL).
+    """Length-desensitised DPO (Liu et al. 2024; TRL ``ld_alpha``): in every summed log-prob, the policy's and the
+    reference's (as TRL), the tokens of the longer response beyond the shorter one's length count ``alpha`` times,
+    so length alone moves the margin less. Needs a live reference (``copy`` or ``lora``).
 
     Args:
         beta: KL regularisation strength. TRL default 0.1.
@@ -73,14 +85,13 @@ class LDDPO(PairTermObjective):
             0.5 is a middle value: the paper tunes it per model.
     """
 
-    term = "ld_dpo"
+    term = "sigmoid"
 
     def __init__(self, beta: float = 0.1, alpha: float = 0.5, **kwargs) -> None:
-        positive("beta", beta)
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        settings = check_settings(self.term, dict(beta=beta))
         super().__init__(**kwargs)
-        self.use_settings(beta=beta, alpha=alpha)
+        self.use_settings(**settings)
+        self.use_ld_alpha(alpha)
 
 
 class WPO(PairTermObjective):
@@ -100,22 +111,26 @@ class WPO(PairTermObjective):
     term = "wpo"
 
     def __init__(self, beta: float = 0.1, batch_normalized: bool = True, **kwargs) -> None:
-        positive("beta", beta)
+        settings = check_settings(self.term, dict(beta=beta, batch_normalized=batch_normalized))
         super().__init__(**kwargs)
-        self.use_settings(beta=beta, batch_normalized=batch_normalized)
+        self.use_settings(**settings)
 
 
 class RPO(PairTermObjective):
-    """RPO (Pang et al. 2024; TRL ``rpo_alpha``): DPO plus ``alpha`` times the chosen response's mean per-token NLL.
+    """RPO (Pang et al. 2024): DPO plus ``alpha`` times the chosen responses' NLL. TRL 1.16 has no ``rpo_alpha``;
+    its counterpart is ``loss_type: [sigmoid, sft]`` with ``loss_weights: [1.0, alpha]``.
 
     Args:
         beta: KL regularisation strength. TRL default 0.1.
-        alpha: Weight of the NLL term. The paper's 1.0 (TRL's ``rpo_alpha`` is off by default).
+        alpha: Weight of the NLL term. The paper's 1.0.
+        nll_reduction: ``token``: the token mean over the batch's chosen completions (TRL's ``sft``); ``example``:
+            each example's mean per-token NLL (equal when every chosen response has the same length).
     """
 
     term = "rpo"
 
-    def __init__(self, beta: float = 0.1, alpha: float = 1.0, **kwargs) -> None:
-        positive("beta", beta)
+    def __init__(self, beta: float = 0.1, alpha: float = 1.0, nll_reduction: NLLReduction = "token",
+                 **kwargs) -> None:
+        settings = check_settings(self.term, dict(beta=beta, alpha=alpha, nll_reduction=nll_reduction))
         super().__init__(**kwargs)
-        self.use_settings(beta=beta, alpha=alpha)
+        self.use_settings(**settings)

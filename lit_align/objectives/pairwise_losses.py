@@ -2,19 +2,15 @@
 
 Each class is one term of ``pair_terms.PAIR_LOSSES`` with its settings; the maths is in
 ``lit_align/losses/pairwise.py``. Defaults are TRL's ``DPOConfig`` (``beta: 0.1``) unless a paper gives its own.
+Every one also takes TRL's ``ld_alpha`` (``pair_terms.LengthDesensitizable``) through its subclass ``LDDPO`` or
+``CombinedPairLoss``.
 The length-aware losses (SimPO, ORPO, length-normalised and length-desensitised DPO, WPO, RPO) are in
 ``pairwise_length.py``.
 """
 
 from __future__ import annotations
 
-from lit_align.objectives.pair_terms import PairTermObjective, positive
-
-
-def _flip_rate(value: float, upper: float = 0.5) -> float:
-    if not 0.0 <= value < upper:
-        raise ValueError(f"label_smoothing must be in [0, {upper}), got {value}")
-    return value
+from lit_align.objectives.pair_terms import PairTermObjective, check_settings
 
 
 class Hinge(PairTermObjective):
@@ -29,12 +25,12 @@ class Hinge(PairTermObjective):
     term = "hinge"
 
     def __init__(self, beta: float = 0.1, reference_free: bool = False, **kwargs) -> None:
-        positive("beta", beta)
+        settings = check_settings(self.term, dict(beta=beta))
         if reference_free:
             self.needs_reference = None
             self.default_reference = "none"
         super().__init__(**kwargs)
-        self.use_settings(beta=beta)
+        self.use_settings(**settings)
 
 
 class RobustDPO(PairTermObjective):
@@ -49,25 +45,27 @@ class RobustDPO(PairTermObjective):
     term = "robust"
 
     def __init__(self, beta: float = 0.1, label_smoothing: float = 0.1, **kwargs) -> None:
-        positive("beta", beta), _flip_rate(label_smoothing)
+        settings = check_settings(self.term, dict(beta=beta, label_smoothing=label_smoothing))
         super().__init__(**kwargs)
-        self.use_settings(beta=beta, label_smoothing=label_smoothing)
+        self.use_settings(**settings)
 
 
 class BCOPair(PairTermObjective):
     """BCO on preference pairs (Jung et al. 2024; TRL ``bco_pair``): chosen and rejected told apart by a binary
-    classifier whose logit is the implicit reward, shifted by the running mean reward of training so far.
+    classifier whose logit is the implicit reward.
 
     Args:
         beta: Scale of the implicit reward ``beta * (ln pi - ln pi0)``. TRL default 0.1.
+        running_mean: Shift the logits by the running mean reward of training so far (the paper's; kept as a
+            checkpointed buffer, summed over ranks). TRL 1.16 applies no shift: False, the default.
     """
 
     term = "bco_pair"
 
-    def __init__(self, beta: float = 0.1, **kwargs) -> None:
-        positive("beta", beta)
+    def __init__(self, beta: float = 0.1, running_mean: bool = False, **kwargs) -> None:
+        settings = check_settings(self.term, dict(beta=beta, running_mean=running_mean))
         super().__init__(**kwargs)
-        self.use_settings(beta=beta)
+        self.use_settings(**settings)
 
 
 class APOZero(PairTermObjective):
@@ -81,9 +79,9 @@ class APOZero(PairTermObjective):
     term = "apo_zero"
 
     def __init__(self, beta: float = 0.1, **kwargs) -> None:
-        positive("beta", beta)
+        settings = check_settings(self.term, dict(beta=beta))
         super().__init__(**kwargs)
-        self.use_settings(beta=beta)
+        self.use_settings(**settings)
 
 
 class APODown(PairTermObjective):
@@ -97,9 +95,9 @@ class APODown(PairTermObjective):
     term = "apo_down"
 
     def __init__(self, beta: float = 0.1, **kwargs) -> None:
-        positive("beta", beta)
+        settings = check_settings(self.term, dict(beta=beta))
         super().__init__(**kwargs)
-        self.use_settings(beta=beta)
+        self.use_settings(**settings)
 
 
 class NCAPair(PairTermObjective):
@@ -113,9 +111,9 @@ class NCAPair(PairTermObjective):
     term = "nca_pair"
 
     def __init__(self, beta: float = 0.1, **kwargs) -> None:
-        positive("beta", beta)
+        settings = check_settings(self.term, dict(beta=beta))
         super().__init__(**kwargs)
-        self.use_settings(beta=beta)
+        self.use_settings(**settings)
 
 
 class EXOPair(PairTermObjective):
@@ -124,18 +122,16 @@ class EXOPair(PairTermObjective):
 
     Args:
         beta: Scale of the margin. TRL default 0.1.
-        label_smoothing: Label smoothing ``eps`` in (0, 1), which the reverse KL needs finite. TRL's default for
-            ``exo_pair``: 1e-3.
+        label_smoothing: Label smoothing ``eps`` in (0, 1), which the reverse KL needs finite. TRL's
+            ``label_smoothing`` default is 0, which it refuses for ``exo_pair``: set it there too.
     """
 
     term = "exo_pair"
 
     def __init__(self, beta: float = 0.1, label_smoothing: float = 1e-3, **kwargs) -> None:
-        positive("beta", beta)
-        if not 0.0 < label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in (0, 1), got {label_smoothing}")
+        settings = check_settings(self.term, dict(beta=beta, label_smoothing=label_smoothing))
         super().__init__(**kwargs)
-        self.use_settings(beta=beta, label_smoothing=label_smoothing)
+        self.use_settings(**settings)
 
 
 class SPPOHard(PairTermObjective):
@@ -149,9 +145,9 @@ class SPPOHard(PairTermObjective):
     term = "sppo_hard"
 
     def __init__(self, beta: float = 0.1, **kwargs) -> None:
-        positive("beta", beta)
+        settings = check_settings(self.term, dict(beta=beta))
         super().__init__(**kwargs)
-        self.use_settings(beta=beta)
+        self.use_settings(**settings)
 
 
 class DiscoPOP(PairTermObjective):
@@ -166,9 +162,9 @@ class DiscoPOP(PairTermObjective):
     term = "discopop"
 
     def __init__(self, beta: float = 0.05, tau: float = 0.05, **kwargs) -> None:
-        positive("beta", beta), positive("tau", tau)
+        settings = check_settings(self.term, dict(beta=beta, tau=tau))
         super().__init__(**kwargs)
-        self.use_settings(beta=beta, tau=tau)
+        self.use_settings(**settings)
 
 
 class AOT(PairTermObjective):
@@ -183,7 +179,7 @@ class AOT(PairTermObjective):
     """
 
     def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, paired: bool = True, **kwargs) -> None:
-        positive("beta", beta), _flip_rate(label_smoothing)
         self.term = "aot" if paired else "aot_unpaired"
+        settings = check_settings(self.term, dict(beta=beta, label_smoothing=label_smoothing))
         super().__init__(**kwargs)
-        self.use_settings(beta=beta, label_smoothing=label_smoothing)
+        self.use_settings(**settings)

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from lit_align.losses import kl_penalty, leave_one_out_baseline, returns_to_go, rloo_loss
+from lit_align.losses import kl_penalty, leave_one_out_baseline, normalized_advantages, returns_to_go, rloo_loss
 from lit_align.objectives.group import GroupObjective
 from lit_align.objectives.onpolicy import Experience
 
@@ -26,7 +26,10 @@ class RLOO(GroupObjective):
         kl_coef: Weight of the KL to the reference in the reward. 0 trains without a reference. TRL default: 0.05.
         token_level: Per-token KL rewards with returns-to-go instead of one sequence reward. TRL: off.
         clip_range: PPO-style clip of the importance ratio on later passes over a batch (the first pass is plain
-            REINFORCE: the ratio is 1); None never clips. TRL default: 0.2.
+            REINFORCE: the ratio is 1); None never clips. TRL default (``epsilon``): 0.2.
+        epsilon_high: The upper clip, ``1 + epsilon_high``; None takes ``clip_range`` (TRL's default).
+        normalize_advantages: Divide the advantages by their standard deviation over the batch after centring them
+            (TRL's ``normalize_advantages``, default False). Over this rank's batch; TRL's over every rank's.
         num_samples: k, responses per prompt. TRL default: 2 (the paper finds k = 4 better).
         epochs_per_batch: Passes over each sampled batch. The paper: 1 (on-policy REINFORCE).
     """
@@ -36,16 +39,22 @@ class RLOO(GroupObjective):
         kl_coef: float = 0.05,
         token_level: bool = False,
         clip_range: float | None = 0.2,
+        epsilon_high: float | None = None,
+        normalize_advantages: bool = False,
         num_samples: int = 2,
         epochs_per_batch: int = 1,
         **kwargs: Any,
     ) -> None:
         if clip_range is not None and clip_range <= 0:
             raise ValueError(f"clip_range must be positive or None, got {clip_range}")
+        if epsilon_high is not None and epsilon_high <= 0:
+            raise ValueError(f"epsilon_high must be positive or None, got {epsilon_high}")
         super().__init__(kl_coef, num_samples=num_samples, epochs_per_batch=epochs_per_batch, **kwargs)
         self.kl_coef = kl_coef
         self.token_level = token_level
         self.clip_range = clip_range
+        self.epsilon_high = epsilon_high
+        self.normalize_advantages = normalize_advantages
 
     @torch.no_grad()
     def make_experience(self, batch: dict[str, torch.Tensor]) -> Experience:
@@ -62,10 +71,13 @@ class RLOO(GroupObjective):
             exp["advantages"] = (token_returns - baseline[:, None]) * mask  # (N, T-1)
         else:
             exp["advantages"] = rewards - baseline  # (N,)
+        if self.normalize_advantages:
+            exp["advantages"] = normalized_advantages(exp["advantages"])
         return exp
 
     def experience_loss(self, mb: Experience):
         logps = self.policy_token_logps(mb)
-        losses = rloo_loss(logps, mb["old_logps"], mb["advantages"], mb["response_mask"], self.clip_range)
+        losses = rloo_loss(logps, mb["old_logps"], mb["advantages"], mb["response_mask"], self.clip_range,
+                           self.epsilon_high)
         sequence_advantages = mb["rlhf_reward"] - mb["baseline"]
         return losses.mean(), {"rloo/advantages": sequence_advantages.abs(), "rloo/rlhf_reward": mb["rlhf_reward"]}
