@@ -168,8 +168,9 @@ class OfflinePairObjective(OfflineObjective):
             **preference_metrics(out),
             "logps/chosen": chosen.policy.detach(),
             "logps/rejected": rejected.policy.detach(),
-            "logits/chosen": chosen.mean_logits,
-            "logits/rejected": rejected.mean_logits,
+            # a mean over every completion token of the step (TRL's), not over rows: each row weighs its length
+            "logits/chosen": (chosen.mean_logits, chosen.lengths.to(chosen.mean_logits.dtype)),
+            "logits/rejected": (rejected.mean_logits, rejected.lengths.to(rejected.mean_logits.dtype)),
         }
 
 

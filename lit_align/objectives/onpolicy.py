@@ -81,8 +81,8 @@ class OnPolicyObjective(AlignmentModule):
             entries with weights (``lit_align/reward_functions.py``). When omitted, ``reward_stage`` trains one on
             the preference pairs of the training data at the start of ``fit``.
         sampling: How responses are sampled (max/min new tokens, temperature > 0, top-p, top-k); every log-prob
-            of training is taken at this temperature. PAPER TL;DR: temperature 0.7, 53 new tokens (also TRL's
-            on-policy defaults).
+            of training is taken at this temperature. PAPER TL;DR: temperature 0.7, 53 new tokens (TRL's GRPO and
+            RLOO defaults differ: temperature 1.0, 512 new tokens; its online DPO's 0.9 and 64).
         num_samples: Responses sampled per prompt. PAPER: 2 (REBEL and preference distillation compare two).
         epochs_per_batch: Optimisation passes over each sampled batch. PAPER TL;DR: 4 (REBEL, distillation,
             PPO).
