@@ -2,14 +2,22 @@
 
 Every checkpoint lit-align writes carries, under ``MANIFEST_KEY``, the objective's class, a content digest of the
 encoded training (and validation) rows, the per-device batch size, gradient accumulation, world size, length
-settings, ``max_steps`` / ``max_epochs`` and the versions of lit-align, torch, transformers and lightning.
+settings, the effective seeds (``lit_align.seeds``: the data order's among them), the content digest of pi_0
+(``lit_align.identity``; a changed pi_0 is refused when the checkpoint is loaded, ``lit_align.reference``),
+``max_steps`` / ``max_epochs`` and the versions of lit-align, torch, transformers and lightning.
+
+What the rows are is their content digest: token ids after rendering and truncation, and the values of the
+columns the objective reads. The data order is the seed and the batching. Together they cover what changes which
+rows a run sees in which order, and nothing else: a moved or touched file, or a chat template's date (pinned when
+rendering, ``lit_align.data.chat``), changes neither.
 
 Resuming (``fit`` with ``ckpt_path``) compares the checkpoint's manifest with the run being started:
 
-- refused, with one line naming every difference: another objective, other training rows, another batch size,
-  accumulation or world size (the saved data position counts batches, so rows would be replayed or skipped),
-  other length settings;
-- warned about: other library versions, other validation rows, other objective hyperparameters (the parsed
+- refused, with one line naming every difference: another objective, other training rows, another data order
+  seed, batch size, accumulation or world size (the saved data position counts batches, so rows would be replayed
+  or skipped), other length settings;
+- warned about: other library versions, other validation rows, other seeds (model initialisation: the weights
+  come from the checkpoint), other objective hyperparameters (the parsed
   configuration wins over the checkpoint's; the warning shows what changed);
 - noted: a new ``max_steps`` / ``max_epochs`` (extending a run is what resuming is for);
 - a checkpoint without a manifest (written before manifests existed) is resumed with a warning.
@@ -23,6 +31,7 @@ from typing import Any
 
 from lit_align.errors import UserError
 from lit_align.fingerprints import datamodule_digest
+from lit_align.seeds import effective_seeds
 
 #: The checkpoint key holding the manifest.
 MANIFEST_KEY = "lit_align_manifest"
@@ -44,9 +53,12 @@ def build_manifest(trainer, pl_module, data_digest: Mapping[str, object] | None 
     if data_digest is None:
         data_digest = datamodule_digest(datamodule) if datamodule is not None else {}
     cls = type(pl_module)
+    reference = getattr(getattr(pl_module, "policy", None), "reference", None)
     return {
         "objective": f"{cls.__module__}.{cls.__qualname__}",
         "data": dict(data_digest),
+        "seeds": effective_seeds(pl_module, datamodule),
+        "reference": getattr(reference, "digest", None),
         "batch_size": settings.get("batch_size"),
         "accumulate_grad_batches": trainer.accumulate_grad_batches,
         "world_size": trainer.world_size,
@@ -82,6 +94,7 @@ class ManifestComparison:
 
         changed("objective", "objective", self.refusals)
         self._compare_data(saved.get("data") or {}, current.get("data") or {})
+        self._compare_seeds(saved.get("seeds"), current.get("seeds") or {})
         changed("batch_size", "batch size", self.refusals)
         changed("accumulate_grad_batches", "accumulate_grad_batches", self.refusals)
         changed("world_size", "world size", self.refusals)
@@ -95,6 +108,14 @@ class ManifestComparison:
         for name in sorted(old_versions):
             if old_versions[name] != new_versions.get(name):
                 self.warnings.append(f"{name} {old_versions[name]} -> {new_versions.get(name)}")
+
+    def _compare_seeds(self, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> None:
+        # the data order's seed decides which rows the saved position has already trained on; the others only warn
+        for name in sorted(old or {}):
+            if name in new and old[name] != new[name]:
+                into = self.refusals if name == "data_order" else self.warnings
+                label = "data.seed (the data order)" if name == "data_order" else f"{name} seed"
+                into.append(f"{label} {old[name]} -> {new[name]}")
 
     def _compare_data(self, old: Mapping[str, object], new: Mapping[str, object]) -> None:
         for split, into in (("train", self.refusals), ("val", self.warnings)):

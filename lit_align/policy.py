@@ -27,6 +27,7 @@ from lit_align.chunked_head import (
 from lit_align.models import enable_activation_checkpointing, load_causal_lm, load_tokenizer, zero_dropout
 from lit_align.reference import Reference, ReferenceMode, build_reference, reference_class
 from lit_align.rollout import Rollout, SamplingConfig, sample
+from lit_align.seeds import resolve_seed
 
 if TYPE_CHECKING:
     from lit_align.shared_prompt import SharedPromptBatch
@@ -69,7 +70,8 @@ class PolicyWithReference(nn.Module):
         model_kwargs: Any other keyword argument of ``from_pretrained``, e.g. ``{low_cpu_mem_usage: true}``.
         gradient_checkpointing: Recompute activations in the backward pass to save memory.
         disable_dropout: Zero all dropout in policy and reference (recommended for preference training).
-        seed: Seed of the random initialisation of the embedded ``tiny`` model.
+        seed: Seed of the random initialisation of the embedded ``tiny`` model; by default the run's
+            ``seed_everything`` (``lit_align.seeds``).
         generation: What samples responses: ``hf`` (Hugging Face ``generate``) or ``vllm`` (an in-process vLLM
             engine, ``lit_align.generation.VLLMBackend``, fed the current weights before each generate; needs the
             ``vllm`` extra).
@@ -92,7 +94,7 @@ class PolicyWithReference(nn.Module):
         model_kwargs: dict[str, Any] | None = None,
         gradient_checkpointing: bool = False,
         disable_dropout: bool = True,
-        seed: int = 0,
+        seed: int | None = None,
         generation: Literal["hf", "vllm"] = "hf",
         vllm_options: dict[str, Any] | None = None,
     ) -> None:
@@ -106,7 +108,7 @@ class PolicyWithReference(nn.Module):
         if quantization is not None and lora is None:
             raise ValueError("quantization needs lora (QLoRA): quantized weights cannot be trained themselves")
         self.model_name = model
-        self.seed = seed  # with the name, enough to load pi_0 again from its source (lit_align.reference_cache)
+        self.seed = resolve_seed(seed)  # with the name, enough to load pi_0 again from its source (lit_align.reference_cache)
         self.trust_remote_code = trust_remote_code
         self._stop_token_ids: list[int] | None = None
         self.lora_options = lora
@@ -115,7 +117,7 @@ class PolicyWithReference(nn.Module):
         #: What ``from_pretrained`` is given besides dtype and remote code: enough to load pi_0 again the same way.
         self.load_kwargs = {"attn_implementation": attn_implementation, "revision": revision,
                             "quantization": quantization, "model_kwargs": model_kwargs}
-        base = load_causal_lm(model, dtype=dtype, trust_remote_code=trust_remote_code, seed=seed, **self.load_kwargs)
+        base = load_causal_lm(model, dtype=dtype, trust_remote_code=trust_remote_code, seed=self.seed, **self.load_kwargs)
         # from_pretrained hands the model over in eval mode and Lightning keeps each module's mode: without this
         # the policy would train in eval mode, where gradient checkpointing (and dropout) silently do nothing
         base.train()

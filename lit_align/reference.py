@@ -18,7 +18,11 @@ Four ways to hold it, named in configs by ``PolicyWithReference(reference=...)``
 - ``none`` (``NoReference``): for objectives that need none (SFT, reward modelling, PMLE with beta = 0, GRPO).
 
 The reference is a submodule of the policy at ``policy.reference``; whatever it holds there is left out of
-checkpoints and rebuilt from its source (``AlignmentModule.on_save_checkpoint``).
+checkpoints and rebuilt from its source (``AlignmentModule.on_save_checkpoint``). Since a source is a name (a model
+folder can be rewritten between a run and its resume), every reference that holds or derives from pi_0 (``copy``,
+``lora``, ``cache``) takes pi_0's content digest when it is built (``lit_align.identity.source_digest``), every
+checkpoint records it (``REFERENCE_DIGEST_KEY``, also in the run manifest), and loading a checkpoint into a policy
+whose pi_0 has another digest is refused in one line, whatever the entry point (fit, validate, test, predict).
 """
 
 from __future__ import annotations
@@ -31,11 +35,20 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 import torch
 from torch import nn
 
+from lit_align.errors import UserError
+from lit_align.identity import short, source_digest
+
 if TYPE_CHECKING:
     from lit_align.policy import PolicyWithReference
 
 ReferenceMode = Literal["copy", "lora", "cache", "none"]
 Need = Literal["data", "samples"]
+#: Where a checkpoint records the content digest of the pi_0 its policy was trained against.
+REFERENCE_DIGEST_KEY = "lit_align_reference_digest"
+
+
+class ReferenceChangedError(UserError):
+    """A checkpoint is being loaded against another pi_0 than the one it was trained against."""
 
 
 class Reference(nn.Module):
@@ -49,6 +62,10 @@ class Reference(nn.Module):
     scores_data: ClassVar[bool] = False
     #: Is the policy's own base model with its adapters off, so the policy must carry LoRA adapters.
     needs_adapters: ClassVar[bool] = False
+    #: Content digest of pi_0 (``lit_align.identity``), taken when the reference is built; None without a pi_0.
+    digest: str | None = None
+    #: Where pi_0 was read from, for messages.
+    source: str | None = None
 
     def require(self, owner: str, need: Need) -> None:
         """Stop ``owner`` with one line when it needs what this reference cannot give."""
@@ -94,10 +111,22 @@ class Reference(nn.Module):
         """A training step is about to change the policy's weights."""
 
     def save_state(self, checkpoint: dict) -> None:
-        """Add what a resumed run must check to ``checkpoint``."""
+        """Add what a resumed run must check to ``checkpoint``: pi_0's content digest."""
+        if self.digest is not None:
+            checkpoint[REFERENCE_DIGEST_KEY] = self.digest
 
     def check_state(self, checkpoint: dict, source: str) -> None:
-        """Refuse a checkpoint that was trained against another pi_0; weights are being loaded into the policy."""
+        """Refuse a checkpoint that was trained against another pi_0; weights are being loaded into the policy.
+
+        A checkpoint without a digest (written before digests were recorded, or by a run without pi_0) passes.
+        """
+        saved = checkpoint.get(REFERENCE_DIGEST_KEY)
+        if saved is None or self.digest is None or saved == self.digest:
+            return
+        raise ReferenceChangedError(
+            f"checkpoint {source} was trained against another pi_0 than {self.source!r} holds now (weights "
+            f"{short(saved)} -> {short(self.digest)}: the model was rewritten since); restore the model the run "
+            "started from, or start a new run from this model (a new --trainer.default_root_dir, no --ckpt_path)")
 
 
 class FrozenCopy(Reference):
@@ -189,10 +218,12 @@ class CachedLogps(Reference):
         self.cache.policy_moved = True
 
     def save_state(self, checkpoint: dict) -> None:
+        super().save_state(checkpoint)
         self.cache.save_identity(checkpoint)
 
     def check_state(self, checkpoint: dict, source: str) -> None:
         self.cache.check_identity(checkpoint, source)
+        super().check_state(checkpoint, source)
 
 
 class NoReference(Reference):
@@ -214,7 +245,11 @@ def build_reference(mode: ReferenceMode, model: nn.Module, model_name: str,
     """The reference ``mode`` names, from ``model``: pi_0 as loaded, before any LoRA wrapping."""
     cls = reference_class(mode)
     if cls is FrozenCopy:
-        return FrozenCopy(model)
-    if cls is CachedLogps:
-        return CachedLogps(cache_dir, model_name, model)
-    return cls()
+        reference = FrozenCopy(model)
+    elif cls is CachedLogps:
+        reference = CachedLogps(cache_dir, model_name, model)
+    else:
+        reference = cls()
+    if cls is not NoReference:  # once, here: pi_0 as loaded, before any step or LoRA wrapping
+        reference.digest, reference.source = source_digest(model_name, model), model_name
+    return reference

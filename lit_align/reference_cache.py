@@ -1,7 +1,7 @@
 """Reference log-probs computed once from pi_0, stored on disk with a checksum, and looked up by example index.
 
 The file name is a key over everything the values depend on: the model (name, config, weight dtype, hub revision,
-a local directory's weight files, and for the embedded model the digest of its seeded random weights), the
+the content digest of a local directory's weight files or of the embedded model's seeded weights), the
 tokenizer, the content of the encoded examples (``lit_align.fingerprints.examples_digest``, which covers the data
 file, chat template and truncation) and the length settings. Change any of them and the cache is recomputed;
 change none and the next run reuses it.
@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 
 from lit_align.errors import UserError
 from lit_align.fingerprints import examples_digest
+from lit_align.identity import source_digest
 from lit_align.models import is_embedded, load_causal_lm, zero_dropout
 
 _VERSION = "2"  # files of version 1 carry no checksum; their keys never match again
@@ -212,32 +213,18 @@ def _data_settings(datamodule) -> dict:
 
 
 def model_identity(name: str, model: torch.nn.Module) -> dict:
-    """What pi_0 is, as far as it can be told without hashing a large model's weights: name, config, dtype,
-    hub revision, a local directory's files, and for the embedded model the digest of its seeded weights."""
+    """What pi_0 is: name, config, dtype, hub revision, and the content digest of its weights for a local folder
+    or the embedded model (``lit_align.identity.source_digest``, memoised per process)."""
     config = model.config.to_dict()
     for runtime_only in ("_name_or_path", "use_cache"):  # use_cache is switched off by gradient checkpointing
         config.pop(runtime_only, None)
     identity = {"model": name, "config": config, "dtype": str(next(model.parameters()).dtype),
                 "revision": getattr(model.config, "_commit_hash", None)}
-    local = Path(name)
-    if is_embedded(name):
-        identity["weights"] = weights_digest(model)  # its seed shows only in the weights
-    elif local.is_dir():
-        identity["files"] = sorted(
-            (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in local.iterdir() if f.is_file()
-        )
+    # by content: the embedded model's seeded weights, a local folder's weight bytes (a folder rewritten with
+    # files of the same names and sizes is another model), a hub model's commit (lit_align.identity)
+    if is_embedded(name) or Path(name).exists():
+        identity["weights"] = source_digest(name, model)
     return identity
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of the model's base weights (LoRA adapters left out), the same for the model wrapped or not."""
-    digest = hashlib.sha256()
-    state = {k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if "lora_" not in k}
-    for name in sorted(state):
-        tensor = state[name].detach()
-        digest.update(name.encode())
-        digest.update(tensor.cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 @torch.no_grad()

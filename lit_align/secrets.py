@@ -3,7 +3,11 @@
 Credentials come from the environment, by name (``LLMJudge(api_key_env="OPENAI_API_KEY")``), never as config
 values. As a second line of defence, every value of an environment variable with a credential-like name is masked
 wherever text leaves the run: the saved ``config.yaml``, the loggers' hyperparameters (``hparams.yaml``), the
-checkpoint's ``hyper_parameters`` and ``--print_config``. Masking works on copies of that text only: the objects
+checkpoint's ``hyper_parameters`` and ``--print_config``. A credential given as a config value anyway (a hub
+``token`` in ``model_kwargs``, any field named like ``token``, ``api_key``, ``secret``, ``password``) is masked
+the same way, by its field: in mappings by key, in YAML or ``key=value`` text by the key before it, and its value
+is remembered (``remember_field_secrets``, called on the parsed config) so that it is masked wherever it shows up
+later in the text the run writes, like an environment variable's. Masking works on copies of that text only: the objects
 the run uses keep their values, so a data path that happens to contain such a value still loads.
 """
 
@@ -26,12 +30,43 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: Prefixes of well-known key formats (OpenAI, Anthropic, Hugging Face, GitHub, GitLab, Slack, AWS, Google).
 _KEY_PREFIX = re.compile(r"^(sk-|sk_|hf_|ghp_|gho_|ghs_|github_pat_|glpat-|xox[abpr]-|AKIA|AIza)")
+#: Config fields that hold credentials. Deliberately not every name containing "token" (``pad_token``,
+#: ``max_new_tokens``) or "key" (``monitor_key``); ``*_env`` fields hold a variable's NAME and are not secret.
+SECRET_FIELD = re.compile(
+    r"^(token|key|secret|password|passwd|api_?key|use_auth_token"
+    r"|(hf|access|auth|api|bearer|refresh|session|id|secret|private|github|wandb)_token"
+    r"|.*_(api_?key|secret|password|passwd)|(private|secret|access|client|secret_access)_key)$",
+    re.IGNORECASE)
+_FIELD_TEXT = re.compile(
+    r"""(?P<head>(?:^|[\s{,(.-])["']?(?P<name>[A-Za-z_][A-Za-z0-9_]*)["']?[ \t]*[:=][ \t]*)"""
+    r"""(?P<value>"[^"\n]*"|'[^'\n]*'|[^\s,}'")]+)""",
+    re.MULTILINE)
+_NOT_SECRET = {"null", "none", "true", "false", "~", '""', "''", MASK}
+#: Credential values found in config fields this process (``remember_field_secrets``).
+_field_secrets: set[str] = set()
+
+
+def is_secret_field(name) -> bool:
+    """Whether a config field of this name holds a credential (``token``, ``hf_token``, ``api_key``, ...)."""
+    return isinstance(name, str) and bool(SECRET_FIELD.match(name.rsplit(".", 1)[-1]))
+
+
+def remember_field_secrets(config) -> None:
+    """Remember the credential values given in ``config``'s fields (nested mappings and lists included), so that
+    ``redact`` masks them wherever they appear in text."""
+    items = config.items() if hasattr(config, "items") else enumerate(config) if isinstance(config, list) else ()
+    for key, value in items:
+        if isinstance(value, str) and is_secret_field(str(key)) and value.strip().lower() not in _NOT_SECRET:
+            _field_secrets.add(value)
+        elif isinstance(value, (list, tuple)) or hasattr(value, "items"):
+            remember_field_secrets(list(value) if isinstance(value, tuple) else value)
 
 
 def secret_values(environ: dict[str, str] | None = None) -> list[str]:
     """Values of the environment variables whose names look like credentials, longest first."""
     environ = os.environ if environ is None else environ
     values = {v for k, v in environ.items() if SECRET_NAME.search(k) and len(v) >= _MIN_LENGTH}
+    values |= {v for v in _field_secrets if len(v) >= 4}
     return sorted(values, key=len, reverse=True)
 
 
@@ -46,9 +81,10 @@ def _redact(value, secrets: list[str]):
     if isinstance(value, str):
         for secret in secrets:
             value = value.replace(secret, MASK)
+        value = _FIELD_TEXT.sub(_mask_field_text, value) if ":" in value or "=" in value else value
         return _URL.sub(lambda found: mask_url(found.group(0)), value) if "://" in value else value
     if isinstance(value, dict):
-        items = {k: _redact(v, secrets) for k, v in value.items()}
+        items = {k: MASK if _secret_item(k, v) else _redact(v, secrets) for k, v in value.items()}
         try:
             return type(value)(items)
         except TypeError:  # a mapping type that cannot be built from a dict
@@ -56,6 +92,18 @@ def _redact(value, secrets: list[str]):
     if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
         return type(value)(_redact(v, secrets) for v in value)
     return value
+
+
+def _secret_item(key, value) -> bool:
+    return isinstance(value, str) and is_secret_field(str(key)) and value.strip().lower() not in _NOT_SECRET
+
+
+def _mask_field_text(found: re.Match) -> str:
+    """``token: hf_abc`` -> ``token: ***`` in YAML, JSON-ish or ``key=value`` text."""
+    value = found.group("value")
+    if not is_secret_field(found.group("name")) or value.strip("'\"").lower() in _NOT_SECRET:
+        return found.group(0)
+    return found.group("head") + MASK
 
 
 def redact_file(path: str | os.PathLike) -> bool:
@@ -115,6 +163,7 @@ def refuse_keys_as_names(config) -> None:
     Checked before the classes are built, so that neither the parser's error (which prints the arguments) nor a
     saved config ever shows the key; the value is blanked in ``config`` first.
     """
+    remember_field_secrets(config)
     for key, value in list(config.items()):
         if key.rsplit(".", 1)[-1].endswith("api_key_env") and isinstance(value, str) and looks_like_key(value):
             config[key] = MASK

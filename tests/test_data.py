@@ -142,7 +142,7 @@ def test_local_files_through_datasets(tmp_path, suffix):
 
 def test_truncation_never_empties_a_completion(tokenizer):
     long = " ".join(["word"] * 40)
-    rows = [{"prompt": long, "chosen": long + " yes", "rejected": long + " no"}, ROWS[0]]
+    rows = [{"prompt": long, "chosen": "yes " + long, "rejected": "no " + long}, ROWS[0]]  # differ after the cut
     examples, stats = _encode(tokenizer, rows, max_length=12, max_prompt_length=8)
     bos = tokenizer.bos_token_id
     for ex in examples:

@@ -165,13 +165,25 @@ def test_bad_values_name_file_row_and_field(tmp_path, row, message):
     assert message in str(err.value)
 
 
-def test_a_missing_required_column_names_row_field_and_mapping(tmp_path):
+def test_a_required_column_no_row_holds_is_one_error_naming_field_and_mapping(tmp_path):
     rows = [{k: v for k, v in r.items() if k != "label"} for r in PAIRS]
-    with pytest.raises(DataError, match=r"nolabel\.jsonl, row 0: missing field 'label' \(after the column mapping "
-                                        r"\{'question': 'prompt'\}\), a bool the objective reads \(good or bad\).*"
-                                        r"Map your column onto it with `columns`"):
-        _setup(PreferenceDataModule, _write_jsonl(tmp_path / "nolabel.jsonl", rows),
-               {"label": Column(bool, doc="good or bad")}, columns={"question": "prompt"})
+    path = _write_jsonl(tmp_path / "nolabel.jsonl", rows)
+    for invalid_rows in ("error", "skip"):  # skipping would drop every row and hide why
+        with pytest.raises(DataError, match=r"nolabel\.jsonl: no row has the column 'label' after the column mapping "
+                                            r"\{'question': 'prompt'\}, a bool the objective reads \(good or bad\).*"
+                                            r"Map your column onto it with `columns`"):
+            _setup(PreferenceDataModule, path, {"label": Column(bool, doc="good or bad")},
+                   columns={"question": "prompt"}, invalid_rows=invalid_rows)
+
+
+def test_a_defaulted_column_no_row_holds_is_said_once(tmp_path, caplog):
+    rows = [{k: v for k, v in r.items() if k != "label"} for r in PAIRS]
+    with caplog.at_level("INFO"):
+        dm = _setup(PreferenceDataModule, _write_jsonl(tmp_path / "nolabel.jsonl", rows),
+                    {"weight": Column(float, default=1.0)})
+    assert {ex.values["weight"] for ex in dm.train_examples} == {1.0}
+    said = [r.getMessage() for r in caplog.records if "no row has the column 'weight'" in r.getMessage()]
+    assert len(said) == 1 and "its default 1.0 is used for every row" in said[0]
 
 
 def test_skip_drops_and_counts_rows_with_bad_values(tmp_path, capsys):
@@ -298,7 +310,7 @@ def test_unpaired_label_renamed_and_required(tmp_path):
     dm = _setup(UnpairedPreferenceDataModule, _write_jsonl(tmp_path / "fb.jsonl", rows),
                 columns={"response": "completion", "thumbs_up": "label"})
     assert [ex.values for ex in dm.train_examples] == [{"label": True}, {"label": False}]
-    with pytest.raises(DataError, match=r"nolabel\.jsonl, row 0: missing field 'label'"):
+    with pytest.raises(DataError, match=r"nolabel\.jsonl: no row has the column 'label'"):
         _setup(UnpairedPreferenceDataModule, _write_jsonl(tmp_path / "nolabel.jsonl", [{"prompt": "Hi.",
                                                                                          "completion": "Yo."}]))
     with pytest.raises(DataError, match="needs `prompt`, `completion` and `label` columns, or `chosen`/`rejected`"):
@@ -323,3 +335,13 @@ def test_oracle_pairs_take_defaults_and_refuse_required_columns():
     dm.require_columns({"label": bool})
     with pytest.raises(DataError, match="oracle task's pairs have no column 'label'"):
         dm.setup("fit")
+
+
+def test_pairs_equal_only_after_truncation_are_dropped_and_counted(tmp_path, capsys):
+    # a long shared start: the completions differ only past max_length, so after the cut the pair compares nothing
+    shared = "The same long opening words are written here again and again " * 4
+    rows = [{"prompt": "Hi", "chosen": shared + "yes", "rejected": shared + "no"},
+            {"prompt": "Ho", "chosen": "Short.", "rejected": "Other."}]
+    dm = _setup(PreferenceDataModule, _write_jsonl(tmp_path / "long.jsonl", rows))
+    assert [ex.index for ex in dm.train_examples] == [1]
+    assert "dropped 1 with chosen == rejected (1 of them only after truncation" in capsys.readouterr().out

@@ -13,12 +13,13 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lit_align.data.collate import CompletionCollator
-from lit_align.data.columns import Column, merge_columns
+from lit_align.data.columns import Column, check_columns_present, merge_columns
 from lit_align.data.formats import Example, Format, RowEncoder
 from lit_align.data.loader import ResumableDataLoader, ResumableSampler
 from lit_align.data.presets import find_preset, layout_hint, load_source
 from lit_align.data.sources import DataError, describe, holds_one_split
 from lit_align.models import load_tokenizer
+from lit_align.seeds import resolve_seed
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ class TextDataModule(L.LightningDataModule):
         batch_size: Examples per batch on each device.
         eval_batch_size: Examples per validation batch (defaults to ``batch_size``).
         num_workers: Data loader worker processes.
-        seed: Seed of the shuffling and of the validation hold-out.
+        seed: Seed of the shuffling and of the validation hold-out; by default the run's ``seed_everything``
+            (``lit_align.seeds``).
         limit_rows: Use only the first N training rows (quick experiments).
         tokenizer: Tokenizer to use; by default the one of the model being trained.
         pad_to_multiple_of: Round padded lengths up (e.g. 8 for tensor cores).
@@ -87,7 +89,7 @@ class TextDataModule(L.LightningDataModule):
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
         limit_rows: int | None = None,
         tokenizer: str | None = None,
         pad_to_multiple_of: int | None = None,
@@ -103,6 +105,8 @@ class TextDataModule(L.LightningDataModule):
             raise DataError(f"val_fraction={val_fraction} and {named} both choose the validation rows: keep one "
                             "(set val_split: null to hold out a fraction of the training rows)")
         self.save_hyperparameters()
+        #: The effective seed of the data order and hold-out: ``seed``, else the run's ``seed_everything``.
+        self.seed = resolve_seed(seed)
         self.train_examples: list[Example] = []
         self.val_examples: list[Example] = []
         self.test_examples: list[Example] = []
@@ -183,9 +187,9 @@ class TextDataModule(L.LightningDataModule):
             train_rows = train_rows.select(range(min(h.limit_rows, len(train_rows))))
         val = self._role_rows("val", h.val_path, h.val_split)
         if val is None and h.val_fraction > 0:
-            parts = train_rows.train_test_split(test_size=h.val_fraction, seed=h.seed, shuffle=True)
+            parts = train_rows.train_test_split(test_size=h.val_fraction, seed=self.seed, shuffle=True)
             train_rows = parts["train"]
-            val = parts["test"], f"{train_source} (held out: val_fraction={h.val_fraction}, seed={h.seed})"
+            val = parts["test"], f"{train_source} (held out: val_fraction={h.val_fraction}, seed={self.seed})"
         fields = self._completion_fields(train_rows, train_source)
         self.train_examples = self._encode(train_rows, fields, train_source)
         said = f"data: training on {train_source} ({len(self.train_examples)} rows)"
@@ -265,6 +269,8 @@ class TextDataModule(L.LightningDataModule):
 
     def _encode(self, rows, fields: tuple[str, ...], source: str) -> list[Example]:
         encoder = self.encoder(fields)
+        for line in check_columns_present(encoder.data_columns, rows, source, self.hparams.columns):
+            rank_zero_info(line)
         examples, stats = self._with_layout_hint(lambda: encoder.encode_all(rows, source), rows.column_names)
         log.info(stats.summary(source))
         if stats.kept < stats.rows or stats.truncated_prompts or stats.truncated_completions:
@@ -289,7 +295,7 @@ class TextDataModule(L.LightningDataModule):
             num_replicas=trainer.world_size if trainer else 1,
             rank=trainer.global_rank if trainer else 0,
             shuffle=True,
-            seed=self.hparams.seed,
+            seed=self.seed,
         )
         consumed = (lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed) if trainer else None
         self._train_loader = ResumableDataLoader(

@@ -13,6 +13,10 @@ cut after the token that closes the reply:
 - A template that closes a turn with no special token (plain text between turns) leaves the completion open: its
   trailing whitespace is dropped and the row encoder appends the tokenizer's EOS.
 
+A template that writes today's date (Llama-3.x's ``strftime_now("%d %b %Y")`` in its system turn) renders with the
+date pinned to ``TEMPLATE_DATE``: the rows a run trains on, and the content digests of the run manifest, the
+reference cache and the reward stage, must not change from one day to the next.
+
 The rendering must hold what the rows hold: every assistant message's content (as written or trimmed) must appear
 in the rendered completion, in order, or the run stops naming the row and the template (a template that drops the
 content would otherwise train on pairs of identical sequences).
@@ -20,13 +24,44 @@ content would otherwise train on pairs of identical sequences).
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from lit_align.data.sources import DataError
+
+
+#: The date a chat template's ``strftime_now`` sees: fixed, so that a rendered row never changes by itself (the
+#: date Llama-3.1/3.2's template falls back to when no clock is given).
+TEMPLATE_DATE = datetime.datetime(2024, 7, 26)
+
+
+class _PinnedDatetime(datetime.datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return cls.combine(TEMPLATE_DATE.date(), TEMPLATE_DATE.time(), tzinfo=tz)
+
+
+@contextlib.contextmanager
+def pinned_template_date() -> Iterator[None]:
+    """Chat templates rendered inside the block see ``TEMPLATE_DATE`` as today (transformers gives templates a
+    ``strftime_now`` that reads its module's ``datetime.now``)."""
+    from transformers.utils import chat_template_utils as utils
+
+    original = getattr(utils, "datetime", None)
+    if original is not datetime.datetime:  # another layout of transformers: nothing known to pin
+        yield
+        return
+    utils.datetime = _PinnedDatetime
+    try:
+        yield
+    finally:
+        utils.datetime = original
 
 
 class ChatTemplateError(DataError):
@@ -82,9 +117,10 @@ class ChatRenderer:
 
     def _apply(self, messages: list[dict], generation_prompt: bool, where: str) -> str:
         try:
-            text = self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=generation_prompt
-            )
+            with pinned_template_date():
+                text = self.tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=generation_prompt
+                )
         except TemplateError as err:  # raise_exception() in the template, e.g. "roles must alternate": the row's fault
             raise DataError(f"{where}: the chat template of {self.name!r} refuses the row: {err}") from err
         return text

@@ -106,6 +106,33 @@ def merge_columns(*declarations: Mapping[str, Column | type] | None) -> dict[str
     return merged
 
 
+def check_columns_present(columns: Mapping[str, Column], rows, source: str,
+                          renames: Mapping[str, str] | None = None) -> list[str]:
+    """Refuse a required column that no row of ``rows`` (a ``datasets.Dataset``) holds, whatever ``invalid_rows``
+    says (skipping would drop every row and hide why); return one line for each defaulted column that no row holds,
+    saying its default is used for every row.
+
+    A column counts as held when some row has a non-null value in it, after ``renames``.
+    """
+    renames = dict(renames or {})
+    named = {renames.get(c, c): c for c in rows.column_names}
+    lines = []
+    for name, column in columns.items():
+        original = named.get(name)
+        held = original is not None and any(v is not None for v in rows[original])
+        if held:
+            continue
+        if column.required:
+            mapped = f" after the column mapping {renames}" if renames else ""
+            meaning = f" ({column.doc})" if column.doc else ""
+            raise DataError(
+                f"{source}: no row has the column {name!r}{mapped}, a {column.dtype.__name__} the objective reads"
+                f"{meaning}; the data has {sorted(named)}. Map your column onto it with `columns`, e.g. "
+                f"{{\"my_{name}\": \"{name}\"}}, or use data that has it")
+        lines.append(f"{source}: no row has the column {name!r}: its default {column.default!r} is used for every row")
+    return lines
+
+
 def read_values(
     columns: Mapping[str, Column], row: Mapping[str, Any], where: str, renames: Mapping[str, str] | None = None
 ) -> dict[str, ColumnValue]:

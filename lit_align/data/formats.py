@@ -23,7 +23,7 @@ template writes no end-of-turn token, gets the tokenizer's EOS unless it already
 
 A conversational completion is the assistant's reply: assistant messages, with tool results allowed between them,
 the first and the last being the assistant's. A pair whose two completions encode to the same token ids (after
-rendering, before truncation) trains on nothing and is dropped and counted.
+rendering, or after truncation to ``max_length``) trains on nothing and is dropped and counted.
 
 Truncation: a prompt longer than ``max_prompt_length`` keeps its BOS and its last tokens; a completion longer than
 what ``max_length`` leaves keeps its first tokens (and so loses its end-of-turn token). Every sequence is then at
@@ -74,16 +74,28 @@ class FormatStats:
     rows: int = 0
     kept: int = 0
     identical_pairs: int = 0
+    #: Of ``identical_pairs``, those whose completions differ only beyond ``max_length``.
+    identical_after_truncation: int = 0
     invalid: int = 0
     truncated_prompts: int = 0
     truncated_completions: int = 0
 
     def summary(self, source: str) -> str:
         return (
-            f"{source}: kept {self.kept} of {self.rows} rows (dropped {self.identical_pairs} with chosen == rejected, "
-            f"{self.invalid} invalid; truncated {self.truncated_prompts} prompts, "
+            f"{source}: kept {self.kept} of {self.rows} rows (dropped {self.identical_pairs} with chosen == rejected"
+            f"{self._after_cut()}, {self.invalid} invalid; truncated {self.truncated_prompts} prompts, "
             f"{self.truncated_completions} completions)"
         )
+
+
+    def _after_cut(self) -> str:
+        n = self.identical_after_truncation
+        return f" ({n} of them only after truncation to max_length)" if n else ""
+
+
+def _all_equal(completions: list[list[int]]) -> bool:
+    """Whether a row's completions (two or more) are the same token ids: such a pair has nothing to compare."""
+    return len(completions) >= 2 and all(ids == completions[0] for ids in completions[1:])
 
 
 class RowEncoder:
@@ -268,18 +280,23 @@ class RowEncoder:
                     ids = ids + [eos]
                 outs.append(ids)
             cursor += len(completions)
-            if len(outs) == 2 and outs[0] == outs[1]:
-                stats.identical_pairs += 1  # in token space, as rendered: the same sequence twice
+            if _all_equal(outs):  # in token space, as rendered: the same sequence twice
+                stats.identical_pairs += 1
                 continue
             if self._bos_added and prompt_ids[:1] != [bos]:
                 prompt_ids = [bos] + prompt_ids  # once: templates that already start with BOS keep theirs
-            if len(prompt_ids) > self.max_prompt_length:
-                stats.truncated_prompts += 1
+            cut_prompt = len(prompt_ids) > self.max_prompt_length
+            if cut_prompt:
                 prompt_ids = self._keep_prompt_end(prompt_ids, bos)
             budget = self.max_length - len(prompt_ids)  # >= 1: max_prompt_length < max_length
-            if any(len(ids) > budget for ids in outs):
-                stats.truncated_completions += sum(len(ids) > budget for ids in outs)
-                outs = [ids[:budget] for ids in outs]
+            cut_completions = sum(len(ids) > budget for ids in outs)
+            outs = [ids[:budget] for ids in outs]
+            if _all_equal(outs):  # a long shared start: the completions differ only past the cut
+                stats.identical_pairs += 1
+                stats.identical_after_truncation += 1
+                continue
+            stats.truncated_prompts += cut_prompt
+            stats.truncated_completions += cut_completions
             examples.append(Example(index, prompt_ids, outs, values))
         return examples
 

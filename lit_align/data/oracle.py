@@ -126,7 +126,8 @@ class OracleDataModule(TextDataModule):
         prompts_only: Emit only prompts (for on-policy objectives that do not use the pairs).
         batch_size: Examples per batch on each device.
         eval_batch_size: Examples per validation batch (defaults to ``batch_size``).
-        seed: Seed of the shuffling.
+        seed: Seed of the shuffling; by default the run's ``seed_everything`` (the task's own seeds above define
+            the task and stay as given).
         num_workers: Data loader worker processes.
         tokenizer: Tokenizer whose pad id is used for batching; by default the trained model's.
     """
@@ -150,7 +151,7 @@ class OracleDataModule(TextDataModule):
         prompts_only: bool = False,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         num_workers: int = 0,
         tokenizer: str | None = None,
     ) -> None:

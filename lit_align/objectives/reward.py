@@ -13,6 +13,7 @@ from lit_align.metrics import preference_metrics
 from lit_align.objectives.base import AlignmentModule, Stage
 from lit_align.outputs import atomic_directory
 from lit_align.reward_model import CHECKPOINT_KEY, RewardScorer, build_reward_scorer
+from lit_align.seeds import resolve_seed
 
 
 class RewardModeling(AlignmentModule):
@@ -32,7 +33,8 @@ class RewardModeling(AlignmentModule):
         trust_remote_code: Run model code shipped with a hub repository. Off unless you trust its author.
         gradient_checkpointing: Recompute activations in the backward pass to save memory.
         disable_dropout: Zero all dropout of the backbone.
-        seed: Seed of the random initialisation of the embedded ``tiny`` backbone and its head.
+        seed: Seed of the random initialisation of the embedded ``tiny`` backbone and its head; by default the
+            run's ``seed_everything`` (``lit_align.seeds``).
     """
 
     def __init__(
@@ -43,15 +45,17 @@ class RewardModeling(AlignmentModule):
         trust_remote_code: bool = False,
         gradient_checkpointing: bool = False,
         disable_dropout: bool = True,
-        seed: int = 0,
+        seed: int | None = None,
         **kwargs,
     ) -> None:
+        seed = resolve_seed(seed)
         scorer = build_reward_scorer(model, dtype, trust_remote_code, gradient_checkpointing, disable_dropout, seed)
         if freeze_backbone:
             scorer.freeze_backbone()
         # The base holds the trained model as `policy` (the checkpoint keys start `policy.`); all it asks of it is
         # `tokenizer` and `trainable_parameters()`, which a scorer has.
         super().__init__(policy=scorer, **kwargs)
+        self.seed = seed  # effective: recorded in the run manifest (lit_align.seeds)
 
     @property
     def scorer(self) -> RewardScorer:

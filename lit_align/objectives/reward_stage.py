@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,10 +55,13 @@ from torch.utils.data import DataLoader
 
 from lit_align.data.sources import DataError
 from lit_align.fingerprints import datamodule_digest
+from lit_align.identity import source_digest
+from lit_align.models import is_embedded
 from lit_align.objectives.reward import RewardModeling
 from lit_align.outputs import atomic_directory
 from lit_align.reward_model import load_reward_model
 from lit_align.schedules import Schedule
+from lit_align.seeds import resolve_seed
 
 #: The settings a saved reward model was trained with, next to its weights.
 FINGERPRINT_FILE = "lit_align_reward_stage.json"
@@ -80,7 +84,8 @@ class RewardStage:
             number of processes), so that the reward model does not depend on how many processes train it (every
             rank fits the same pairs). PAPER 2b uses 64.
         freeze_backbone: Train the score head only.
-        seed: Seed of the head's initialisation and of the shuffling.
+        seed: Seed of the head's initialisation and of the shuffling; by default the run's ``seed_everything``
+            (``lit_align.seeds``).
         reuse: Load the model saved in ``dirpath`` by an earlier run with identical settings instead of training.
     """
 
@@ -92,8 +97,13 @@ class RewardStage:
     warmup_ratio: float = 0.0
     batch_size: int | None = None
     freeze_backbone: bool = False
-    seed: int = 0
+    seed: int | None = None
     reuse: bool = True
+
+    @property
+    def effective_seed(self) -> int:
+        """``seed``, else the run's ``seed_everything``."""
+        return resolve_seed(self.seed)
 
     def provide(self, objective, trainer, train: bool = True) -> nn.Module:
         """The frozen reward model for ``objective``: loaded from ``dirpath`` if it matches, else trained there."""
@@ -111,8 +121,10 @@ class RewardStage:
             if saved is not None:
                 reason = _why_retrain(saved, fingerprint) if saved != fingerprint else "reuse is off"
                 rank_zero_info(f"reward stage: retraining: {reason}")
+            start = time.monotonic()
             self.train(objective, trainer, directory, fingerprint)  # every rank: see the module docstring
             trainer.strategy.barrier("reward_stage")
+            self.train_seconds = time.monotonic() - start  # the run's summary reports it (RunSummary)
         rank_zero_info(f"reward model: {directory}")
         return load_reward_model(str(directory))
 
@@ -124,15 +136,28 @@ class RewardStage:
         """What the saved model depends on: stage settings, backbone, data settings and the pairs' content."""
         # where the model goes and whether to reuse it do not change what is trained
         stage = {k: v for k, v in asdict(self).items() if k not in ("dirpath", "reuse")}
+        stage["seed"] = self.effective_seed
         # the path is left out because the content digest covers what it holds: a moved file is the same data
         data = {k: v for k, v in dict(getattr(datamodule, "hparams", {})).items()
-                if k not in ("num_workers", "eval_batch_size", "tokenizer", "path")}
-        record = {"stage": stage, "backbone": self.backbone(objective), "data": data,
+                if k not in ("num_workers", "eval_batch_size", "tokenizer", "path", "seed")}
+        # the name says where the backbone is read from, its digest what it holds (a rewritten folder retrains)
+        record = {"stage": stage, "backbone": self.backbone(objective),
+                  "backbone_weights": self.backbone_digest(objective), "data": data,
                   "content": datamodule_digest(datamodule)}
         return json.loads(json.dumps(record, default=str))
 
     def backbone(self, objective) -> str:
         return self.model or objective.policy.model_name
+
+    def backbone_digest(self, objective) -> str:
+        """What the backbone holds (``lit_align.identity``): the policy's pi_0 digest when the backbone is the
+        policy's model, else the digest of the named folder (the embedded model: its name; its seed is the stage's)."""
+        name = self.backbone(objective)
+        policy = objective.policy
+        digest = getattr(getattr(policy, "reference", None), "digest", None)
+        if name == policy.model_name and digest is not None:
+            return digest
+        return f"embedded:{name}" if is_embedded(name) else source_digest(name)
 
     # -- training ----------------------------------------------------------------------------------------------
 
@@ -145,11 +170,11 @@ class RewardStage:
         rank_zero_info(f"reward stage: no reward_model given, training one on {len(train_pairs)} preference pairs "
                        f"of the training data ({self.epochs} epochs, lr {self.learning_rate:g} {self.lr_schedule})")
         with torch.random.fork_rng(devices=[]), _nested_fit_quiet():
-            torch.manual_seed(self.seed)  # a pretrained backbone's new score head and the shuffling
+            torch.manual_seed(self.effective_seed)  # a pretrained backbone's new score head and the shuffling
             # No clipping, as the stage has always trained; the schedule is the objective's own, over the stage's
             # updates (estimated_stepping_batches of the nested fit).
             reward = RewardModeling(model=self.backbone(objective), freeze_backbone=self.freeze_backbone,
-                                    seed=self.seed, learning_rate=self.learning_rate, lr_schedule=self.lr_schedule,
+                                    seed=self.effective_seed, learning_rate=self.learning_rate, lr_schedule=self.lr_schedule,
                                     warmup_ratio=self.warmup_ratio, max_grad_norm=None)
             nested = _nested_trainer(trainer.strategy.root_device, self.epochs)
             nested.fit(reward, DataLoader(train_pairs, batch_size=self.pairs_per_update(trainer, datamodule),
