@@ -18,8 +18,7 @@ from lit_align.losses import PreferenceLoss
 class StageMeans:
     """Example-weighted means of named values, one ``MeanMetric`` per name, created on the name's first value.
 
-    A tensor of n values counts as n examples, a scalar as one; a pair ``(values, weights)`` weighs each value
-    (e.g. a row's mean logit by its token count, for a mean over tokens).
+    A tensor of n values counts as n examples, a scalar as one.
     """
 
     def __init__(self) -> None:
@@ -28,14 +27,13 @@ class StageMeans:
 
     def update(self, values: dict[str, torch.Tensor]) -> None:
         for name, value in values.items():
-            value, weight = value if isinstance(value, tuple) else (value, 1.0)
             value = torch.as_tensor(value).detach()
             metric = self._means.get(name)
             if metric is None:
                 metric = self._means[name] = _mean_metric(value.device)
             elif metric.device != value.device:
                 metric.to(value.device)  # a stage run again on another device
-            metric.update(value, torch.as_tensor(weight).detach().to(value.device))
+            metric.update(value)
             self._updated.add(name)
 
     def compute(self, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:

@@ -67,10 +67,9 @@ class KTO(OfflineObjective):
             "rewards/rejected": rejected,
             "logps/chosen": logps.policy.detach()[desirable],
             "logps/rejected": logps.policy.detach()[~desirable],
-            # means over every completion token of the step (TRL's): each row's mean logit weighs its length
-            "logits/chosen": (logps.mean_logits[desirable], logps.lengths[desirable].to(logps.mean_logits.dtype)),
-            "logits/rejected": (logps.mean_logits[~desirable],
-                                logps.lengths[~desirable].to(logps.mean_logits.dtype)),
+            # means over every completion token of the step (TRL's): a row's mean logit counts once a token
+            "logits/chosen": logps.mean_logits[desirable].repeat_interleave(logps.lengths[desirable]),
+            "logits/rejected": logps.mean_logits[~desirable].repeat_interleave(logps.lengths[~desirable]),
             "kl": z0,
         }
         if chosen.numel() and rejected.numel():

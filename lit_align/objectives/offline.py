@@ -168,9 +168,9 @@ class OfflinePairObjective(OfflineObjective):
             **preference_metrics(out),
             "logps/chosen": chosen.policy.detach(),
             "logps/rejected": rejected.policy.detach(),
-            # a mean over every completion token of the step (TRL's), not over rows: each row weighs its length
-            "logits/chosen": (chosen.mean_logits, chosen.lengths.to(chosen.mean_logits.dtype)),
-            "logits/rejected": (rejected.mean_logits, rejected.lengths.to(rejected.mean_logits.dtype)),
+            # a mean over every completion token of the step (TRL's), not over rows: a row counts once a token
+            "logits/chosen": chosen.mean_logits.repeat_interleave(chosen.lengths),
+            "logits/rejected": rejected.mean_logits.repeat_interleave(rejected.lengths),
         }
 
 
