@@ -91,7 +91,8 @@ def _sigmoid_norm(chosen, rejected, beta=0.1, label_smoothing=0.0):
 
 def _sft(chosen, rejected, nll_reduction="token"):
     # the "rewards" of a likelihood term: the mean per-token log-probs of both responses
-    nll = L.nll_loss(chosen.policy, chosen.lengths, nll_reduction)
+    # the per-token log-probs as they are (TRL's sft reads them so, also under ld_alpha)
+    nll = L.nll_loss(chosen.tokens.sum(-1), chosen.lengths, nll_reduction)
     return PreferenceLoss(nll, (chosen.policy / chosen.lengths.clamp(min=1)).detach(),
                           (rejected.policy / rejected.lengths.clamp(min=1)).detach())
 
