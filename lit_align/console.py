@@ -21,6 +21,8 @@ LIGHTNING_NOISE = (
     "GPU available:", "TPU available:", "HPU available:", "Seed set to", "💡 Tip:",
     "Loading `train_dataloader` to estimate number of stepping batches",
     "You are using a CUDA device",  # the TF32 hint: set in the config's precision instead
+    "`Trainer(limit_",  # an echo of a limit the user set
+    "Experiment with name",  # MLflow: "... not found. Creating it." (the summary names the experiment and run)
 )
 
 #: Warnings from dependencies, as (message regex, module regex), that are about their internals or about what
@@ -76,6 +78,7 @@ def _quiet_hugging_face() -> None:
     import datasets
     import transformers
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.utils.logging.set_verbosity_error()

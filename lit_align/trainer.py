@@ -11,7 +11,13 @@ from lit_align.evaluation.report import EvaluationReport
 
 
 class AlignTrainer(L.Trainer):
-    """``lightning.Trainer`` with an ``evaluate`` method; everything else is unchanged."""
+    """``lightning.Trainer`` with an ``evaluate`` method, and the run folder as ``log_dir`` when the first logger
+    keeps nothing on disk (MLflow on a database or a server), where Lightning gives None and the saved
+    ``config.yaml`` would have no place; everything else is unchanged."""
+
+    @property
+    def log_dir(self) -> str | None:
+        return super().log_dir or self.default_root_dir
 
     def evaluate(
         self,

@@ -18,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # lit-align's own one-line messages and Lightning's own (progress bar, why fit stopped); nothing else may appear.
 EXPECTED = (
     r"^data: ", r"^run: ", r"^`Trainer\.fit` stopped", r"^exported the trained model", r"^reference cache: ",
-    r"^reward (stage|model)", r"^plots: ", r"^Epoch \d+", r"^\s*train/", r"^\s*val/", r"^\s*$",
+    r"^reward (stage|model)", r"^plots: ", r"^seeds: ", r"^step \d+/\d+ \(\d+%\), ", r"^done: \d+ optimizer steps in ",
+    r"^  (metrics|checkpoints|export): ", r"^\s*$",
 )
 
 
@@ -49,6 +50,18 @@ def test_default_run_shows_only_lit_align_and_lightning_lines(default_run):
     assert "v_num" not in text and "FLOPs" not in text
     for line in ("data: training on tiny [train]", "run: DPO on tiny", "exported the trained model"):
         assert line in text
+
+
+def test_a_run_ends_with_its_summary_after_plain_progress_lines(default_run):
+    _, lines = default_run  # a subprocess: its output is not a terminal
+    assert any(re.match(r"step 3/3 \(100%\), train/loss [\d.]+, [\d.]+ steps/s, ", line) for line in lines)
+    done = next(i for i, line in enumerate(lines) if line.startswith("done: "))
+    assert re.match(r"done: 3 optimizer steps in 0:0\d:\d\d, [\d.]+ samples/s; train/loss [\d.]+", lines[done])
+    assert lines[done + 1:] == [
+        f"  metrics: {os.path.join('run', 'logs', 'version_0', 'metrics.csv')}",
+        f"  checkpoints: {os.path.join('run', 'checkpoints')} (last.ckpt)",
+        f"  export: {os.path.join('run', 'hf_model')}",
+    ]
 
 
 def test_verbose_keeps_every_line(tmp_path):
@@ -150,9 +163,32 @@ def test_loggers_named_alone_get_the_run_folder_and_a_given_save_dir_wins():
     assert args[-1] == f"--trainer.logger.init_args.save_dir={RUN_DIR}"
     assert with_logger_save_dir(["--trainer.logger=WandbLogger", "--trainer.logger.save_dir=here"])[-1] == (
         "--trainer.logger.save_dir=here")
-    logger = SimpleNamespace(class_path="lightning.pytorch.loggers.MLFlowLogger", init_args={"save_dir": RUN_DIR})
-    resolve_logger_dirs({"default_root_dir": "runs/x", "logger": logger})
-    assert logger.init_args["save_dir"] == os.path.join("runs/x", "mlruns")
+    csv = SimpleNamespace(class_path="lightning.pytorch.loggers.CSVLogger",
+                          init_args={"save_dir": RUN_DIR, "name": "lightning_logs"})
+    resolve_logger_dirs({"default_root_dir": "runs/x", "logger": csv})
+    assert csv.init_args == {"save_dir": "runs/x", "name": "logs"}
+
+
+def test_loggers_are_named_after_the_objective_and_the_run_folder(monkeypatch):
+    from types import SimpleNamespace
+
+    from lit_align.loggers import RUN_DIR, resolve_logger_dirs
+
+    monkeypatch.setattr("lit_align.loggers.default_mlflow_store", lambda: "sqlite:///mlflow.db")
+    model = SimpleNamespace(class_path="lit_align.objectives.DPO")
+    mlflow = SimpleNamespace(class_path="lightning.pytorch.loggers.MLFlowLogger", init_args={
+        "save_dir": RUN_DIR, "experiment_name": "lightning_logs", "run_name": None, "tracking_uri": None})
+    wandb = SimpleNamespace(class_path="lightning.pytorch.loggers.WandbLogger",
+                            init_args={"save_dir": RUN_DIR, "project": None, "name": None})
+    resolve_logger_dirs({"default_root_dir": "runs/dpo", "logger": [mlflow, wandb]}, model)
+    # was: "lightning_logs" for every run, and MLflow's file store (refused by MLflow 3)
+    assert mlflow.init_args == {"save_dir": "runs/dpo", "experiment_name": "dpo", "run_name": "runs/dpo",
+                                "tracking_uri": "sqlite:///mlflow.db"}
+    assert wandb.init_args == {"save_dir": "runs/dpo", "project": "dpo", "name": "runs/dpo"}
+    given = SimpleNamespace(class_path="lightning.pytorch.loggers.MLFlowLogger", init_args={
+        "save_dir": "mine", "experiment_name": "exp", "run_name": "r1", "tracking_uri": "sqlite:///x.db"})
+    resolve_logger_dirs({"default_root_dir": "runs/dpo", "logger": given}, model)
+    assert given.init_args["experiment_name"] == "exp" and given.init_args["tracking_uri"] == "sqlite:///x.db"
 
 
 def test_plot_curves_callback_draws_the_run_at_the_end_of_fit(run_dir):
