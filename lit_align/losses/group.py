@@ -52,7 +52,8 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: RewardScale 
     Example: one group [1, 2, 6], ``scale="none"``: [-2, -1, 3]; ``group``: std (unbiased) = sqrt(7) = 2.6458, so
     [-0.7559, -0.3780, 1.1339] (up to ``eps``).
     """
-    groups = rewards.reshape(-1, group_size).float()  # (prompts, k)
+    groups = rewards.reshape(-1, group_size)  # (prompts, k)
+    groups = groups.to(torch.promote_types(groups.dtype, torch.float32))
     centred = groups - groups.mean(-1, keepdim=True)
     if scale == "group":
         centred = centred / (groups.std(-1, keepdim=True) + eps)
