@@ -13,6 +13,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lit_align.checkpoint_io import AtomicCheckpointIO, shown_path
 from lit_align.fingerprints import datamodule_digest
 from lit_align.manifest import MANIFEST_KEY, build_manifest, check_resume
+from lit_align.run_identity import LOG_RECORD_NAME, RECORD_NAME, check_fresh_fit, run_record, write_record
+from lit_align.seeds import describe_seeds
 
 
 class AlignCheckpoint(ModelCheckpoint):
@@ -22,7 +24,8 @@ class AlignCheckpoint(ModelCheckpoint):
     Checkpoints go to ``<trainer.default_root_dir>/checkpoints`` unless ``dirpath`` is set, so ``--ckpt_path
     last`` finds them again (the logger's versioned folders would change on every run). Without validation
     data there is no best checkpoint to keep and only ``last.ckpt`` is written. A resume (``fit`` with
-    ``ckpt_path``) is checked against the checkpoint's manifest before any state is restored.
+    ``ckpt_path``) is checked against the checkpoint's manifest before any state is restored; a fresh fit into a
+    folder that holds another run is refused (``lit_align.run_identity``). The run's effective seeds are said once.
 
     Args:
         resume_changes: What a resume does when the checkpoint comes from a different run (another objective,
@@ -30,14 +33,25 @@ class AlignCheckpoint(ModelCheckpoint):
             stops with one line naming each difference; ``allow`` warns and resumes anyway (the saved data
             position is then replayed against the new data and batching as it stands). Other library versions
             or hyperparameters only warn.
+        other_run: What a fresh fit (no ``ckpt_path``) does in a folder whose checkpoints belong to another run
+            (another objective, hyperparameters, data, seeds or pi_0): ``refuse`` stops with one line giving the
+            resume and the new-folder commands; ``replace`` overwrites that run's checkpoints and export.
         **kwargs: ``ModelCheckpoint``'s arguments.
     """
 
-    def __init__(self, resume_changes: Literal["refuse", "allow"] = "refuse", **kwargs: Any) -> None:
+    def __init__(self, resume_changes: Literal["refuse", "allow"] = "refuse",
+                 other_run: Literal["refuse", "replace"] = "refuse", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if resume_changes not in ("refuse", "allow"):
             raise ValueError(f"checkpoint.resume_changes must be 'refuse' or 'allow', got {resume_changes!r}")
+        if other_run not in ("refuse", "replace"):
+            raise ValueError(f"checkpoint.other_run must be 'refuse' or 'replace', got {other_run!r}")
         self.resume_changes = resume_changes
+        self.other_run = other_run
+        self._record: dict | None = None
+        #: Whether the coming fit resumes a checkpoint, when ``lit-align`` knows it before ``setup`` (it sets this:
+        #: a fresh fit is then checked before the objective's set-up writes anything, e.g. a reward stage).
+        self.resuming: bool | None = None
         #: ``(global_step, path)`` of the newest checkpoint this run wrote or resumed from, or ``None``.
         self.latest_saved: tuple[int, str] | None = None
         self._data_digest: dict | None = None  # computed once per fit: hashing every row at each save is waste
@@ -53,10 +67,30 @@ class AlignCheckpoint(ModelCheckpoint):
             # the data module is set up before callbacks, and both before any checkpoint state is restored
             self._data_digest = datamodule_digest(datamodule) if datamodule is not None else {}
             self._resume_checked = False
+            self._start_run(trainer, pl_module)
             io = getattr(trainer.strategy, "checkpoint_io", None)
             if isinstance(io, AtomicCheckpointIO):
                 # checked as the file is read, before the weights are loaded into a possibly different objective
                 io.on_load = lambda checkpoint, path: self._check_resume_once(trainer, pl_module, checkpoint, path)
+
+    def _start_run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Say the seeds, refuse a fresh fit over another run, and mark the logger's folder with this run."""
+        manifest = build_manifest(trainer, pl_module, self._data_digest)
+        self._record = run_record(manifest, getattr(pl_module, "hparams", None))
+        rank_zero_info(describe_seeds(manifest["seeds"]))
+        if self.resuming is not None:  # lit-align said; else known once the checkpoint is chosen (on_fit_start)
+            self._check_fresh_fit(trainer, resuming=self.resuming)
+        log_dir = trainer.log_dir if trainer.loggers else None  # a collective: every rank asks
+        if log_dir is not None and trainer.is_global_zero:
+            write_record(os.path.join(log_dir, LOG_RECORD_NAME), {"run_id": self._record["run_id"]})
+
+    def _check_fresh_fit(self, trainer: L.Trainer, resuming: bool) -> None:
+        if not resuming and self.other_run == "refuse" and self._record is not None:
+            check_fresh_fit(self.dirpath, trainer.default_root_dir, self._record)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.resuming is None:
+            self._check_fresh_fit(trainer, resuming=trainer.ckpt_path is not None)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         io = getattr(trainer.strategy, "checkpoint_io", None)
@@ -99,6 +133,8 @@ class AlignCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
         self.latest_saved = (trainer.global_step, filepath)
+        if self._record is not None and trainer.is_global_zero:  # the folder's checkpoints are this run's now
+            write_record(os.path.join(os.path.dirname(filepath), RECORD_NAME), self._record)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         # SIGTERM (preemption, SLURM time limit): Lightning stops at the next step boundary by raising
@@ -106,6 +142,8 @@ class AlignCheckpoint(ModelCheckpoint):
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit" and self.save_last:
             path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
             trainer.save_checkpoint(path, self.save_weights_only)
+            if self._record is not None and trainer.is_global_zero:
+                write_record(os.path.join(os.path.dirname(path), RECORD_NAME), self._record)
             self.last_model_path = path
             self.latest_saved = (trainer.global_step, path)
             rank_zero_info(f"received SIGTERM: saved step {trainer.global_step} to {path}; "

@@ -6,6 +6,11 @@ accuracy, KL to pi_0, entropy, diversity, and throughput, one panel per metric. 
 panel, one colour, line style and marker each, labelled by folder name. A group none of the runs logged is skipped. Figures go to ``--out`` (default:
 ``<run>/plots`` for one run, ``plots/`` for several). ``lit_align.callbacks.PlotCurves`` draws them at the end of
 ``fit`` instead.
+
+Versions are joined by run identity, never by folder alone: each version folder names the run that wrote it
+(``lit_align_run.json``, ``lit_align.run_identity``), and only the versions of the folder's latest run are drawn (a
+run and its resumes); versions of another run in the same folder are left out with a line naming them. Versions
+written before run identities were recorded are joined as before when the folder holds nothing else.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from lit_align.errors import UserError
+from lit_align.run_identity import LOG_RECORD_NAME, read_record
 
 #: Figure name -> (title, regexes of the metric names drawn in it).
 GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -48,6 +54,7 @@ def read_run(run_dir: str | Path) -> Series:
     if not files:
         raise UserError(f"{run_dir}: no metrics.csv found (a run folder holds logs/version_N/metrics.csv written by "
                         "the CSV logger)")
+    files = latest_run(run_dir, files)
     points: dict[str, dict[int, float]] = defaultdict(dict)
     for path in files:
         with open(path, newline="", encoding="utf-8") as handle:
@@ -62,6 +69,20 @@ def read_run(run_dir: str | Path) -> Series:
                     if math.isfinite(number):
                         points[name][int(float(step))] = number
     return {name: sorted(values.items()) for name, values in points.items()}
+
+
+def latest_run(run_dir: Path, files: list[Path]) -> list[Path]:
+    """The metrics files of the run that wrote the newest one (by the run identity in each version folder)."""
+    ids = [(read_record(path.parent / LOG_RECORD_NAME) or {}).get("run_id") for path in files]
+    latest = ids[-1]
+    if latest is None and not any(ids):
+        return files  # written before run identities: nothing tells the versions apart
+    kept = [path for path, run in zip(files, ids) if run == latest]
+    left = [path.parent.name for path, run in zip(files, ids) if run != latest]
+    if left:
+        print(f"{run_dir}: plotting the latest run ({', '.join(p.parent.name for p in kept)}); left out "
+              f"{', '.join(left)}, written by another run into the same folder")
+    return kept
 
 
 def _version_number(path: Path) -> int:

@@ -8,10 +8,16 @@ The kernel drops a ``flock`` when its process dies, however it dies, so a lock l
 by the next one (with a log line). The holder recorded in the file matters only when it names another host: a
 network file system may not share locks between hosts, so such a lock is respected until its holder removes it,
 or the user does. Only global rank 0 locks; the other processes of a multi-process run join the run it locked.
+
+A run writes outside its run folder too when told to (``checkpoint.dirpath``, ``export.dirpath``, the reward
+stage's ``dirpath``), and two runs with different run folders can name the same one. ``lock_run_folders`` takes the
+run folder's lock and one for every folder the run writes, by default or not: a lock file beside each
+(``.<name>.lit-align.lock`` in its parent), since an export folder is replaced whole when written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -56,11 +62,12 @@ class RunLock:
 
     Args:
         folder: The run folder (``trainer.default_root_dir``); created if missing.
+        path: The lock file; by default ``<folder>/.lit-align.lock``.
     """
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike, path: str | os.PathLike | None = None) -> None:
         self.folder = Path(folder)
-        self.path = self.folder / LOCK_NAME
+        self.path = Path(path) if path is not None else self.folder / LOCK_NAME
         self._fd: int | None = None
 
     def __enter__(self) -> "RunLock":
@@ -73,7 +80,7 @@ class RunLock:
     def acquire(self) -> None:
         if fcntl is None or self._fd is not None:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(10):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -113,6 +120,43 @@ class RunLock:
     def _refusal(self, holder: dict, doing: str) -> str:
         return (f"the run folder {self.folder} is locked: {_describe(holder)} {doing}. Wait for that run to end, "
                 f"or give this one another --trainer.default_root_dir; if that run is gone, delete {self.path}")
+
+
+def output_folders(trainer, module=None) -> list[Path]:
+    """Every folder a fit writes besides the run folder: checkpoints, export, reward stage (defaults included)."""
+    root = Path(trainer.default_root_dir)
+    folders = []
+    for callback in trainer.callbacks:
+        name = type(callback).__name__
+        if name == "AlignCheckpoint" or hasattr(callback, "resume_changes"):
+            folders.append(Path(callback.dirpath) if callback.dirpath else root / "checkpoints")
+        elif name == "HFExport" and getattr(callback, "enabled", False):
+            folders.append(Path(callback.dirpath) if callback.dirpath else root / "hf_model")
+    stage = getattr(module, "reward_stage", None)
+    if stage is not None and getattr(module, "reward_model", None) is None:
+        folders.append(Path(stage.dirpath) if stage.dirpath else root / "reward_model")
+    return folders
+
+
+@contextlib.contextmanager
+def lock_run_folders(trainer, module=None, ckpt_path=None):
+    """Hold the run folder's lock and one beside every folder the fit writes (``output_folders``) for the block;
+    tell the checkpoint callback whether the fit resumes (``ckpt_path`` given), so that it checks a fresh fit
+    against the folder's run before anything is written (``lit_align.run_identity``)."""
+    for callback in trainer.callbacks:
+        if hasattr(callback, "resuming"):
+            callback.resuming = ckpt_path is not None
+    locks = [RunLock(trainer.default_root_dir)]
+    seen = set()
+    for folder in output_folders(trainer, module):
+        key = os.path.abspath(folder)
+        if key not in seen:
+            seen.add(key)
+            locks.append(RunLock(folder, folder.parent / f".{folder.name}{LOCK_NAME}"))
+    with contextlib.ExitStack() as stack:
+        for lock in locks:
+            stack.enter_context(lock)
+        yield locks
 
 
 def _describe(holder: dict) -> str:

@@ -6,14 +6,20 @@ samples, sum over response tokens of ln pi(y_t | x, y_<t) - ln pi_0(y_t | x, y_<
 compare each response with the data's reference response. At the end it gathers every rank's rows and writes,
 from rank 0, into ``output_dir``:
 
-- ``samples.jsonl``: one line per response (prompt, response, reference, win, rewards, KL, length);
-- ``report.csv``: one row per evaluated method (re-evaluating a method replaces its row);
+- ``samples.jsonl``: one line per response (prompt, response, reference, win, rewards, KL, length), tagged with
+  the method and the evaluated model;
+- ``report.csv``: one row per evaluated method and model;
 - ``report.md``: the same rows as a markdown table, like the paper's Table 2.
+
+Rows are kept apart by what was evaluated, not by name alone: each carries ``model``, a digest of the evaluated
+policy's weights (``model_digest``), so pi_0 and the trained policy evaluated into one ``output_dir`` under the same
+method name keep a row (and samples) each; evaluating the same weights under the same method again replaces theirs.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -23,14 +29,15 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_align.callbacks.predictions import gather_rows, prediction_records, write_jsonl
+from lit_align.checkpoint_io import payload_digest, xxhash
 from lit_align.evaluation.judges import Judge
 
 COLUMNS = ("method", "prompts", "samples", "win_rate", "win_prob", "reward", "reference_reward", "kl", "kl_std",
-           "length", "ended")
+           "length", "ended", "model")
 HEADERS = {
     "method": "method", "prompts": "prompts", "samples": "samples", "win_rate": "win rate %",
     "win_prob": "P(win) %", "reward": "reward", "reference_reward": "reference reward", "kl": "KL(π‖π₀)",
-    "kl_std": "KL std", "length": "mean length", "ended": "EOS %",
+    "kl_std": "KL std", "length": "mean length", "ended": "EOS %", "model": "model",
 }
 
 
@@ -104,10 +111,10 @@ class EvaluationReport(L.Callback):
         rows = gather_rows(self._rows, trainer)
         self._rows = []
         method = self.method or type(pl_module).__name__
-        self.results = summarise(rows, method)
+        self.results = {**summarise(rows, method), "model": model_digest(pl_module)}
         if trainer.is_global_zero:
             out = Path(self.output_dir or Path(trainer.default_root_dir) / "evaluation")
-            write_jsonl(out / "samples.jsonl", rows)
+            update_samples(out / "samples.jsonl", rows, method, self.results["model"])
             table = update_report(out, self.results)
             rank_zero_info(f"evaluation of {method} on {self.results['prompts']} prompts -> {out}\n{table}")
         self._reference = None
@@ -160,15 +167,41 @@ def summarise(rows: list[dict[str, Any]], method: str) -> dict[str, Any]:
     }
 
 
+def model_digest(pl_module) -> str:
+    """A short digest of the evaluated policy's weights (adapters included), naming its rows in the report."""
+    policy = getattr(pl_module, "policy", None)
+    network = getattr(policy, "policy", policy)
+    try:
+        state = {k: v for k, v in network.state_dict().items() if not k.startswith("reference.")}
+        return payload_digest(state, "xxh3_128" if xxhash is not None else "sha256")[:12]
+    except Exception:  # weights it cannot read whole (sharded): named by class and model
+        return f"{type(pl_module).__name__}:{getattr(policy, 'model_name', '?')}"
+
+
+def _key(row: dict[str, Any]) -> tuple[str, str]:
+    return str(row.get("method")), str(row.get("model") or "")
+
+
+def update_samples(path: Path, rows: list[dict[str, Any]], method: str, model: str) -> None:
+    """Write ``rows`` (tagged with ``method`` and ``model``) into ``path``, replacing only the samples of the same
+    method and model: the samples of other evaluations into the same folder stay."""
+    kept = []
+    if path.is_file():
+        with path.open(encoding="utf-8") as handle:
+            kept = [r for r in (json.loads(line) for line in handle if line.strip()) if _key(r) != (method, model)]
+    write_jsonl(path, kept + [{**row, "method": method, "model": model} for row in rows])
+
+
 def update_report(directory: Path, result: dict[str, Any]) -> str:
-    """Add (or replace) ``result``'s row in ``report.csv``, rewrite ``report.md``, return the markdown table."""
+    """Add (or replace) ``result``'s row in ``report.csv`` (one per method and model), rewrite ``report.md``,
+    return the markdown table."""
     directory.mkdir(parents=True, exist_ok=True)
     csv_path = directory / "report.csv"
     rows: list[dict[str, Any]] = []
     if csv_path.is_file():
         with csv_path.open(newline="", encoding="utf-8") as handle:
-            rows = [r for r in csv.DictReader(handle) if r.get("method") != result["method"]]
-    rows.append({k: result[k] for k in COLUMNS})
+            rows = [r for r in csv.DictReader(handle) if _key(r) != _key(result)]
+    rows.append({k: result.get(k, "") for k in COLUMNS})
     with csv_path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
@@ -181,7 +214,8 @@ def update_report(directory: Path, result: dict[str, Any]) -> str:
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(HEADERS[c] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |")
+        lines.append("| " + " | ".join(str(row.get(c) or "") if c == "model" else _cell(row.get(c, ""))
+                                       for c in COLUMNS) + " |")
     return "\n".join(lines)
 
 
