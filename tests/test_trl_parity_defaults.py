@@ -119,27 +119,28 @@ def test_a_different_default_states_trls(cls, name, trl_config, field):
         f"{cls.__name__}.{name} must state TRL's {trl_config.__name__}.{field} = {value}: {text!r}")
 
 
-@pytest.mark.parametrize("path, key, trl_config, field", [
-    ("grpo.yaml", "beta", GRPOConfig, "beta"),
-    ("grpo.yaml", "loss_type", GRPOConfig, "loss_type"),
-    ("grpo.yaml", "epsilon_low", GRPOConfig, "epsilon"),
-    ("grpo.yaml", "sampling.temperature", GRPOConfig, "temperature"),
-    ("rloo.yaml", "kl_coef", RLOOConfig, "beta"),
-    ("rloo.yaml", "sampling.temperature", RLOOConfig, "temperature"),
-])
-def test_shipped_config_values_marked_trl_default(path, key, trl_config, field):
-    text = (CONFIGS / path).read_text()
-    leaf = key.split(".")[-1]
-    assert re.search(rf"^\s*{leaf}: .*# TRL default", text, re.M), f"{path} {key} is not marked as TRL's"
-    value = yaml.safe_load(text)["model"]["init_args"]
-    for part in key.split("."):
-        value = value[part]
-    assert value == default(trl_config, field)
+# The TRL config class and field of each argument a shipped config marks "# TRL default", by objective class.
+CONFIG_FIELDS = {
+    "GRPO": (GRPOConfig, {"beta": "beta", "loss_type": "loss_type", "epsilon_low": "epsilon",
+                          "temperature": "temperature"}),
+    "RLOO": (RLOOConfig, {"kl_coef": "beta", "temperature": "temperature"}),
+    "KTO": (KTOConfig, {"beta": "beta", "desirable_weight": "desirable_weight",
+                        "undesirable_weight": "undesirable_weight", "loss_type": "loss_type"}),
+    "OnlineDPO": (OnlineDPOConfig, {"beta": "beta", "loss_type": "loss_type", "temperature": "temperature"}),
+}
+MARKED = [(path, match.group(1), match.group(2)) for path in sorted(CONFIGS.rglob("*.yaml"))
+          for match in re.finditer(r"^\s*(\w+): *([^#\n]*?) *# TRL default\b", path.read_text(), re.M)]
 
 
-def test_every_trl_default_comment_in_the_shipped_configs_is_checked():
-    checked = {("grpo.yaml", "beta"), ("grpo.yaml", "loss_type"), ("grpo.yaml", "epsilon_low"),
-               ("grpo.yaml", "temperature"), ("rloo.yaml", "kl_coef"), ("rloo.yaml", "temperature")}
-    found = {(path.name, match.group(1)) for path in (CONFIGS / "grpo.yaml", CONFIGS / "rloo.yaml")
-             for match in re.finditer(r"^\s*(\w+): .*# TRL default\s*$", path.read_text(), re.M)}
-    assert found <= checked, f"unchecked TRL defaults in the configs: {sorted(found - checked)}"
+@pytest.mark.parametrize("path, key, value", MARKED, ids=[f"{p.relative_to(CONFIGS)}:{k}" for p, k, _ in MARKED])
+def test_shipped_config_values_marked_trl_default_are_trls(path, key, value):
+    objective = re.search(r"class_path: lit_align\.objectives\.(\w+)", path.read_text()).group(1)
+    trl_config, fields = CONFIG_FIELDS[objective]
+    expected = default(trl_config, fields[key])
+    expected = expected[0] if isinstance(expected, list) and len(expected) == 1 else expected  # beta: [0.1]
+    assert yaml.safe_load(value) == expected
+
+
+def test_the_marked_configs_are_found():
+    assert {(p.name, k) for p, k, _ in MARKED} >= {("grpo.yaml", "beta"), ("rloo.yaml", "temperature"),
+                                                   ("kto.yaml", "beta"), ("online_dpo.yaml", "temperature")}
