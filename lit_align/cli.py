@@ -22,10 +22,11 @@ from lightning.pytorch.loggers import CSVLogger
 import lit_align.data  # noqa: F401  (registers the DataModules for short names)
 import lit_align.objectives  # noqa: F401  (registers the objectives for short names)
 from lit_align.callbacks import AlignCheckpoint, HFExport, NonFiniteError, NonFiniteGuard, PredictionWriter
-from lit_align.callbacks.console import RunSummary, progress_bar
-from lit_align.cli_help import config_help, help_request, short_help
+from lit_align.callbacks.console import AlignProgressBar, RunSummary
+from lit_align.cli_help import config_help, help_request, short_help, top_help
 from lit_align.console import quiet_console, strip_verbose_flag
 from lit_align.plot import main as plot_main
+from lit_align.shipped_configs import main as configs_main, resolve_config_args
 from lit_align.checkpoint_io import CheckpointLoadError
 from lit_align.data.sources import DataError
 from lit_align.errors import UserError
@@ -34,8 +35,9 @@ from lit_align.models import ModelLoadError
 from lit_align.data.base import TextDataModule
 from lit_align.objectives.base import AlignmentModule
 from lit_align.outputs import RunCheckpointIO, unplaced_disk_errors
-from lit_align.run_lock import lock_run_folders
-from lit_align.run_settings import check_trainer_settings, instantiate_checked, one_line_parse_errors
+from lit_align.run_lock import RunLock
+from lit_align.run_settings import (apply_step_limit, check_bounded, check_trainer_settings, instantiate_checked,
+                                    one_line_parse_errors)
 from lit_align.secrets import MaskingStream, mask_logged_hyperparameters, redact_file, refuse_keys_as_names
 from lit_align.strategies import lost_rank_message
 from lit_align.trainer import AlignTrainer
@@ -101,6 +103,7 @@ class LitAlignCLI(LightningCLI):
                     sys.argv[1:] = completed  # the ranks Lightning launches re-read sys.argv
                 else:
                     args = completed
+        self.command_line = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
         with contextlib.redirect_stdout(MaskingStream(sys.stdout)), one_line_parse_errors(parser, *subparsers):
             super().parse_arguments(parser, args)
 
@@ -109,8 +112,7 @@ class LitAlignCLI(LightningCLI):
         # writes anything, and released however the fit ends.
         if subcommand != "fit" or not _is_rank_zero(self.trainer):
             return super()._run_subcommand(subcommand)
-        # ... and every folder it writes; a fresh fit is checked against the run the folder holds (lit_align.run_lock)
-        with lock_run_folders(self.trainer, self.model, self.config_init[subcommand].get("ckpt_path")):
+        with RunLock(self.trainer.default_root_dir):
             return super()._run_subcommand(subcommand)
 
     def instantiate_trainer(self, **kwargs):
@@ -130,8 +132,11 @@ class LitAlignCLI(LightningCLI):
             model = config.get("model")
             name = str(getattr(model, "class_path", "run")).rsplit(".", 1)[-1].lower()
             trainer["default_root_dir"] = os.path.join("runs", name)
+        apply_step_limit(trainer, getattr(self, "command_line", []))  # --trainer.max_steps N means N steps
+        if self.subcommand == "fit":
+            check_bounded(trainer)
         check_trainer_settings(trainer, config)  # run folder, max_steps; a fast_dev_run moves to <root>/debug
-        resolve_logger_dirs(trainer, config.get("model"))  # run folder, names, MLflow's store
+        resolve_logger_dirs(trainer)
         refuse_keys_as_names(config)  # a key typed as judge.api_key_env: refused before any message shows it
         if trainer.get("enable_checkpointing") is False:
             # Lightning refuses a ModelCheckpoint next to enable_checkpointing=False, and the CLI always adds
@@ -148,13 +153,13 @@ class LitAlignCLI(LightningCLI):
 
 def console_callbacks(trainer_config) -> dict:
     """The run's callbacks plus ``RunSummary`` and, unless the progress bar is off or the user chose one,
-    ``progress_bar()`` (a bar on a terminal, plain lines otherwise): Trainer keyword arguments for ``instantiate_trainer``."""
+    ``AlignProgressBar``: Trainer keyword arguments for ``instantiate_trainer``."""
     callbacks = trainer_config.get("callbacks") or []
     callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
     extra = [RunSummary()]
     if trainer_config.get("enable_progress_bar") is not False and not any(
             isinstance(c, ProgressBar) for c in callbacks):
-        extra.append(progress_bar())
+        extra.append(AlignProgressBar())
     return {"callbacks": callbacks + extra}
 
 
@@ -172,8 +177,6 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LitAlignCLI:
         args=args,
         run=run,
         parser_kwargs={"default_env": False},
-        # one seed drives every component (lit_align.seeds): reproducible unless asked, and a resume's data order
-        seed_everything_default=0,
     )
 
 
@@ -190,23 +193,34 @@ DEBUG_ENV = "LIT_ALIGN_DEBUG"
 def main(args: list[str] | None = None) -> None:
     """Console entry point of ``lit-align``: bad input ends with one line naming the problem and exit status 2
     (``LIT_ALIGN_DEBUG=1`` shows the traceback instead); SIGTERM saves ``last.ckpt`` and exits with 143.
-    Other libraries' console noise is silenced for the run unless ``--verbose`` (see ``lit_align.console``)."""
-    if (sys.argv[1:] if args is None else args)[:1] == ["plot"]:
-        return _run_user_command(lambda: plot_main(list(sys.argv[2:] if args is None else args[1:])))
-    request = help_request(sys.argv[1:] if args is None else list(args))
+    Other libraries' console noise is silenced for the run unless ``--verbose`` (see ``lit_align.console``).
+    The working directory is importable, as under ``python -m``: ``--model my_objectives.HingeDPO`` finds
+    ``./my_objectives.py``. A ``--config`` naming no file here but a shipped config runs that config."""
+    given = sys.argv[1:] if args is None else list(args)
+    with importable_working_directory():
+        if given[:1] in (["plot"], ["configs"]):
+            command = plot_main if given[0] == "plot" else configs_main
+            return _run_user_command(lambda: command(given[1:]))
+        if not given or given[0] in ("-h", "--help"):
+            print(top_help())
+            return None if given else sys.exit(2)
+        _run_cli(given, from_sys_argv=args is None)
+
+
+def _run_cli(given: list[str], from_sys_argv: bool) -> None:
+    given = resolve_config_args(given)
+    request = help_request(given)
     if request is not None and request[1] != "all":
-        return _print_help(*request, sys.argv[1:] if args is None else list(args))
+        return _print_help(*request, given)
     if request is not None:  # `--help all`: LightningCLI's own, complete help
-        position = (sys.argv if args is None else args).index("all")
-        del (sys.argv if args is None else args)[position]
-    if args is None:
-        sys.argv[1:] = strip_verbose_flag(sys.argv[1:])  # LightningCLI reads sys.argv itself
-    else:
-        args = strip_verbose_flag(list(args))
+        del given[given.index("all")]
+    given = strip_verbose_flag(given)
+    if from_sys_argv:
+        sys.argv[1:] = given  # LightningCLI (and the ranks Lightning launches) read sys.argv itself
     quiet_console()
     try:
         with unplaced_disk_errors():  # a full disk under a logger or sample writer: one line too
-            build_cli(args)
+            build_cli(None if from_sys_argv else given)
     except SIGTERMException:
         print("lit-align: stopped by SIGTERM after saving last.ckpt; resume with --ckpt_path last", file=sys.stderr)
         sys.exit(EXIT_PREEMPTED)
@@ -218,6 +232,21 @@ def main(args: list[str] | None = None) -> None:
         if message is None:
             raise
         _exit_with_one_line(err, message, EXIT_LOST_RANK)
+
+
+@contextlib.contextmanager
+def importable_working_directory():
+    """The working directory first on ``sys.path`` while ``lit-align`` runs (a console script has its own folder
+    there instead), so class paths and reward functions in the user's own modules import as documented."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
 
 
 def _exit_with_one_line(err: BaseException, message: str | None = None, status: int = 2) -> None:

@@ -6,11 +6,47 @@ from __future__ import annotations
 
 import inspect
 import re
+import textwrap
 from pathlib import Path
 
 import yaml
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict", "evaluate")
+#: Every subcommand of ``lit-align`` with its line in ``lit-align --help``.
+TOP_LEVEL = (
+    ("fit", "train an objective: lit-align fit --config pdistill"),
+    ("validate", "the validation metrics of a model or checkpoint"),
+    ("test", "the metrics on the test rows (data.test_path / data.test_split)"),
+    ("predict", "sample responses for the prompts and write them out"),
+    ("evaluate", "win rate against the references, reward, KL to pi_0 and length (the paper's Table 2)"),
+    ("plot", "the curves of finished runs as PNGs: lit-align plot RUN_DIR [RUN_DIR ...]"),
+    ("configs", "the shipped configs: list them, show one, copy one here to edit"),
+)
+WIDTH = 110
+
+
+def top_help() -> str:
+    """``lit-align --help``: every subcommand with one line, and where to go next."""
+    pad = max(len(name) for name, _ in TOP_LEVEL) + 2
+    return "\n".join([
+        "usage: lit-align SUBCOMMAND [OPTIONS]",
+        "",
+        "Align language models from pairwise preferences, on Lightning.",
+        "",
+        "subcommands:",
+        *(f"  {name:<{pad}}{text}" for name, text in TOP_LEVEL),
+        "",
+        "lit-align SUBCOMMAND --help describes one (lit-align fit --help: the objectives and data modules).",
+    ])
+
+
+def _wrapped(text: str, indent: int, first: str = "", width: int = WIDTH) -> list[str]:
+    """``first`` followed by ``text`` wrapped at word boundaries to ``width``, later lines indented by ``indent``."""
+    if not text:
+        return [first.rstrip()]
+    lines = textwrap.wrap(text, width=width, initial_indent=first, subsequent_indent=" " * indent,
+                          break_long_words=False, break_on_hyphens=False)
+    return lines or [first.rstrip()]
 
 
 def _first_line(obj) -> str:
@@ -27,9 +63,9 @@ def _catalogue(module, base) -> list[tuple[str, str]]:
     return sorted(entries)
 
 
-def _table(entries: list[tuple[str, str]], width: int = 100) -> list[str]:
+def _table(entries: list[tuple[str, str]]) -> list[str]:
     pad = max(len(n) for n, _ in entries) + 2
-    return [f"  {name:<{pad}}{text[: width - pad - 2]}" for name, text in entries]
+    return [line for name, text in entries for line in _wrapped(text, pad + 2, f"  {name:<{pad}}")]
 
 
 def _kinds(objectives, names: list[str], width: int = 100) -> list[str]:
@@ -81,9 +117,10 @@ def short_help(subcommand: str) -> str:
     return "\n".join(lines)
 
 
-def _config_classes(args: list[str]) -> dict[str, str]:
-    """The model's and data's class paths named by the --config files in ``args`` (later files win)."""
-    found: dict[str, str] = {}
+def _config_classes(args: list[str]) -> dict[str, tuple[str, dict]]:
+    """The model's and data's class paths named by the --config files in ``args`` (later files win), each with
+    the ``init_args`` those files set (merged in order; a file naming another class starts afresh)."""
+    found: dict[str, tuple[str, dict]] = {}
     for i, token in enumerate(args):
         path = args[i + 1] if token == "--config" and i + 1 < len(args) else (
             token.split("=", 1)[1] if token.startswith("--config=") else None)
@@ -93,8 +130,11 @@ def _config_classes(args: list[str]) -> dict[str, str]:
         for key in ("model", "data"):
             value = config.get(key)
             class_path = value.get("class_path") if isinstance(value, dict) else value
+            init_args = (value.get("init_args") or {}) if isinstance(value, dict) else {}
             if isinstance(class_path, str):
-                found[key] = class_path
+                found[key] = (class_path, {})
+            if key in found:
+                found[key][1].update(init_args)
     return found
 
 
@@ -114,29 +154,45 @@ def _arguments(cls) -> list[tuple[str, str, str]]:
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in seen:
                 continue
             seen.add(p.name)
-            default = "required" if p.default is inspect.Parameter.empty else repr(p.default)
+            default = "required" if p.default is inspect.Parameter.empty else _value(p.default)
             rows.append((p.name, default, re.split(r"(?<!e\.g)(?<!i\.e)\.\s+(?=[A-Z`(])", docs.get(p.name, ""))[0]))
         if not any(p.kind == p.VAR_KEYWORD for p in parameters):
             break
     return rows
 
 
+def _value(value) -> str:
+    """A config value as YAML writes it on one line (``0.0005``, ``{model: tiny}``)."""
+    try:
+        return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+    except yaml.YAMLError:  # an object YAML cannot write: its repr
+        return repr(value)
+
+
 def config_help(subcommand: str, args: list[str]) -> str | None:
-    """One line per argument of the objective and data module the config names (None if it names neither)."""
+    """One entry per argument of the objective and data module the config names (None if it names neither): the
+    value the config sets (marked ``(config)``) or the class default, then the argument's first sentence, wrapped.
+    Nothing is built: the classes are imported and read, the config files parsed as YAML."""
     from jsonargparse._util import import_object
 
     classes = _config_classes(args)
     if not classes:
         return None
     lines = []
-    for key, class_path in classes.items():
+    for key, (class_path, init_args) in classes.items():
         cls = import_object(class_path)
-        lines += [f"--{key}: {class_path} -- {_first_line(cls)}"]
+        lines += _wrapped(_first_line(cls), 4, f"--{key}: {class_path} -- ")
         for name, default, text in _arguments(cls):
-            lines.append(f"  --{key}.{name:<24} {default[:22]:<22} {text[:90]}")
+            value = f"{_value(init_args[name])} (config)" if name in init_args else default
+            head = f"  --{key}.{name:<24} {value:<22} "
+            column = len(f"  --{key}.") + 24 + 1 + 22 + 1
+            if len(head) > column:  # a long value gets its own line, the description the next
+                lines += [head.rstrip()]
+                head = " " * column
+            lines += _wrapped(text, column, head)
         lines.append("")
-    lines.append(f"lit-align {subcommand} --{next(iter(classes))}.help CLASS shows the full text of each argument; "
-                 f"lit-align {subcommand} --help all lists every option, Trainer included.")
+    lines += _wrapped(f"lit-align {subcommand} --{next(iter(classes))}.help CLASS shows the full text of each "
+                      f"argument; lit-align {subcommand} --help all lists every option, Trainer included.", 0)
     return "\n".join(lines)
 
 

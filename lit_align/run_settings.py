@@ -52,6 +52,29 @@ def check_trainer_settings(trainer: dict, config: dict) -> None:
     check_run_folder(trainer["default_root_dir"])
 
 
+#: The options that bound a run, as the refusal of an unbounded one names them.
+LIMITS = "--trainer.max_steps N, --trainer.max_epochs N or --trainer.max_time DD:HH:MM:SS"
+
+
+def apply_step_limit(trainer: dict, command_line: list[str]) -> None:
+    """An explicit ``--trainer.max_steps N`` on the command line is the run's limit: it lifts an epoch cap the
+    config files set (``max_epochs`` becomes -1), unless ``--trainer.max_epochs`` is on the same command line."""
+    given = {token.split("=", 1)[0] for token in command_line if token.startswith("--trainer.max_")}
+    if "--trainer.max_steps" in given and "--trainer.max_epochs" not in given and trainer.get("max_steps", -1) >= 0:
+        trainer["max_epochs"] = -1
+
+
+def check_bounded(trainer: dict) -> None:
+    """Refuse a ``fit`` that nothing bounds (Lightning would run 1000 epochs when neither ``max_epochs`` nor
+    ``max_steps`` is set, and forever with ``max_epochs: -1``)."""
+    if trainer.get("fast_dev_run") or trainer.get("max_time") is not None:
+        return
+    if trainer.get("max_steps", -1) in (-1, None) and trainer.get("max_epochs") in (None, -1):
+        epochs = "unset, where Lightning would run 1000 epochs" if trainer.get("max_epochs") is None else "-1"
+        raise UserError(f"the run has no limit (trainer.max_steps is unset and trainer.max_epochs {epochs}): give "
+                        f"{LIMITS}")
+
+
 def check_run_folder(folder: str | os.PathLike) -> None:
     """Create the run folder if needed and prove it writable, or raise one line saying why not."""
     path = Path(folder)
