@@ -99,7 +99,7 @@ class ReferenceCache:
         return digest.hexdigest()[:32]
 
     def _load_or_compute(self, module, datamodule, split: str, examples) -> torch.Tensor:
-        key = self.key(module, examples, _data_settings(datamodule))
+        key = self.key(module, examples, {**_data_settings(datamodule), "precision": str(module.trainer.precision)})
         path = self.directory / f"{key}.safetensors"
         self.paths[split] = path
         num_completions = len(examples[0].completion_ids)
@@ -248,7 +248,10 @@ def _compute(module, datamodule, examples, model, split) -> torch.Tensor:
     for number, start in enumerate(starts, 1):
         batch = collate(shard[start : start + batch_size])
         batch = {k: v.to(module.device) for k, v in batch.items()}
-        logps = module.row_logps(batch, network).policy.view(num_completions, -1).T  # (B, K)
+        # the precision context of the training step (autocast under bf16-mixed, bfloat16 default under
+        # bf16-true), so the cached values are those the live reference would give in the step
+        with trainer.precision_plugin.forward_context():
+            logps = module.row_logps(batch, network).policy.view(num_completions, -1).T  # (B, K)
         rows.append(torch.cat([batch["index"][:, None].float(), logps.float()], dim=1))
         if number % report_every == 0 or number == len(starts):
             done = min(len(examples), min(start + batch_size, per_rank) * world)

@@ -34,6 +34,13 @@ class RunningRewardMean(torch.nn.Module):
         self.register_buffer("total", torch.zeros((), dtype=torch.float64))
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
 
+    def _apply(self, fn, recurse=True):
+        # precision="bf16-true" casts every floating buffer of the module to bfloat16, where a count stops at 256:
+        # the sums stay float64 (moves to a device still apply)
+        super()._apply(fn, recurse)
+        self.total, self.count = self.total.to(torch.float64), self.count.to(torch.float64)
+        return self
+
     def forward(self, rewards: torch.Tensor) -> torch.Tensor:
         """The shift for a batch of rewards: the running mean including them (training) or as it stands."""
         if self.training:
