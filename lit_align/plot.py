@@ -38,7 +38,7 @@ GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "diversity": ("Diversity of samples", (r"^collapse/(distinct_1|distinct_2|unique_fraction)$",)),
     "length": ("Response length", (r"^collapse/(mean_length|length_drift)$", r"completions/mean_length$")),
     "throughput": ("Throughput", (r"^perf/(tokens_per_sec|samples_per_sec)$",)),
-    "learning_rate": ("Learning rate and gradient norm", (r"^train/lr$", r"^train/grad_norm$")),
+    "learning_rate": ("Learning rate and gradient norm", (r"^train/(lr|learning_rate)$", r"^train/grad_norm$")),
 }
 _MARKERS = "os^Dvx+*"
 _STYLES = ("-", "--", "-.", ":")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from conftest import fit_args
@@ -23,6 +25,18 @@ def letter_e(prompts: list[str], responses: list[str]) -> list[float]:
 def prompt_length(prompts: list[str], responses: list[str]) -> list[float | None]:
     """The prompt's length in characters, with no opinion (None) on empty responses."""
     return [float(len(p)) if r else None for p, r in zip(prompts, responses)]
+
+
+# Copied unchanged from TRL's GRPOTrainer documentation (reward functions with TRL's signature)
+def reward_len(completions, **kwargs):
+    return [-abs(20 - len(completion)) for completion in completions]
+
+
+def format_reward_func(completions, **kwargs):
+    pattern = r"^<think>.*?</think><answer>.*?</answer>$"
+    completion_contents = [completion[0]["content"] for completion in completions]
+    matches = [re.match(pattern, content) for content in completion_contents]
+    return [1.0 if match else 0.0 for match in matches]
 
 
 def rows(tokenizer, pairs):
@@ -61,6 +75,23 @@ def test_weighted_sum_of_functions_on_decoded_text(tokenizer):
     assert prompts == ["Tell me:", "Hi"] and responses == [" the sea", " eee"]  # EOS skipped
     # 2 * count('e') + len(prompt): 2 * 2 + 8 = 12 and 2 * 3 + 2 = 8
     torch.testing.assert_close(rewards, torch.tensor([12.0, 8.0]))
+
+
+def test_trl_signature_plain_and_conversational_with_per_function_metrics(tokenizer):
+    answer = "<think>x</think><answer>4</answer>"
+    ids, attention, completion = rows(tokenizer, [("Q:", answer), ("Q:", " no tags here")])
+    functions = RewardFunctions([RewardFunction("test_reward_functions.reward_len"),
+                                 RewardFunction("test_reward_functions.format_reward_func", weight=2.0,
+                                                conversational=True)])
+    functions.bind(tokenizer)
+    lengths = [-abs(20 - len(answer)), -abs(20 - len(" no tags here"))]
+    torch.testing.assert_close(functions(ids, attention, completion),
+                               torch.tensor([lengths[0] + 2.0, float(lengths[1])]))
+    metrics = functions.metrics()
+    assert set(metrics) == {"rewards/reward_len/mean", "rewards/reward_len/std", "rewards/format_reward_func/mean",
+                            "rewards/format_reward_func/std"}
+    torch.testing.assert_close(metrics["rewards/format_reward_func/mean"], torch.tensor([1.0, 0.0]))  # unweighted
+    torch.testing.assert_close(metrics["rewards/reward_len/std"], torch.tensor(lengths, dtype=torch.float32).std())
 
 
 def test_none_leaves_the_other_functions_reward(tokenizer):
@@ -104,13 +135,18 @@ WEIGHTED = ('[{"class_path": "lit_align.reward_functions.RewardFunction", "init_
             '"test_reward_functions.letter_e", "weight": 2.0}}, "test_reward_functions.prompt_length"]')
 
 
-@pytest.mark.parametrize("reward_model", ["[test_reward_functions.letter_e, test_reward_functions.prompt_length]",
+@pytest.mark.parametrize("reward_model", ["[test_reward_functions.letter_e, test_reward_functions.reward_len]",
                                           pytest.param(WEIGHTED, marks=pytest.mark.extended)])
 def test_config_trains_on_reward_functions_without_a_reward_stage(run_dir, reward_model):
+    """A reward function copied from TRL's docs (reward_len) trains GRPO unchanged, beside one of lit-align's."""
     cli = build_cli(fit_args("grpo.yaml", "--data.limit_rows=16", "--export.enabled=false",
                              f"--model.reward_model={reward_model}", steps=2))
     assert cli.trainer.global_step == 2 and isinstance(cli.model.reward_model, RewardFunctions)
     weights = [(f.path, f.weight) for f in cli.model.reward_model.functions]
-    assert weights == [("test_reward_functions.letter_e", 2.0 if reward_model is WEIGHTED else 1.0),
-                       ("test_reward_functions.prompt_length", 1.0)]
+    second = "test_reward_functions.prompt_length" if reward_model is WEIGHTED else "test_reward_functions.reward_len"
+    assert weights == [("test_reward_functions.letter_e", 2.0 if reward_model is WEIGHTED else 1.0), (second, 1.0)]
+    logged = cli.trainer.logged_metrics
+    for name in ("letter_e", second.rpartition(".")[2]):  # TRL's per-function names beside the total
+        assert {f"train/rewards/{name}/mean", f"train/rewards/{name}/std"} <= set(logged)
+    assert "train/objective/scores" in logged and "train/learning_rate" in logged
     assert not (run_dir / "runs/test/reward_model").exists()  # no reward model was trained

@@ -120,7 +120,8 @@ class AlignmentModule(L.LightningModule):
         if (batch_idx + 1) % self.trainer.accumulate_grad_batches and not loop.batch_progress.is_last_batch:
             return
         self._log_means("train", on_step=True)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self.log("train/learning_rate", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True,
+                 on_epoch=False)  # TRL's (the Hugging Face Trainer's) name
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, metrics = self.compute_loss(batch, "val")

@@ -258,6 +258,8 @@ class OnPolicyObjective(AlignmentModule):
         }
         if "ref_logps" in exp:
             metrics["objective/kl"] = old - exp["ref_logps"].sum(-1)  # estimates KL(pi_T || pi0_T), both tempered
+        if isinstance(self.reward_model, RewardFunctions):
+            metrics.update(self.reward_model.metrics())  # TRL's rewards/<name>/mean and /std, per function
         return metrics
 
     def policy_token_logps(self, mb: Experience) -> torch.Tensor:
