@@ -64,12 +64,13 @@ def epoch_label(trainer: L.Trainer) -> str:
 
 
 class StepsColumn(ProgressColumn):
-    """``done/total steps`` and the rate in steps per second."""
+    """``done/total`` and the rate, in the task's ``unit`` (optimizer ``steps`` for training, batches otherwise)."""
 
     def render(self, task) -> Text:
         total = "?" if task.total is None or not math.isfinite(task.total) else int(task.total)
-        rate = f"{task.speed:.2f} steps/s" if task.speed else ""
-        return Text(f"{int(task.completed)}/{total} steps {rate}")
+        unit = task.fields.get("unit")
+        rate = f"{task.speed:.2f} {unit or 'it'}/s" if task.speed else ""
+        return Text(f"{int(task.completed)}/{total}{' ' + unit if unit else ''} {rate}")
 
 
 class AlignProgressBar(RichProgressBar):
@@ -83,7 +84,8 @@ class AlignProgressBar(RichProgressBar):
         super().on_train_start(trainer, pl_module)
         self._total, self._by_epochs = planned_steps(trainer, pl_module)
         if self.progress is not None:
-            self.train_progress_bar_id = self._add_task(self._total, self._description(trainer))
+            self.train_progress_bar_id = self.progress.add_task(self._description(trainer), total=self._total,
+                                                                unit="steps")
             self._update(self.train_progress_bar_id, trainer.global_step)
 
     def _description(self, trainer: L.Trainer) -> str:
