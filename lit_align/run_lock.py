@@ -12,7 +12,7 @@ or the user does. Only global rank 0 locks; the other processes of a multi-proce
 A run writes outside its run folder too when told to (``checkpoint.dirpath``, ``export.dirpath``, the reward
 stage's ``dirpath``), and two runs with different run folders can name the same one. ``lock_run_folders`` takes the
 run folder's lock and one for every folder the run writes, by default or not: a lock file beside each
-(``.<name>.lit-align.lock`` in its parent), since an export folder is replaced whole when written.
+(``.lit-align-<name>.lock`` in its parent), since an export folder is replaced whole when written.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def lock_run_folders(trainer, module=None, ckpt_path=None):
         key = os.path.abspath(folder)
         if key not in seen:
             seen.add(key)
-            locks.append(RunLock(folder, folder.parent / f".{folder.name}{LOCK_NAME}"))
+            locks.append(RunLock(folder, folder.parent / f".lit-align-{folder.name}.lock"))
     with contextlib.ExitStack() as stack:
         for lock in locks:
             stack.enter_context(lock)

@@ -224,7 +224,7 @@ def test_default_run_trains_a_reward_model_first(run_dir):
     stamp = weights.stat().st_mtime_ns
     build_cli(fit_args("pdistill.yaml", *args))
     assert weights.stat().st_mtime_ns == stamp  # reused
-    build_cli(fit_args("pdistill.yaml", *args, "--model.reward_stage.seed=1"))
+    build_cli(fit_args("pdistill.yaml", *args, "--model.reward_stage.seed=1", "--checkpoint.other_run=replace"))
     assert weights.stat().st_mtime_ns != stamp  # retrained
 
 

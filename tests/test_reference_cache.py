@@ -18,8 +18,9 @@ CACHE = ".cache/lit_align/reference_logps"
 
 
 def _fit(*extra, steps=2):
+    # each variant re-runs into the same folder on purpose (another run: replace it)
     return build_cli(fit_args("dpo.yaml", "--model.init_args.policy.init_args.reference=cache",
-                              "--data.limit_rows=24", "--data.batch_size=8", "--export.enabled=false", *extra,
+                              "--checkpoint.other_run=replace", "--data.limit_rows=24", "--data.batch_size=8", "--export.enabled=false", *extra,
                               steps=steps))
 
 

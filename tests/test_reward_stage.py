@@ -28,7 +28,7 @@ def _fit(train: Path, val: Path):
     return build_cli(fit_args(
         "pdistill.yaml", f"--data.path={train}", f"--data.val_path={val}", "--data.val_split=null",
         "--data.batch_size=4", "--model.sampling.max_new_tokens=4", "--model.reward_stage.epochs=1",
-        "--trainer.limit_val_batches=0", steps=1))
+        "--trainer.limit_val_batches=0", "--checkpoint.other_run=replace", steps=1))  # re-runs: same folder
 
 
 def test_an_edited_data_file_retrains_the_reward_model_and_says_why(run_dir, monkeypatch):
