@@ -11,6 +11,7 @@ from lit_align import PolicyWithReference
 from lit_align.data import PreferenceDataModule
 from lit_align.logprobs import completion_token_logprobs
 from lit_align.losses import dpo_loss, length_desensitized_logps
+from lit_align.objectives import DPO, IPO  # noqa: E402  (the sigmoid and ipo terms)
 from lit_align.objectives import (
     AOT, APODown, APOZero, BCOPair, CombinedPairLoss, DiscoPOP, EXOPair, Hinge, LDDPO, LengthNormalizedDPO,
     NCAPair, ORPO, RPO, RobustDPO, SPPOHard, SimPO, WPO,
@@ -192,3 +193,20 @@ def test_every_setting_is_documented_with_the_source_of_its_default(cls):
         if parameter.kind is parameter.POSITIONAL_OR_KEYWORD and parameter.default is not inspect.Parameter.empty:
             assert name in entries, f"{cls.__name__}.{name} undocumented"
             assert "TRL" in entries[name] or "paper" in entries[name], f"{cls.__name__}.{name}: no stated source"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"loss": "sigmoid", "beta": -1.0}, "beta must be positive"),
+    ({"loss": "ipo", "tau": 0.0}, "tau must be positive"),
+    ({"loss": "robust", "label_smoothing": 0.5}, "label_smoothing must be in"),
+    ({"loss": "exo_pair", "label_smoothing": 0.0}, "label_smoothing must be in"),
+    ({"loss": "sft", "nll_reduction": "sum"}, "nll_reduction must be one of"),
+])
+def test_a_combined_part_gets_its_objectives_checks(spec, message):
+    """One check per setting (pair_terms.check_settings), for an objective and a part of a mix alike."""
+    with pytest.raises(ValueError, match=message):
+        CombinedPairLoss(losses=[spec])
+    objective = {"sigmoid": DPO, "ipo": IPO, "robust": RobustDPO, "exo_pair": EXOPair, "sft": RPO}[spec["loss"]]
+    settings = {k: v for k, v in spec.items() if k != "loss"}
+    with pytest.raises(ValueError, match=message):
+        objective(**settings)
