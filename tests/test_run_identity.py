@@ -51,6 +51,17 @@ def test_pi0_rebuilt_from_a_rewritten_model_folder_is_refused(tmp_path, referenc
         rebuilt.reference.check_state(checkpoint, "last.ckpt")
 
 
+@pytest.mark.extended
+def test_resuming_after_the_model_folder_was_rewritten_is_refused_in_one_line(run_dir, capsys):
+    folder = _save_tiny(run_dir / "sft", seed=0)
+    model = f"--model.init_args.policy.init_args.model={folder}"
+    assert run_main(fit_args("dpo.yaml", *QUIET, model, "--export.enabled=false", steps=1)) == 0
+    _save_tiny(folder, seed=1)  # an SFT re-run into the same folder
+    assert run_main(fit_args("dpo.yaml", *QUIET, model, "--export.enabled=false", "--ckpt_path=last", steps=2)) == 2
+    line = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("lit-align: error:"))
+    assert "was trained against another pi_0" in line and "restore the model the run started from" in line
+
+
 def test_seed_everything_drives_every_seed_unless_one_is_given(monkeypatch):
     from lit_align.data import PreferenceDataModule
     from lit_align.objectives.reward_stage import RewardStage
@@ -75,6 +86,7 @@ def test_templates_that_write_today_render_the_same_every_day():
     assert prompt.startswith("26 Jul 2024")
 
 
+@pytest.mark.extended
 def test_a_fresh_fit_never_replaces_another_run_and_a_zero_step_fit_never_exports(run_dir, capsys, caplog):
     assert run_main(fit_args("dpo.yaml", *QUIET, steps=1)) == 0
     weights = run_dir / "runs/test/hf_model/model.safetensors"
@@ -87,7 +99,7 @@ def test_a_fresh_fit_never_replaces_another_run_and_a_zero_step_fit_never_export
     assert weights.read_bytes() == exported
     # another run (a README variant) into the same folder: refused with the two ways out
     assert run_main(fit_args("dpo.yaml", *QUIET, "--model.init_args.beta=0.05", steps=1)) == 2
-    line = capsys.readouterr().err.splitlines()[0]
+    line = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("lit-align: error:"))
     assert line.startswith("lit-align: error: runs/test holds another run (model.beta 0.1 -> 0.05")
     assert "--ckpt_path last" in line and "--trainer.default_root_dir runs/test-2" in line
     assert weights.read_bytes() == exported
@@ -127,6 +139,7 @@ def test_plot_joins_the_versions_of_one_run_never_another_run_of_the_folder(tmp_
     assert read_run(tmp_path)["train/loss"] == [(0, 0.69), (1, 0.5)]
 
 
+@pytest.mark.extended
 def test_a_token_given_as_a_config_value_is_masked_in_every_written_file(run_dir, capsys):
     token = "hf_" + "q" * 30
     folder = _save_tiny(run_dir / "sft", seed=0)
