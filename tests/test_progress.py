@@ -72,3 +72,24 @@ def test_plain_lines_when_the_output_is_not_a_terminal(caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert lines[0].startswith("step 2/20 (10%), ") and lines[-1].startswith("step 20/20 (100%), ")
     assert len(lines) == 10 and all("steps/s" in line and "left" in line for line in lines)
+
+
+def test_the_summary_names_the_reward_stage_time_and_the_best_checkpoint(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lit_align.callbacks.console import RunSummary
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "checkpoints"), monitor="val/loss")
+    checkpoint.best_model_score, checkpoint.best_model_path = 0.25, str(tmp_path / "checkpoints" / "step8.ckpt")
+    trainer = SimpleNamespace(global_step=8, world_size=1, checkpoint_callback=checkpoint, loggers=[], callbacks=[],
+                              callback_metrics={"train/loss": 0.5, "val/loss": 0.3}, default_root_dir=str(tmp_path))
+    module = SimpleNamespace(reward_stage=SimpleNamespace(train_seconds=9.4))
+    summary = RunSummary()
+    summary.on_train_start(trainer, module)
+    trainer.global_step = 16
+    lines = summary.summary(trainer, module)
+    assert lines[0].startswith("done: 8 optimizer steps in 0:00:0") and "(reward stage 0:00:09)" in lines[0]
+    assert lines[0].endswith("; train/loss 0.5, val/loss 0.3 (best 0.25: step8.ckpt)")
+    assert lines[1:] == [f"  checkpoints: {tmp_path / 'checkpoints'} (last.ckpt)"]
