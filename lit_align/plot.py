@@ -3,9 +3,9 @@
 Reads every ``metrics.csv`` the CSV logger wrote under each run folder (``<run>/logs/version_*/``, a resumed run's
 versions joined in step order) and draws one figure per group of metrics: the loss, the reward margins and
 accuracy, KL to pi_0, entropy, diversity, and throughput, one panel per metric. Several runs are overlaid in each
-panel, one colour, line style and marker each, labelled by folder name. A group none of the runs logged is skipped. Figures go to ``--out`` (default:
-``<run>/plots`` for one run, ``plots/`` for several). ``lit_align.callbacks.PlotCurves`` draws them at the end of
-``fit`` instead.
+panel, one colour, line style and marker each, labelled by folder name. A group none of the runs logged is
+skipped. Figures go to ``--out`` (default: ``<run>/plots`` for one run, ``plots/`` for several).
+``lit_align.callbacks.PlotCurves`` draws them at the end of ``fit`` instead.
 
 Versions are joined by run identity, never by folder alone: each version folder names the run that wrote it
 (``lit_align_run.json``, ``lit_align.run_identity``), and only the versions of the folder's latest run are drawn (a

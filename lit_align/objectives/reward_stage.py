@@ -174,8 +174,8 @@ class RewardStage:
             # No clipping, as the stage has always trained; the schedule is the objective's own, over the stage's
             # updates (estimated_stepping_batches of the nested fit).
             reward = RewardModeling(model=self.backbone(objective), freeze_backbone=self.freeze_backbone,
-                                    seed=self.effective_seed, learning_rate=self.learning_rate, lr_schedule=self.lr_schedule,
-                                    warmup_ratio=self.warmup_ratio, max_grad_norm=None)
+                                    seed=self.effective_seed, learning_rate=self.learning_rate,
+                                    lr_schedule=self.lr_schedule, warmup_ratio=self.warmup_ratio, max_grad_norm=None)
             nested = _nested_trainer(trainer.strategy.root_device, self.epochs)
             nested.fit(reward, DataLoader(train_pairs, batch_size=self.pairs_per_update(trainer, datamodule),
                                           shuffle=True, collate_fn=collate))
