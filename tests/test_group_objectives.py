@@ -165,6 +165,25 @@ def test_grpo_experience_and_loss_match_an_independent_computation(tokenizer):
     assert dr.scale_rewards == "none" and module.scale_rewards == "group"
 
 
+def test_grpo_top_entropy_quantile_masks_the_policy_term_to_high_entropy_response_tokens(tokenizer):
+    torch.manual_seed(0)
+    module = GRPO(reward_model=CountReward(), sampling=SAMPLING, num_samples=4, top_entropy_quantile=0.25)
+    exp = module.make_experience(prompts(tokenizer))
+    mask, kept = exp["response_mask"], exp["token_mask"]
+    assert not (kept & ~mask).any() and 0 < kept.sum() < mask.sum()
+    assert abs(kept.sum().item() / mask.sum().item() - 0.25) < 0.1  # about the top quarter of the tokens
+    exp["advantages"] = torch.linspace(-1.0, 2.5, 8)
+    loss, _ = module.experience_loss(exp)
+    # at the sampling weights rho = 1: only the kept tokens' -A, over every response token (dapo)
+    expected = -(exp["advantages"] * kept.sum(-1)).sum() / mask.sum()
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_rloo_refuses_normalized_token_level_advantages():
+    with pytest.raises(ValueError, match="not with token_level"):
+        RLOO(token_level=True, normalize_advantages=True, reward_model=CountReward())
+
+
 def test_rloo_token_level_advantage_of_the_first_response_token_is_the_sequence_advantage(tokenizer):
     torch.manual_seed(0)
     sequence = RLOO(reward_model=CountReward(), sampling=SAMPLING, num_samples=3)

@@ -49,6 +49,8 @@ class RLOO(GroupObjective):
             raise ValueError(f"clip_range must be positive or None, got {clip_range}")
         if epsilon_high is not None and epsilon_high <= 0:
             raise ValueError(f"epsilon_high must be positive or None, got {epsilon_high}")
+        if normalize_advantages and token_level:
+            raise ValueError("normalize_advantages scales sequence advantages (TRL's): not with token_level")
         super().__init__(kl_coef, num_samples=num_samples, epochs_per_batch=epochs_per_batch, **kwargs)
         self.kl_coef = kl_coef
         self.token_level = token_level
