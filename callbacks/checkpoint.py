@@ -12,7 +12,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_align.checkpoint_io import AtomicCheckpointIO, shown_path
 from lit_align.fingerprints import datamodule_digest
-from lit_align.manifest import MANIFEST_KEY, build_manifest, check_resume
+from lit_align.manifest import MANIFEST_KEY, build_manifest, check_objective, check_resume
 from lit_align.run_identity import LOG_RECORD_NAME, RECORD_NAME, check_fresh_fit, run_record, write_record
 from lit_align.seeds import describe_seeds
 
@@ -72,6 +72,10 @@ class AlignCheckpoint(ModelCheckpoint):
             if isinstance(io, AtomicCheckpointIO):
                 # checked as the file is read, before the weights are loaded into a possibly different objective
                 io.on_load = lambda checkpoint, path: self._check_resume_once(trainer, pl_module, checkpoint, path)
+        else:  # validate, test, predict, evaluate: the checkpoint must come from this objective
+            io = getattr(trainer.strategy, "checkpoint_io", None)
+            if isinstance(io, AtomicCheckpointIO):
+                io.on_load = lambda checkpoint, path: check_objective(checkpoint, pl_module, shown_path(path))
 
     def _start_run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Say the seeds, refuse a fresh fit over another run, and mark the logger's folder with this run."""

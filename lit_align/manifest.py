@@ -144,6 +144,18 @@ def check_resume(checkpoint: Mapping[str, Any], current: Mapping[str, Any], wher
     return comparison
 
 
+def check_objective(checkpoint: Mapping[str, Any], pl_module, where: str) -> None:
+    """Refuse, in one line, a checkpoint that ``validate``/``test``/``predict``/``evaluate`` would load into another
+    objective than the one that wrote it (its weights would not fit, or would mean something else)."""
+    saved = checkpoint.get(MANIFEST_KEY)
+    objective = saved.get("objective") if isinstance(saved, Mapping) else None
+    cls = type(pl_module)
+    current = f"{cls.__module__}.{cls.__qualname__}"
+    if objective is not None and objective != current:
+        raise ResumeMismatchError(f"{where} was written by {objective}, not {current}: load it with the config "
+                                  "that trained it (or the objective it names)")
+
+
 def _hparam_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     # Top-level arguments of the objective; nested ones (the policy's settings) are compared as a whole.
     changes = []

@@ -153,3 +153,29 @@ def test_a_token_given_as_a_config_value_is_masked_in_every_written_file(run_dir
     for path in (run_dir / "runs").rglob("*"):
         if path.is_file() and path.suffix in (".yaml", ".json", ".csv", ".ckpt"):
             assert token.encode() not in path.read_bytes(), path
+
+
+def test_the_reward_stage_knows_its_backbone_by_weights_not_by_path(tmp_path):
+    from types import SimpleNamespace
+
+    from lit_align.objectives.reward_stage import RewardStage
+
+    folder = _save_tiny(tmp_path / "sft", seed=0)
+    objective = SimpleNamespace(policy=SimpleNamespace(model_name="tiny", reference=None))
+    data = SimpleNamespace(hparams={"batch_size": 4})
+    stage = RewardStage(model=str(folder))
+    before = stage.fingerprint(objective, data)
+    assert stage.fingerprint(objective, data) == before  # the same files: reused
+    _save_tiny(folder, seed=1)  # rewritten in place: same path, other weights -> retrained
+    assert stage.fingerprint(objective, data) != before
+
+
+@pytest.mark.extended
+def test_validate_with_another_objectives_checkpoint_is_one_line(run_dir, capsys):
+    assert run_main(fit_args("dpo.yaml", *QUIET, "--export.enabled=false", steps=1)) == 0
+    root = Path(__file__).resolve().parents[1]
+    args = ["validate", "--config", str(root / "configs" / "sft.yaml"), "--trainer.accelerator=cpu",
+            "--trainer.default_root_dir=runs/other", "--ckpt_path=runs/test/checkpoints/last.ckpt"]
+    assert run_main(args) == 2
+    line = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("lit-align: error:"))
+    assert "runs/test/checkpoints/last.ckpt was written by lit_align.objectives.dpo.DPO, not " in line
