@@ -64,9 +64,6 @@ GRPO_ROWS = [
     ("top_entropy_quantile", {"top_entropy_quantile": 0.4}),
 ]
 
-_LIT_NAMES = {"epsilon": "epsilon_low", "vespo_k_pos": None}
-
-
 def _trl_grpo(settings, mask, old, drift, reference, advantages, entropies):
     args = config(GRPOConfig, max_completion_length=WIDTH, **settings)
     leaf, logps = _leaf(old, drift, mask)
