@@ -85,6 +85,19 @@ def test_reward_model_scores_choose_and_swapping_the_scores_flips_the_margin(tok
     assert metrics["rewards/margins"].abs().min() > 0
 
 
+def test_online_ipo_regresses_the_summed_margin(tokenizer):
+    """TRL's online IPO: (h - 1/(2 beta))^2 on the summed log-ratio margin of the chosen over the rejected."""
+    torch.manual_seed(0)
+    module = moved_off_reference(OnlineDPO(reward_model=CountReward(), sampling=SAMPLING, beta=0.5,
+                                           loss_type="ipo"))
+    exp = module.make_experience(prompts(tokenizer))
+    exp["scores"] = torch.tensor([1.0, 0.0, 0.0, 1.0])  # pair 0: a1 chosen; pair 1: a2 chosen
+    loss, _ = module.experience_loss(exp)
+    ratio = module.policy_token_logps(exp).sum(-1).detach() - exp["ref_logps"].sum(-1)
+    margin = torch.stack([ratio[0] - ratio[1], ratio[3] - ratio[2]])
+    torch.testing.assert_close(loss, ((margin - 1.0) ** 2).mean(), atol=1e-5, rtol=1e-5)
+
+
 def test_online_dpo_needs_a_live_reference():
     from lit_align import PolicyWithReference
 
