@@ -212,6 +212,38 @@ def zero_dropout(model: nn.Module) -> None:
                 setattr(module, attr, 0.0)
 
 
+def check_tokens_fit(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data_tokenizer, examples) -> None:
+    """Stop with one line when the rows cannot be read by ``model``: encoded by a ``data_tokenizer`` whose
+    vocabulary is not the model's ``tokenizer``'s, or holding token ids beyond the model's embedding table (a
+    tokenizer with added tokens and no resized embeddings). ``examples``: the encoded rows (``prompt_ids``,
+    ``completion_ids``); they are read only when the tokenizer has more entries than the table."""
+    if data_tokenizer is not None and data_tokenizer is not tokenizer:
+        ours, theirs = tokenizer.get_vocab(), data_tokenizer.get_vocab()
+        if ours != theirs:
+            differing = sorted(set(ours.items()) ^ set(theirs.items()), key=lambda item: item[1])[:1]
+            raise ModelLoadError(
+                f"data.tokenizer ({len(theirs)} entries) has another vocabulary than the model's tokenizer "
+                f"({len(ours)} entries; e.g. {differing[0][0]!r} is id {differing[0][1]} in one only): the rows "
+                "would be encoded with one and read by the model with the other; leave data.tokenizer unset")
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(getattr(embeddings, "weight", None), "shape", (None,))[0]
+    if rows is None or len(data_tokenizer or tokenizer) <= rows:
+        return
+    largest = max((max(_ids(example), default=-1) for example in examples), default=-1)
+    if largest >= rows:
+        raise ModelLoadError(
+            f"the data holds token id {largest}, beyond the model's embedding table of {rows} rows (the tokenizer "
+            f"has {len(data_tokenizer or tokenizer)} entries): resize the model's embeddings to the tokenizer "
+            "(model.resize_token_embeddings(len(tokenizer)) and save it) or use the model's own tokenizer")
+
+
+def _ids(example) -> list[int]:
+    ids = list(getattr(example, "prompt_ids", []) or [])
+    for completion in getattr(example, "completion_ids", []) or []:
+        ids.extend(completion)
+    return ids
+
+
 def _explain(name: str, what: str, err: Exception) -> str:
     hint = ""
     if not Path(name).exists():

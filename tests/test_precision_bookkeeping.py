@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from conftest import fit_args
 from lightning.pytorch.plugins.precision import HalfPrecision
@@ -45,6 +46,7 @@ def test_a_running_reward_mean_stays_float64_when_the_module_is_cast():
     assert module.mean.count.item() == 300
 
 
+@pytest.mark.extended
 def test_the_reference_cache_is_computed_in_the_step_precision(run_dir):
     """Under bf16-mixed the live reference runs under autocast in the step: the cache must hold those values
     (computed outside the step it held float32 ones) and is keyed by the precision."""

@@ -231,7 +231,20 @@ class AlignmentModule(L.LightningModule):
     def configure_model(self) -> None:
         from lit_align.strategies import shard_with_strategy
 
+        self.check_data_fits_model()
         shard_with_strategy(self)
+
+    def check_data_fits_model(self) -> None:
+        """One line before any forward when the data's token ids cannot be read by the policy (its tokenizer's
+        vocabulary, its embedding table: ``lit_align.models.check_tokens_fit``)."""
+        from lit_align.models import check_tokens_fit
+
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None:
+            return
+        examples = [ex for split in ("train", "val", "test") for ex in getattr(datamodule, f"{split}_examples", [])]
+        data_tokenizer = getattr(datamodule, "_tokenizer", None)
+        check_tokens_fit(self.policy.base_model, self.policy.tokenizer, data_tokenizer, examples)
 
     def full_policy_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Consolidated policy weights for export (None when not sharded). A collective: call on every rank."""
