@@ -35,7 +35,8 @@ from lit_align.models import ModelLoadError
 from lit_align.data.base import TextDataModule
 from lit_align.objectives.base import AlignmentModule
 from lit_align.outputs import RunCheckpointIO, unplaced_disk_errors
-from lit_align.run_lock import RunLock
+from lit_align.run_identity import mark_resuming
+from lit_align.run_lock import lock_run_folders
 from lit_align.run_settings import (apply_step_limit, check_bounded, check_trainer_settings, instantiate_checked,
                                     one_line_parse_errors)
 from lit_align.secrets import MaskingStream, mask_logged_hyperparameters, redact_file, refuse_keys_as_names
@@ -110,9 +111,11 @@ class LitAlignCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         # One fit per run folder at a time (lit_align.run_lock), taken by global rank 0 only, before the trainer
         # writes anything, and released however the fit ends.
+        if subcommand == "fit":  # a fresh fit is checked against the run the folder holds (lit_align.run_identity)
+            mark_resuming(self.trainer, self.config_init[subcommand].get("ckpt_path"))
         if subcommand != "fit" or not _is_rank_zero(self.trainer):
             return super()._run_subcommand(subcommand)
-        with RunLock(self.trainer.default_root_dir):
+        with lock_run_folders(self.trainer, self.model):  # and every folder the fit writes
             return super()._run_subcommand(subcommand)
 
     def instantiate_trainer(self, **kwargs):
@@ -177,6 +180,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LitAlignCLI:
         args=args,
         run=run,
         parser_kwargs={"default_env": False},
+        # one seed drives every component (lit_align.seeds): reproducible unless asked, and a resume's data order
+        seed_everything_default=0,
     )
 
 

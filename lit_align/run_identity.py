@@ -88,6 +88,15 @@ def check_fresh_fit(checkpoint_dir: str | os.PathLike, root_dir: str | os.PathLi
         f"folder with --trainer.default_root_dir {_sibling(root)} (or --checkpoint.other_run replace to overwrite it)")
 
 
+def mark_resuming(trainer, ckpt_path) -> None:
+    """Tell the checkpoint callback, on every process, whether the coming fit resumes (``ckpt_path`` given), so
+    that it checks a fresh fit against the folder's run in ``setup``, before the objective's own set-up writes
+    anything (a reward stage); Lightning itself knows the checkpoint only after ``setup``."""
+    for callback in trainer.callbacks:
+        if hasattr(callback, "resuming"):
+            callback.resuming = ckpt_path is not None
+
+
 def _is_version(change: str) -> bool:
     return change.split(" ", 1)[0] in ("lit_align", "torch", "transformers", "lightning")
 

@@ -139,13 +139,8 @@ def output_folders(trainer, module=None) -> list[Path]:
 
 
 @contextlib.contextmanager
-def lock_run_folders(trainer, module=None, ckpt_path=None):
-    """Hold the run folder's lock and one beside every folder the fit writes (``output_folders``) for the block;
-    tell the checkpoint callback whether the fit resumes (``ckpt_path`` given), so that it checks a fresh fit
-    against the folder's run before anything is written (``lit_align.run_identity``)."""
-    for callback in trainer.callbacks:
-        if hasattr(callback, "resuming"):
-            callback.resuming = ckpt_path is not None
+def lock_run_folders(trainer, module=None):
+    """Hold the run folder's lock and one beside every folder the fit writes (``output_folders``) for the block."""
     locks = [RunLock(trainer.default_root_dir)]
     seen = set()
     for folder in output_folders(trainer, module):
