@@ -13,8 +13,8 @@ rendering, ``lit_align.data.chat``), changes neither.
 
 Resuming (``fit`` with ``ckpt_path``) compares the checkpoint's manifest with the run being started:
 
-- refused, with one line naming every difference: another objective, other training rows, another data order
-  seed, batch size, accumulation or world size (the saved data position counts batches, so rows would be replayed
+- refused, with one line naming every difference: another objective, other training rows, a reward model read
+  from a folder whose weights changed, another data order seed, batch size, accumulation or world size (the saved data position counts batches, so rows would be replayed
   or skipped), other length settings;
 - warned about: other library versions, other validation rows, other seeds (model initialisation: the weights
   come from the checkpoint), other objective hyperparameters (the parsed
@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from lit_align.errors import UserError
 from lit_align.fingerprints import datamodule_digest
+from lit_align.identity import short, source_digest
 from lit_align.seeds import effective_seeds
 
 #: The checkpoint key holding the manifest.
@@ -54,11 +56,14 @@ def build_manifest(trainer, pl_module, data_digest: Mapping[str, object] | None 
         data_digest = datamodule_digest(datamodule) if datamodule is not None else {}
     cls = type(pl_module)
     reference = getattr(getattr(pl_module, "policy", None), "reference", None)
+    reward_source = getattr(getattr(pl_module, "reward_model", None), "source", None)
     return {
         "objective": f"{cls.__module__}.{cls.__qualname__}",
         "data": dict(data_digest),
         "seeds": effective_seeds(pl_module, datamodule),
         "reference": getattr(reference, "digest", None),
+        # a reward model read from a folder, by its weights (a rewritten folder scores differently)
+        "reward_model": source_digest(reward_source) if _is_local(reward_source) else None,
         "batch_size": settings.get("batch_size"),
         "accumulate_grad_batches": trainer.accumulate_grad_batches,
         "world_size": trainer.world_size,
@@ -95,6 +100,9 @@ class ManifestComparison:
         changed("objective", "objective", self.refusals)
         self._compare_data(saved.get("data") or {}, current.get("data") or {})
         self._compare_seeds(saved.get("seeds"), current.get("seeds") or {})
+        old_reward, new_reward = saved.get("reward_model"), current.get("reward_model")
+        if old_reward and new_reward and old_reward != new_reward:
+            self.refusals.append(f"reward model weights {short(old_reward)} -> {short(new_reward)}")
         changed("batch_size", "batch size", self.refusals)
         changed("accumulate_grad_batches", "accumulate_grad_batches", self.refusals)
         changed("world_size", "world size", self.refusals)
@@ -181,6 +189,10 @@ def _plain(value: Any) -> Any:
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(_plain(value)) if not isinstance(value, (int, float, str, bool, type(None))) else str(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_local(source: Any) -> bool:
+    return isinstance(source, str) and bool(source) and Path(source).expanduser().exists()
 
 
 def _hparams(datamodule) -> dict[str, Any]:

@@ -179,3 +179,18 @@ def test_validate_with_another_objectives_checkpoint_is_one_line(run_dir, capsys
     assert run_main(args) == 2
     line = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("lit-align: error:"))
     assert "runs/test/checkpoints/last.ckpt was written by lit_align.objectives.dpo.DPO, not " in line
+
+
+def test_a_resume_scored_by_a_rewritten_reward_model_folder_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from lit_align.manifest import ManifestComparison, build_manifest
+
+    folder = _save_tiny(tmp_path / "reward", seed=0)
+    trainer = SimpleNamespace(datamodule=None, accumulate_grad_batches=1, world_size=1, max_steps=2, max_epochs=1)
+    module = SimpleNamespace(reward_model=SimpleNamespace(source=str(folder)))
+    saved = build_manifest(trainer, module)
+    assert ManifestComparison(saved, build_manifest(trainer, module)).refusals == []
+    _save_tiny(folder, seed=1)
+    refusals = ManifestComparison(saved, build_manifest(trainer, module)).refusals
+    assert len(refusals) == 1 and refusals[0].startswith("reward model weights ")
