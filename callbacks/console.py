@@ -39,23 +39,24 @@ def _number(value: Any) -> str:
     return f"{float(value):.4g}"
 
 
-def steps_per_epoch(trainer: L.Trainer, pl_module: L.LightningModule) -> float:
-    """Optimizer steps in one epoch: batches over gradient accumulation, or, for an on-policy objective,
-    batches times its updates per batch (``epochs_per_batch`` passes of ``mini_batches`` updates)."""
-    batches = trainer.num_training_batches
-    updates = getattr(pl_module, "epochs_per_batch", None)
-    if updates is not None:
-        return batches * updates * getattr(pl_module, "mini_batches", 1)
-    return math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else math.inf
+def updates_per_batch(pl_module: L.LightningModule) -> int | None:
+    """An on-policy objective's optimizer updates per batch of prompts (``epochs_per_batch`` passes of
+    ``mini_batches`` updates); None for an objective that steps once per (accumulated) batch."""
+    passes = getattr(pl_module, "epochs_per_batch", None)
+    return None if passes is None else passes * getattr(pl_module, "mini_batches", 1)
 
 
 def planned_steps(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[float, bool]:
     """The optimizer steps the fit will take (``inf`` when nothing bounds it) and whether the epochs bound it
-    (rather than ``max_steps``)."""
+    (rather than ``max_steps``). An on-policy batch always completes, so its ``max_steps`` rounds up to whole
+    batches."""
+    batches, updates = trainer.num_training_batches, updates_per_batch(pl_module)
     by_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else math.inf
-    by_epochs = math.inf
-    if trainer.max_epochs not in (None, -1):
-        by_epochs = steps_per_epoch(trainer, pl_module) * trainer.max_epochs
+    per_epoch = batches * updates if updates else batches / trainer.accumulate_grad_batches
+    per_epoch = math.ceil(per_epoch) if math.isfinite(per_epoch) else math.inf  # inf: a stream without a length
+    if updates and math.isfinite(by_steps):
+        by_steps = math.ceil(by_steps / updates) * updates
+    by_epochs = per_epoch * trainer.max_epochs if trainer.max_epochs not in (None, -1) else math.inf
     return min(by_steps, by_epochs), by_epochs < by_steps
 
 

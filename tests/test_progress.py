@@ -58,7 +58,8 @@ def test_planned_steps_count_an_on_policy_objective_s_updates():
     trainer = SimpleNamespace(max_steps=-1, max_epochs=2, num_training_batches=8, accumulate_grad_batches=1)
     on_policy = SimpleNamespace(epochs_per_batch=4, mini_batches=2)
     assert planned_steps(trainer, on_policy) == (128, True)
-    assert planned_steps(SimpleNamespace(**{**vars(trainer), "max_steps": 10}), on_policy) == (10, False)
+    # a batch always completes: max_steps 10 is two batches of 8 updates
+    assert planned_steps(SimpleNamespace(**{**vars(trainer), "max_steps": 10}), on_policy) == (16, False)
     offline = SimpleNamespace(**{**vars(trainer), "accumulate_grad_batches": 3})
     assert planned_steps(offline, object()) == (6, True)
     assert planned_steps(SimpleNamespace(**{**vars(trainer), "max_epochs": -1}), object())[0] == float("inf")
