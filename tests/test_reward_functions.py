@@ -92,6 +92,10 @@ def test_trl_signature_plain_and_conversational_with_per_function_metrics(tokeni
                             "rewards/format_reward_func/std"}
     torch.testing.assert_close(metrics["rewards/format_reward_func/mean"], torch.tensor([1.0, 0.0]))  # unweighted
     torch.testing.assert_close(metrics["rewards/reward_len/std"], torch.tensor(lengths, dtype=torch.float32).std())
+    # a callable given in code (as TRL's reward_funcs=[reward_len]) is the same function
+    in_code = RewardFunctions([reward_len])
+    in_code.bind(tokenizer)
+    torch.testing.assert_close(in_code(ids, attention, completion), torch.tensor(lengths, dtype=torch.float32))
 
 
 def test_none_leaves_the_other_functions_reward(tokenizer):
