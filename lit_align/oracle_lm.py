@@ -10,13 +10,21 @@ temperature) and computes KL divergences between two LMs exactly by enumerating 
 
 which needs ``V ** (L - 1)`` forward rows per prompt: exact enumeration is offered for ``L <= 2``.
 
+``save_tiny_lm`` writes the embedded ``tiny`` architecture with a smaller vocabulary (and optionally sharper
+logits) as a local model directory: an oracle whose responses range over a handful of tokens, so that a policy
+loaded from it has few free log-probabilities per prompt and the target (another such directory) is exactly
+representable by it.
+
 A *logits function* here is any callable ``(input_ids (B, T), attention_mask (B, T)) -> logits (B, T, V)``,
 e.g. ``PolicyWithReference.forward``, ``PolicyWithReference.reference_logits`` or ``logits_fn(hf_model)``.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,6 +35,46 @@ LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Rows per forward pass when enumerating prefixes (bounds memory at ROWS * T * V floats).
 _ROWS = 1024
+
+
+def save_tiny_lm(path: str | Path, seed: int, vocab_size: int | None = None, logit_scale: float = 1.0,
+                 **config: Any) -> str:
+    """Save the embedded ``tiny`` model, randomly initialised from ``seed``, as a local model directory.
+
+    Args:
+        path: Directory to write (created); it then loads like any local model (``PolicyWithReference(model=path)``,
+            ``OracleDataModule(reference_model=path)``).
+        seed: Initialisation seed (as ``load_causal_lm("tiny", seed=seed)``).
+        vocab_size: Keep only the first ``vocab_size`` tokens (at least 4: pad, BOS, EOS and one more), so every
+            next-token distribution ranges over them; ``None`` keeps the tokenizer's 474. The embedded tokenizer is
+            copied alongside for its special tokens: text encoding is meaningless with a smaller vocabulary, so
+            such a model is for tasks given as token ids (the oracle task).
+        logit_scale: Factor on the output layer (a sharper LM for > 1), baked into the saved weights.
+        **config: Other fields of the embedded ``LlamaConfig`` to change, e.g. ``hidden_size=16,
+            num_hidden_layers=1`` for a cheaper model.
+
+    Returns:
+        ``path`` as a string.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lit_align.models import EMBEDDED_DIR
+
+    config = AutoConfig.from_pretrained(EMBEDDED_DIR, **config)
+    if vocab_size is not None:
+        if not 4 <= vocab_size <= config.vocab_size:
+            raise ValueError(f"vocab_size must be in [4, {config.vocab_size}], got {vocab_size}")
+        config.vocab_size = vocab_size
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(logit_scale)
+    path = Path(path)
+    model.save_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(EMBEDDED_DIR / name, path / name)
+    return str(path)
 
 
 def logits_fn(model: nn.Module) -> LogitsFn:
