@@ -210,3 +210,9 @@ def test_a_combined_part_gets_its_objectives_checks(spec, message):
     settings = {k: v for k, v in spec.items() if k != "loss"}
     with pytest.raises(ValueError, match=message):
         objective(**settings)
+
+
+def test_f_divergence_is_a_setting_of_the_terms_trl_allows_it_for():
+    CombinedPairLoss(losses=[{"loss": "hinge", "f_divergence_type": "js_divergence"}, {"loss": "sft"}])
+    with pytest.raises(ValueError, match="not \\['f_divergence_type'\\]"):
+        CombinedPairLoss(losses=[{"loss": "apo_zero", "f_divergence_type": "js_divergence"}])

@@ -34,8 +34,8 @@ EQUAL = [
     *[(cls, "beta", DPOConfig, "beta") for cls in (DPO, Hinge, RobustDPO, BCOPair, APOZero, APODown, NCAPair,
                                                    EXOPair, SPPOHard, AOT, LengthNormalizedDPO, LDDPO, WPO, RPO)],
     (DPO, "label_smoothing", DPOConfig, "label_smoothing"),
-    (DPO, "f_divergence_type", DPOConfig, "f_divergence_type"),
-    (DPO, "f_alpha_divergence_coef", DPOConfig, "f_alpha_divergence_coef"),
+    *[(cls, name, DPOConfig, name) for cls in (DPO, Hinge, IPO, EXOPair, RobustDPO, DiscoPOP, LengthNormalizedDPO)
+      for name in ("f_divergence_type", "f_alpha_divergence_coef")],
     (IPO, "tau", DPOConfig, "beta"),
     (AOT, "label_smoothing", DPOConfig, "label_smoothing"),
     (LengthNormalizedDPO, "label_smoothing", DPOConfig, "label_smoothing"),

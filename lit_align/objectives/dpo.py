@@ -44,12 +44,18 @@ class IPO(PairTermObjective):
         length_normalized: Divide each log-ratio by its response's length first: TRL's ``ipo``. False (the
             IPO paper's summed log-probs) is the default here; the ``rewards/*`` are ``tau`` times the summed
             log-ratios either way (TRL's).
+        f_divergence_type: TRL's f-divergence regulariser (``reverse_kl``, the default, ``forward_kl``,
+            ``js_divergence``, ``alpha_divergence``): the log-ratios replaced by ``f'(pi/pi0)`` as in ``DPO``.
+        f_alpha_divergence_coef: The alpha of ``alpha_divergence``. TRL default: 0.5.
     """
 
     term = "ipo"
 
-    def __init__(self, tau: float = 0.1, length_normalized: bool = False, **kwargs) -> None:
-        settings = check_settings(self.term, dict(tau=tau, length_normalized=length_normalized))
+    def __init__(self, tau: float = 0.1, length_normalized: bool = False, f_divergence_type: FDivergence = "reverse_kl",
+                 f_alpha_divergence_coef: float = 0.5, **kwargs) -> None:
+        settings = check_settings(self.term, dict(tau=tau, length_normalized=length_normalized,
+                                                  f_divergence_type=f_divergence_type,
+                                                  f_alpha_divergence_coef=f_alpha_divergence_coef))
         super().__init__(**kwargs)
         self.use_settings(**settings)
         self.tau = tau

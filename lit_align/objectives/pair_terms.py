@@ -11,6 +11,7 @@ Each objective of ``pairwise_losses.py`` is one term with its settings; ``Combin
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import ClassVar
@@ -126,6 +127,32 @@ def _rpo(chosen, rejected, beta=0.1, alpha=1.0, nll_reduction="token"):
                       alpha, nll_reduction)
 
 
+def _f_divergence(term: Callable[..., PreferenceLoss], scale: str = "beta") -> Callable[..., PreferenceLoss]:
+    """``term`` with TRL's ``f_divergence_type``: each response's log-ratio replaced by ``f'(pi/pi0)``
+    (``lit_align.losses.f_divergence_scores``) before the loss, as TRL's DPOTrainer does for ``hinge``, ``ipo``,
+    ``exo_pair``, ``robust``, ``discopop`` and ``sigmoid_norm``; the rewards stay ``scale`` times the log-ratios."""
+    parameters = inspect.signature(term).parameters
+    default_scale = parameters[scale].default
+
+    @functools.wraps(term)
+    def scored(chosen: RowLogps, rejected: RowLogps, f_divergence_type="reverse_kl", f_alpha_divergence_coef=0.5,
+               **settings) -> PreferenceLoss:
+        if f_divergence_type == "reverse_kl":
+            return term(chosen, rejected, **settings)
+        ratios = [r.policy if r.reference is None else r.policy - r.reference for r in (chosen, rejected)]
+        rows = [replace(r, policy=L.f_divergence_scores(ratio, f_divergence_type, f_alpha_divergence_coef),
+                        reference=torch.zeros_like(ratio)) for r, ratio in zip((chosen, rejected), ratios)]
+        out = term(*rows, **settings)
+        weight = settings.get(scale, default_scale)
+        return out._replace(chosen_rewards=weight * ratios[0].detach(), rejected_rewards=weight * ratios[1].detach())
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    scored.__signature__ = inspect.Signature([
+        *parameters.values(), inspect.Parameter("f_divergence_type", keyword, default="reverse_kl"),
+        inspect.Parameter("f_alpha_divergence_coef", keyword, default=0.5)])
+    return scored
+
+
 @dataclass(frozen=True)
 class PairTerm:
     """A named pairwise loss: its term, whether it reads reference log-probs, and the state it keeps (if any)."""
@@ -139,19 +166,19 @@ class PairTerm:
 
 PAIR_LOSSES: dict[str, PairTerm] = {
     "sigmoid": PairTerm(_sigmoid),
-    "ipo": PairTerm(_ipo),
-    "hinge": PairTerm(_with_reference(L.hinge_loss)),
-    "robust": PairTerm(_with_reference(L.robust_dpo_loss)),
+    "ipo": PairTerm(_f_divergence(_ipo, "tau")),
+    "hinge": PairTerm(_f_divergence(_with_reference(L.hinge_loss))),
+    "robust": PairTerm(_f_divergence(_with_reference(L.robust_dpo_loss))),
     "bco_pair": PairTerm(_bco_pair, state=RunningRewardMean),
     "apo_zero": PairTerm(_with_reference(L.apo_zero_loss)),
     "apo_down": PairTerm(_with_reference(L.apo_down_loss)),
     "nca_pair": PairTerm(_with_reference(L.nca_pair_loss)),
-    "exo_pair": PairTerm(_with_reference(L.exo_pair_loss)),
+    "exo_pair": PairTerm(_f_divergence(_with_reference(L.exo_pair_loss))),
     "sppo_hard": PairTerm(_with_reference(L.sppo_hard_loss)),
-    "discopop": PairTerm(_with_reference(L.discopop_loss)),
+    "discopop": PairTerm(_f_divergence(_with_reference(L.discopop_loss))),
     "aot": PairTerm(_with_reference(L.aot_loss)),
     "aot_unpaired": PairTerm(_aot_unpaired),
-    "sigmoid_norm": PairTerm(_sigmoid_norm),
+    "sigmoid_norm": PairTerm(_f_divergence(_sigmoid_norm)),
     "sft": PairTerm(_sft, needs_reference=False),
     "simpo": PairTerm(_simpo, needs_reference=False),
     "orpo": PairTerm(_orpo, needs_reference=False),

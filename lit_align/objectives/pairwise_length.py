@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from lit_align.losses.preference import FDivergence
 from lit_align.objectives.pair_terms import PairTermObjective, check_settings
 
 NLLReduction = Literal["token", "example"]
@@ -64,12 +65,18 @@ class LengthNormalizedDPO(PairTermObjective):
     Args:
         beta: KL regularisation strength on the per-token scale. TRL default 0.1.
         label_smoothing: cDPO label smoothing. 0, TRL's ``sigmoid_norm`` (which has none).
+        f_divergence_type: TRL's f-divergence regulariser (``reverse_kl``, the default, ``forward_kl``,
+            ``js_divergence``, ``alpha_divergence``): the log-ratios replaced by ``f'(pi/pi0)`` as in ``DPO``.
+        f_alpha_divergence_coef: The alpha of ``alpha_divergence``. TRL default: 0.5.
     """
 
     term = "sigmoid_norm"
 
-    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, **kwargs) -> None:
-        settings = check_settings(self.term, dict(beta=beta, label_smoothing=label_smoothing))
+    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, f_divergence_type: FDivergence = "reverse_kl",
+                 f_alpha_divergence_coef: float = 0.5, **kwargs) -> None:
+        settings = check_settings(self.term, dict(beta=beta, label_smoothing=label_smoothing,
+                                                  f_divergence_type=f_divergence_type,
+                                                  f_alpha_divergence_coef=f_alpha_divergence_coef))
         super().__init__(**kwargs)
         self.use_settings(**settings)
 

@@ -10,6 +10,7 @@ The length-aware losses (SimPO, ORPO, length-normalised and length-desensitised 
 
 from __future__ import annotations
 
+from lit_align.losses.preference import FDivergence
 from lit_align.objectives.pair_terms import PairTermObjective, check_settings
 
 
@@ -20,12 +21,18 @@ class Hinge(PairTermObjective):
         beta: Inverse margin: the loss stops pushing once the margin ``h`` reaches ``1 / beta``. TRL default 0.1.
         reference_free: Drop the reference (SLiC's own calibration loss, on the policy's log-prob margin):
             none is loaded. TRL's ``hinge`` uses the reference (False).
+        f_divergence_type: TRL's f-divergence regulariser (``reverse_kl``, the default, ``forward_kl``,
+            ``js_divergence``, ``alpha_divergence``): the log-ratios replaced by ``f'(pi/pi0)`` as in ``DPO``.
+        f_alpha_divergence_coef: The alpha of ``alpha_divergence``. TRL default: 0.5.
     """
 
     term = "hinge"
 
-    def __init__(self, beta: float = 0.1, reference_free: bool = False, **kwargs) -> None:
-        settings = check_settings(self.term, dict(beta=beta))
+    def __init__(self, beta: float = 0.1, reference_free: bool = False, f_divergence_type: FDivergence = "reverse_kl",
+                 f_alpha_divergence_coef: float = 0.5, **kwargs) -> None:
+        settings = check_settings(self.term, dict(beta=beta,
+                                                  f_divergence_type=f_divergence_type,
+                                                  f_alpha_divergence_coef=f_alpha_divergence_coef))
         if reference_free:
             self.needs_reference = None
             self.default_reference = "none"
@@ -40,12 +47,18 @@ class RobustDPO(PairTermObjective):
         beta: KL regularisation strength, as in DPO. TRL default 0.1.
         label_smoothing: The assumed label-flip rate ``eps`` in [0, 0.5). TRL's default 0 reduces the loss to
             DPO; 0.1 here assumes one label in ten is wrong.
+        f_divergence_type: TRL's f-divergence regulariser (``reverse_kl``, the default, ``forward_kl``,
+            ``js_divergence``, ``alpha_divergence``): the log-ratios replaced by ``f'(pi/pi0)`` as in ``DPO``.
+        f_alpha_divergence_coef: The alpha of ``alpha_divergence``. TRL default: 0.5.
     """
 
     term = "robust"
 
-    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.1, **kwargs) -> None:
-        settings = check_settings(self.term, dict(beta=beta, label_smoothing=label_smoothing))
+    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.1, f_divergence_type: FDivergence = "reverse_kl",
+                 f_alpha_divergence_coef: float = 0.5, **kwargs) -> None:
+        settings = check_settings(self.term, dict(beta=beta, label_smoothing=label_smoothing,
+                                                  f_divergence_type=f_divergence_type,
+                                                  f_alpha_divergence_coef=f_alpha_divergence_coef))
         super().__init__(**kwargs)
         self.use_settings(**settings)
 
@@ -124,12 +137,18 @@ class EXOPair(PairTermObjective):
         beta: Scale of the margin. TRL default 0.1.
         label_smoothing: Label smoothing ``eps`` in (0, 1), which the reverse KL needs finite. TRL's
             ``label_smoothing`` default is 0, which it refuses for ``exo_pair``: set it there too.
+        f_divergence_type: TRL's f-divergence regulariser (``reverse_kl``, the default, ``forward_kl``,
+            ``js_divergence``, ``alpha_divergence``): the log-ratios replaced by ``f'(pi/pi0)`` as in ``DPO``.
+        f_alpha_divergence_coef: The alpha of ``alpha_divergence``. TRL default: 0.5.
     """
 
     term = "exo_pair"
 
-    def __init__(self, beta: float = 0.1, label_smoothing: float = 1e-3, **kwargs) -> None:
-        settings = check_settings(self.term, dict(beta=beta, label_smoothing=label_smoothing))
+    def __init__(self, beta: float = 0.1, label_smoothing: float = 1e-3, f_divergence_type: FDivergence = "reverse_kl",
+                 f_alpha_divergence_coef: float = 0.5, **kwargs) -> None:
+        settings = check_settings(self.term, dict(beta=beta, label_smoothing=label_smoothing,
+                                                  f_divergence_type=f_divergence_type,
+                                                  f_alpha_divergence_coef=f_alpha_divergence_coef))
         super().__init__(**kwargs)
         self.use_settings(**settings)
 
@@ -157,12 +176,18 @@ class DiscoPOP(PairTermObjective):
     Args:
         beta: Scale of the margin. The paper's 0.05 (TRL's default beta would be 0.1).
         tau: Temperature of the mixing weight. The paper's and TRL's ``discopop_tau`` default: 0.05.
+        f_divergence_type: TRL's f-divergence regulariser (``reverse_kl``, the default, ``forward_kl``,
+            ``js_divergence``, ``alpha_divergence``): the log-ratios replaced by ``f'(pi/pi0)`` as in ``DPO``.
+        f_alpha_divergence_coef: The alpha of ``alpha_divergence``. TRL default: 0.5.
     """
 
     term = "discopop"
 
-    def __init__(self, beta: float = 0.05, tau: float = 0.05, **kwargs) -> None:
-        settings = check_settings(self.term, dict(beta=beta, tau=tau))
+    def __init__(self, beta: float = 0.05, tau: float = 0.05, f_divergence_type: FDivergence = "reverse_kl",
+                 f_alpha_divergence_coef: float = 0.5, **kwargs) -> None:
+        settings = check_settings(self.term, dict(beta=beta, tau=tau,
+                                                  f_divergence_type=f_divergence_type,
+                                                  f_alpha_divergence_coef=f_alpha_divergence_coef))
         super().__init__(**kwargs)
         self.use_settings(**settings)
 
