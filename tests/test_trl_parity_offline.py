@@ -4,6 +4,8 @@ same loss, gradient and logged diagnostics (to 1e-6). Needs ``pip install -e ".[
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -203,9 +205,8 @@ def _cpo_like(trainer_cls, args, batch, mask, **attributes):
     logits = torch.zeros(1, dtype=DTYPE)
     ns = trainer(trainer_cls, args, None, beta=args.beta, **attributes)
     ns.concatenated_forward = lambda model, batch: (chosen, rejected, logits, logits, nll)
-    ns.cpo_loss = lambda *a: trainer_cls.cpo_loss(ns, *a) if hasattr(trainer_cls, "cpo_loss") else None
-    ns.odds_ratio_loss = lambda *a: trainer_cls.odds_ratio_loss(ns, *a) if hasattr(trainer_cls, "odds_ratio_loss") \
-        else None
+    loss_method = "cpo_loss" if trainer_cls is CPOTrainer else "odds_ratio_loss"  # TRL's own, bound to the stand-in
+    setattr(ns, loss_method, types.MethodType(getattr(trainer_cls, loss_method), ns))
     loss, metrics = trainer_cls.get_batch_loss_metrics(ns, None, batch)
     loss.backward()
     return loss.detach(), leaf.grad, metrics

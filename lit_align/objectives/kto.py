@@ -52,7 +52,8 @@ class KTO(OfflineObjective):
 
     def compute_loss(self, batch: Batch, stage):
         if self.loss_type != "kto":
-            return super().compute_loss({**batch, "reference_point": torch.zeros(())}, stage)
+            no_point = batch["input_ids"].new_zeros((), dtype=torch.float)  # apo_zero_unpaired: no z0
+            return super().compute_loss({**batch, "reference_point": no_point}, stage)
         # z0's two no-grad forwards run before the policy's forward keeps its activations for the backward
         return super().compute_loss({**batch, "reference_point": self.reference_point(batch)}, stage)
 
