@@ -7,6 +7,7 @@ Needs ``pip install -e ".[parity]"`` (TRL, test-only)."""
 from __future__ import annotations
 
 import types
+from collections import defaultdict
 
 import pytest
 import torch
@@ -165,3 +166,44 @@ def test_rloo_advantages_are_trls_expression():
     advantages = rewards - baselines
     expected = (advantages - torch.nanmean(advantages)) / (nanstd(advantages) + 1e-4)
     assert_close(normalized_advantages(advantages), expected, "normalize_advantages")
+
+
+# -- online DPO: TRL's training_step with its generation, forward and reward calls replaced by crafted values ------
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_online_dpo_training_step(loss_type):
+    from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+
+    from lit_align.objectives import OnlineDPO
+
+    mask = _mask()  # 8 rows: TRL's first half (a1 of prompts 0..3) then second half (a2)
+    old, drift, reference, _, _, _ = _crafted()
+    rewards = torch.tensor([1.0, 0.0, 2.0, 0.5, 0.0, 1.0, 2.0, 0.4], dtype=DTYPE)  # a tie at prompt 2
+    args = config(OnlineDPOConfig, loss_type=loss_type, beta=[0.3], missing_eos_penalty=None)
+    leaf, logps = _leaf(old, drift, mask)
+    n, prompts = mask.shape[0], 4
+    ns = trainer(OnlineDPOTrainer, args, torch.nn.Linear(1, 1), beta=0.3, ref_model=torch.nn.Linear(1, 1),
+                 reward_funcs=[None], eos_token_ids=[2], stats=defaultdict(list),
+                 processing_class=types.SimpleNamespace(batch_decode=lambda ids, **k: [""] * len(ids)))
+    ids = torch.ones(n, WIDTH, dtype=torch.long)
+    ns._generate = lambda model, p, images: (torch.ones(n, 2, dtype=torch.long), torch.ones(n, 2, dtype=torch.long),
+                                             ids, mask.long(), None)
+    ns._forward = lambda model, *a: logps if model is ns.model else reference * mask
+    ns._calculate_rewards_from_functions = lambda **k: rewards
+    ns.accelerator.backward = lambda loss, **k: loss.backward()
+    trl_loss = OnlineDPOTrainer.training_step(ns, ns.model, {"prompt": ["x"] * prompts})
+    trl_logged = {name: values[-1] for name, values in ns.stats.items()}
+
+    module = OnlineDPO(beta=0.3, loss_type=loss_type)
+    order = torch.stack([torch.arange(prompts), torch.arange(prompts) + prompts], 1).reshape(-1)  # a1, a2 per prompt
+    lit_leaf, lit_logps = _leaf(old, drift, mask)
+    module.policy_token_logps = lambda mb: lit_logps[order]
+    mb = {"scores": rewards[order], "ref_logps": (reference * mask)[order], "response_mask": mask[order].bool()}
+    loss, metrics = module.experience_loss(mb)
+    loss.backward()
+    assert_close(loss.detach(), trl_loss, "loss")
+    assert_close(lit_leaf.grad, leaf.grad, "gradient")
+    lit_logged = {name: value.mean().item() for name, value in metrics.items()}
+    for name in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+                 "logps/rejected", "objective/scores_margin"):
+        assert_close(lit_logged[name], trl_logged[name], name)
