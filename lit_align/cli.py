@@ -35,10 +35,11 @@ from lit_align.models import ModelLoadError
 from lit_align.data.base import TextDataModule
 from lit_align.objectives.base import AlignmentModule
 from lit_align.outputs import RunCheckpointIO, unplaced_disk_errors
+from lit_align.run_errors import one_line_errors_of_run
 from lit_align.run_identity import mark_resuming
 from lit_align.run_lock import lock_run_folders
 from lit_align.run_settings import (apply_step_limit, check_bounded, check_trainer_settings, instantiate_checked,
-                                    one_line_parse_errors)
+                                    map_optimisation_settings, one_line_parse_errors)
 from lit_align.secrets import MaskingStream, mask_logged_hyperparameters, redact_file, refuse_keys_as_names
 from lit_align.strategies import lost_rank_message
 from lit_align.trainer import AlignTrainer
@@ -108,6 +109,7 @@ class LitAlignCLI(LightningCLI):
         with contextlib.redirect_stdout(MaskingStream(sys.stdout)), one_line_parse_errors(parser, *subparsers):
             super().parse_arguments(parser, args)
 
+    @one_line_errors_of_run  # what Lightning and torch raise once the run is built: one line (lit_align.run_errors)
     def _run_subcommand(self, subcommand: str) -> None:
         # One fit per run folder at a time (lit_align.run_lock), taken by global rank 0 only, before the trainer
         # writes anything, and released however the fit ends.
@@ -136,6 +138,8 @@ class LitAlignCLI(LightningCLI):
             name = str(getattr(model, "class_path", "run")).rsplit(".", 1)[-1].lower()
             trainer["default_root_dir"] = os.path.join("runs", name)
         apply_step_limit(trainer, getattr(self, "command_line", []))  # --trainer.max_steps N means N steps
+        if config.get("model") is not None:  # gradient_clip_val -> model.max_grad_norm; on-policy: no accumulation
+            map_optimisation_settings(trainer, config["model"], _optimises_by_hand(config["model"]))
         if self.subcommand == "fit":
             check_bounded(trainer)
         check_trainer_settings(trainer, config)  # run folder, max_steps; a fast_dev_run moves to <root>/debug
@@ -286,6 +290,17 @@ def _unwrap(err: BaseException) -> BaseException:
         if not isinstance(inner, USER_ERRORS) or not _raised_in(err, "jsonargparse"):
             return err
         err = inner
+
+
+def _optimises_by_hand(model) -> bool:
+    """Whether the objective the ``model`` section names optimises by hand (the on-policy objectives)."""
+    from jsonargparse._util import import_object
+
+    from lit_align.objectives.onpolicy import OnPolicyObjective
+
+    class_path = getattr(model, "class_path", None)
+    cls = import_object(class_path) if isinstance(class_path, str) else None
+    return isinstance(cls, type) and issubclass(cls, OnPolicyObjective)
 
 
 def _is_rank_zero(trainer) -> bool:

@@ -206,6 +206,46 @@ def help_request(args: list[str]) -> tuple[str, str] | None:
     return args[0], "config" if any(a == "--config" or a.startswith("--config=") for a in args) else "short"
 
 
+#: How a one-line error names what a class argument takes, by its base class.
+KINDS = {"AlignmentModule": "objective", "TextDataModule": "data module"}
+
+
+def _subclass_names(base) -> list[str]:
+    """The names of every loaded, concrete subclass of ``base`` (the short names the CLI accepts)."""
+    found, stack = set(), [base]
+    while stack:
+        for cls in stack.pop().__subclasses__():
+            stack.append(cls)
+            if not inspect.isabstract(cls) and not cls.__name__.startswith("_"):
+                found.add(cls.__name__)
+    return sorted(found)
+
+
+def unknown_class_message(parse_error: str) -> str | None:
+    """One line for a class argument that names no class (``--model DPOO``: the nearest objectives) or a module
+    that cannot be imported (``--model my_objectives.HingeDPO`` run from another folder); None otherwise."""
+    import difflib
+
+    from jsonargparse._util import import_object
+
+    key = re.match(r'Parser key "([^"]+)"', parse_error)
+    given = re.search(r"Given value: (\S+)\s*\Z", parse_error)
+    base = re.search(r"Subtypes: \[<class '([^']+)'>", parse_error)
+    missing = re.search(r"No module named '([^']+)'", parse_error)
+    unknown = "Expected a dot import path string" in parse_error or "has no attribute" in parse_error
+    if not (key and given and base and (missing or unknown)):
+        return None
+    value, base_name = given.group(1), base.group(1).rsplit(".", 1)[-1]
+    near = difflib.get_close_matches(value.rsplit(".", 1)[-1], _subclass_names(import_object(base.group(1))), n=2,
+                                     cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+    if missing and "." in value:
+        return (f"--{key.group(1)} {value}: cannot import it: no module named {missing.group(1)!r} (lit-align "
+                "imports from the working folder and the installed packages)")
+    where = " (lit-align fit --help lists them)" if base_name in KINDS else ""
+    return f"--{key.group(1)} {value}: no {KINDS.get(base_name, base_name)} named {value!r}{hint}{where}"
+
+
 def unknown_key_message(parser, parse_error: str) -> str | None:
     """One line with the nearest valid names for a misspelt argument, or None for other parse errors.
 

@@ -59,8 +59,13 @@ LIMITS = "--trainer.max_steps N, --trainer.max_epochs N or --trainer.max_time DD
 def apply_step_limit(trainer: dict, command_line: list[str]) -> None:
     """An explicit ``--trainer.max_steps N`` on the command line is the run's limit: it lifts an epoch cap the
     config files set (``max_epochs`` becomes -1), unless ``--trainer.max_epochs`` is on the same command line."""
-    given = {token.split("=", 1)[0] for token in command_line if token.startswith("--trainer.max_")}
-    if "--trainer.max_steps" in given and "--trainer.max_epochs" not in given and trainer.get("max_steps", -1) >= 0:
+    given = [token.split("=", 1)[0] for token in command_line if token.startswith("--trainer.max_")]
+
+    def on_command_line(option: str) -> bool:  # the parser also takes an unambiguous prefix (--trainer.max_step)
+        return any(option.startswith(name) and len(name) > len("--trainer.max_") for name in given)
+
+    if on_command_line("--trainer.max_steps") and not on_command_line("--trainer.max_epochs") and trainer.get(
+            "max_steps", -1) >= 0:
         trainer["max_epochs"] = -1
 
 
@@ -73,6 +78,32 @@ def check_bounded(trainer: dict) -> None:
         epochs = "unset, where Lightning would run 1000 epochs" if trainer.get("max_epochs") is None else "-1"
         raise UserError(f"the run has no limit (trainer.max_steps is unset and trainer.max_epochs {epochs}): give "
                         f"{LIMITS}")
+
+
+def map_optimisation_settings(trainer: dict, model, manual: bool) -> None:
+    """The one place that decides how Lightning's optimisation switches apply to an objective (``model``: the
+    parsed ``model`` section; ``manual``: the objective optimises by hand, as the on-policy ones do).
+
+    ``trainer.gradient_clip_val`` (by norm) becomes the objective's own clipping, ``model.max_grad_norm``, for every
+    objective, and is then taken off the Trainer (which refuses it under manual optimisation). An objective that
+    optimises by hand refuses ``accumulate_grad_batches`` and clipping by value in one line naming its own
+    settings."""
+    name = str(getattr(model, "class_path", "the objective")).rsplit(".", 1)[-1]
+    clip, algorithm = trainer.get("gradient_clip_val"), trainer.get("gradient_clip_algorithm")
+    if manual and (trainer.get("accumulate_grad_batches") or 1) != 1:
+        raise UserError(f"trainer.accumulate_grad_batches={trainer['accumulate_grad_batches']}: {name} samples and "
+                        "optimises each batch itself (model.epochs_per_batch passes of model.mini_batches updates) "
+                        "and accumulates nothing: for more prompts per update raise --data.batch_size, for smaller "
+                        "updates raise --model.mini_batches")
+    if clip is None or clip <= 0:
+        return
+    if algorithm not in (None, "norm"):
+        if manual:
+            raise UserError(f"trainer.gradient_clip_algorithm={algorithm}: {name} clips the gradient norm only; "
+                            f"use --model.max_grad_norm {clip}")
+        return  # an objective optimised by Lightning clips by value as Lightning does (AlignmentModule)
+    model.init_args.max_grad_norm = float(clip)
+    trainer["gradient_clip_val"] = None
 
 
 def check_run_folder(folder: str | os.PathLike) -> None:
@@ -115,11 +146,11 @@ def one_line_parse_errors(*parsers) -> Iterator[None]:
     argument (with the nearest valid names), into a one-line ``UserError``; every other parse error is reported by
     the parser as usual (usage and exit status 2)."""
 
-    from lit_align.cli_help import unknown_key_message
+    from lit_align.cli_help import unknown_class_message, unknown_key_message
 
     def one_line(report, parser):
         def error(message: str, ex: Exception | None = None):
-            line = setting_message(message) or unknown_key_message(parser, message)
+            line = setting_message(message) or unknown_class_message(message) or unknown_key_message(parser, message)
             if line is not None:
                 raise UserError(line) from ex
             return report(message, ex)

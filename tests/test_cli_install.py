@@ -10,6 +10,8 @@ import textwrap
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from conftest import fit_args, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,6 +147,7 @@ def test_config_help_shows_the_config_values_and_wraps(capsys):
         assert " ".join(description.split()) in joined, name
 
 
+@pytest.mark.extended  # two short fits
 def test_max_steps_on_the_command_line_is_the_limit(run_dir):
     """configs/dpo.yaml caps at max_epochs 2 (32 batches each with 8 rows of 16): --trainer.max_steps 5 past two
     epochs of 2 batches runs 5 steps; with --trainer.max_epochs on the same command line the epochs still cap."""
