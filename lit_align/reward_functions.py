@@ -6,8 +6,9 @@ A reward function scores the responses to prompts as text, with lit-align's sign
     def trl_reward(completions, prompts=None, completion_ids=None, **kwargs) -> list[float]: ...  # TRL's
 
 A function whose parameters name ``completions`` is called TRL's way, by keyword (``prompts``, ``completions``,
-``completion_ids``, as many as it accepts; TRL's dataset columns are not passed): copied from TRL's docs, it runs
-unchanged. Its completions are plain strings, or with ``conversational: true`` (``RewardFunction``) TRL's
+``completion_ids``, ``trainer_state`` (``global_step``, ``epoch``, ``max_steps``), ``log_metric`` (logged under its
+name), ``log_extra`` (ignored: no completions table), as many as it accepts; TRL's dataset columns are not passed):
+copied from TRL's docs, it runs unchanged. Its completions are plain strings, or with ``conversational: true`` (``RewardFunction``) TRL's
 conversational form: each completion ``[{"role": "assistant", "content": text}]`` and each prompt
 ``[{"role": "user", "content": text}]`` (the prompt's text as decoded, its chat template's markup included).
 
@@ -34,6 +35,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -89,20 +91,22 @@ class RewardFunction(nn.Module):
         """A reward function given as a Python callable (in code; a config names an import path)."""
         return cls(function, weight, conversational)
 
-    def call(self, prompts: list[str], responses: list[str], completion_ids: list[list[int]] | None = None):
-        """The function's values for the rows, called its own way (lit-align's positional or TRL's keywords)."""
+    def call(self, prompts: list[str], responses: list[str], completion_ids: list[list[int]] | None = None,
+             **context):
+        """The function's values for the rows, called its own way (lit-align's positional or TRL's keywords, with
+        TRL's ``trainer_state``, ``log_metric`` and ``log_extra`` in ``context``)."""
         if not self.trl_style:
             return self.function(prompts, responses)
         if self.conversational:
             prompts = [[{"role": "user", "content": p}] for p in prompts]
             responses = [[{"role": "assistant", "content": r}] for r in responses]
-        arguments = {"prompts": prompts, "completions": responses, "completion_ids": completion_ids}
+        arguments = {"prompts": prompts, "completions": responses, "completion_ids": completion_ids, **context}
         return self.function(**{k: v for k, v in arguments.items() if self.accepts is None or k in self.accepts})
 
     def forward(self, prompts: list[str], responses: list[str],
-                completion_ids: list[list[int]] | None = None) -> torch.Tensor:
+                completion_ids: list[list[int]] | None = None, **context) -> torch.Tensor:
         """(N,) float32 rewards; NaN where the function returned None."""
-        values = list(self.call(prompts, responses, completion_ids))
+        values = list(self.call(prompts, responses, completion_ids, **context))
         if len(values) != len(responses):
             raise ValueError(f"reward function {self.path!r} returned {len(values)} rewards for {len(responses)} "
                              "responses")
@@ -131,6 +135,9 @@ class RewardFunctions(nn.Module):
         names = [f.name for f in self.functions]
         self.names = [f"{n}_{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
         self.last: dict[str, torch.Tensor] = {}  # each function's rewards of the last rows scored (unweighted)
+        self.logged: dict[str, list[float]] = {}  # what TRL-style functions logged with log_metric since then
+        #: What TRL-style functions receive as ``trainer_state`` (the objective sets it before scoring).
+        self.trainer_state: SimpleNamespace | None = None
 
     def bind(self, tokenizer) -> None:
         """Decode rows with ``tokenizer`` (the policy's)."""
@@ -154,7 +161,11 @@ class RewardFunctions(nn.Module):
         prompts, responses = self.decode(input_ids, attention_mask, completion_mask)
         ids = input_ids.cpu()
         completion_ids = [ids[i][completion_mask[i].cpu().bool()].tolist() for i in range(ids.shape[0])]
-        values = [f(prompts, responses, completion_ids) for f in self.functions]
+        self.logged = {}
+        context = {"trainer_state": self.trainer_state,
+                   "log_metric": lambda name, value: self.logged.setdefault(name, []).append(float(value)),
+                   "log_extra": lambda column, values: None}  # TRL's completions table: none here
+        values = [f(prompts, responses, completion_ids, **context) for f in self.functions]
         self.last = dict(zip(self.names, values))
         rewards = torch.stack([f.weight * v for f, v in zip(self.functions, values)])  # (functions, N)
         return rewards.nansum(0).to(input_ids.device)
@@ -163,7 +174,7 @@ class RewardFunctions(nn.Module):
         """TRL's per-function diagnostics of the last rows scored: ``rewards/<name>/mean`` as the rows' values
         (their mean is logged; rows a function returned None for are left out) and ``rewards/<name>/std``, the
         unbiased standard deviation over those rows (a mean of per-batch values when a step scores several)."""
-        out = {}
+        out = {name: torch.tensor(values) for name, values in self.logged.items()}  # log_metric's, by its names
         for name, values in self.last.items():
             values = values[~values.isnan()]
             out[f"rewards/{name}/mean"] = values

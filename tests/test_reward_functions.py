@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -37,6 +38,12 @@ def format_reward_func(completions, **kwargs):
     completion_contents = [completion[0]["content"] for completion in completions]
     matches = [re.match(pattern, content) for content in completion_contents]
     return [1.0 if match else 0.0 for match in matches]
+
+
+def stepped(completions, trainer_state=None, log_metric=None, **kwargs):
+    """TRL's reward-shaping hooks: the trainer's step and a metric of its own."""
+    log_metric("stepped/longest", max(len(c) for c in completions))
+    return [float(trainer_state.global_step)] * len(completions)
 
 
 def rows(tokenizer, pairs):
@@ -92,6 +99,12 @@ def test_trl_signature_plain_and_conversational_with_per_function_metrics(tokeni
                             "rewards/format_reward_func/std"}
     torch.testing.assert_close(metrics["rewards/format_reward_func/mean"], torch.tensor([1.0, 0.0]))  # unweighted
     torch.testing.assert_close(metrics["rewards/reward_len/std"], torch.tensor(lengths, dtype=torch.float32).std())
+    # TRL's trainer_state and log_metric
+    hooks = RewardFunctions([stepped])
+    hooks.bind(tokenizer)
+    hooks.trainer_state = SimpleNamespace(global_step=3, epoch=0, max_steps=10)
+    torch.testing.assert_close(hooks(ids, attention, completion), torch.tensor([3.0, 3.0]))
+    assert hooks.metrics()["stepped/longest"].tolist() == [float(len(answer))]
     # a callable given in code (as TRL's reward_funcs=[reward_len]) is the same function
     in_code = RewardFunctions([reward_len])
     in_code.bind(tokenizer)

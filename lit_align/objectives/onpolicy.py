@@ -42,6 +42,7 @@ import dataclasses
 import math
 import warnings
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -173,6 +174,10 @@ class OnPolicyObjective(AlignmentModule):
         response (``completion_mask`` marks the response) re-encoded with its own tokenizer; reward functions read
         them as text."""
         text = isinstance(self.reward_model, RewardFunctions)
+        if text:  # what TRL-style reward functions read as trainer_state
+            self.reward_model.trainer_state = SimpleNamespace(
+                global_step=self.global_step, epoch=self.current_epoch,
+                max_steps=self.trainer.max_steps if self._trainer is not None else -1)
         if self._retokenized_reward is None and not text:
             return self.reward_model(input_ids, attention_mask).float().reshape(-1)
         if completion_mask is None:
