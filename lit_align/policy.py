@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from peft import LoraConfig
@@ -20,18 +20,18 @@ from lit_align.chunked_head import (
     CompletionScores,
     HeadRequest,
     Layout,
+    LogitTransform,
+    PostHead,
     chunkable,
     run_with_full_logits,
     run_with_request,
 )
+from lit_align.fast_path import CHUNKED_HEAD, PACKING, FastPathCheck
 from lit_align.models import enable_activation_checkpointing, load_causal_lm, load_tokenizer, zero_dropout
 from lit_align.reference import Reference, ReferenceMode, build_reference, reference_class
 from lit_align.rollout import Rollout, SamplingConfig, sample
 from lit_align.seeds import resolve_seed
-
-if TYPE_CHECKING:
-    from lit_align.shared_prompt import SharedPromptBatch
-
+from lit_align.shared_prompt import SharedPromptBatch, masks_for
 
 LoraExport = Literal["merged", "adapter"]
 
@@ -127,18 +127,12 @@ class PolicyWithReference(nn.Module):
             enable_activation_checkpointing(base)
         self.reference: Reference = build_reference(reference, base, model, reference_cache_dir)
         self.policy = _wrap_lora(base, lora, quantized=quantization is not None) if lora is not None else base
+        #: Which partial forwards (chunked head, prompt packing) this run uses, decided on its first batch.
+        self.fast_paths = FastPathCheck()
         if generation not in ("hf", "vllm"):
             raise ValueError(f"generation must be hf or vllm, got {generation!r}")
         if generation == "vllm":  # the engine (and the vllm import) waits for the first generate
-            import importlib.util
-
-            from lit_align.errors import UserError
             from lit_align.generation import VLLMBackend
-
-            if importlib.util.find_spec("vllm") is None:  # checked before any work, not at the first sample
-                raise UserError("generation: vllm needs vLLM, which is not installed: pip install 'lit-align[vllm]' "
-                                "(the CPU build; on a CUDA machine pip install vllm, see docs/scaling.md), or use "
-                                "generation: hf")
 
             self.generation_backend = VLLMBackend(vllm_options, scorer=self.completion_logps)
 
@@ -174,17 +168,48 @@ class PolicyWithReference(nn.Module):
         token ``entropy``, the exact token ``kl`` to pi_0 with pi_0's log-probs (one no-grad reference forward
         more; a live reference), the final ``hidden`` states (B, T, H) (value heads)."""
         layout = Layout.of_rows(input_ids, completion_mask)
-        return self._scores(layout, input_ids, attention_mask, {}, temperature, reference, model, entropy, kl,
-                            hidden, mask=completion_mask[:, 1:].bool())
+
+        def score(paths: frozenset) -> CompletionScores:
+            return self._scores(layout, input_ids, attention_mask, {}, temperature, reference, model, entropy, kl,
+                                hidden, mask=completion_mask[:, 1:].bool(), chunked=CHUNKED_HEAD in paths)
+
+        return self.fast_paths.run(self._role(reference, model), self._architecture(model), (CHUNKED_HEAD,), score,
+                                   lambda: int(attention_mask.sum(-1).max()))
 
     def packed_scores(self, packed: SharedPromptBatch, width: int, temperature: float = 1.0,
                       reference: bool = False, model: nn.Module | None = None) -> CompletionScores:
         """``completion_scores`` of the rows packed behind shared prompts (``lit_align.shared_prompt``), in the
         unpacked rows' layout (``width`` = T-1 of the unpacked batch): only the kept positions that predict a
-        completion token meet the head."""
-        layout = Layout(packed.source, packed.labels, packed.row, packed.column, packed.num_rows, width)
+        completion token meet the head. Where packing is off for the run (``packs``), the rows run separately."""
+        layout = Layout(packed.source, packed.labels, packed.row, packed.column, packed.num_rows, width,
+                        kept=packed.logits_to_keep)
         kwargs = {"position_ids": packed.position_ids, "logits_to_keep": packed.logits_to_keep}
-        return self._scores(layout, packed.input_ids, packed.attention_mask, kwargs, temperature, reference, model)
+        ids, attention, completion = packed.rows
+
+        def score(paths: frozenset) -> CompletionScores:
+            chunked = CHUNKED_HEAD in paths
+            if PACKING in paths:
+                return self._scores(layout, packed.input_ids, packed.attention_mask, kwargs, temperature, reference,
+                                    model, chunked=chunked)
+            return self._scores(Layout.of_rows(ids, completion), ids, attention, {}, temperature, reference, model,
+                                mask=completion[:, 1:].bool(), chunked=chunked)
+
+        return self.fast_paths.run(self._role(reference, model), self._architecture(model), (PACKING, CHUNKED_HEAD),
+                                   score, lambda: int(attention.sum(-1).max()))
+
+    def packs(self, reference: bool = False, model: nn.Module | None = None) -> bool:
+        """Whether rows scored under this source are packed behind shared prompts in this run (``fast_paths``)."""
+        return self.fast_paths.allows(self._role(reference, model), PACKING)
+
+    @staticmethod
+    def _role(reference: bool, model: nn.Module | None) -> str:
+        return "given model" if model is not None else "reference" if reference else "policy"
+
+    def _architecture(self, model: nn.Module | None) -> nn.Module:
+        """The transformers model whose architecture scores: ``model``, else the policy's (pi_0 shares it)."""
+        if model is None:
+            return self.base_model
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
 
     @contextmanager
     def scoring_model(self, reference: bool = False, model: nn.Module | None = None) -> Iterator[nn.Module]:
@@ -199,20 +224,20 @@ class PolicyWithReference(nn.Module):
             yield self.policy
 
     def _scores(self, layout: Layout, input_ids, attention_mask, kwargs, temperature, reference, model,
-                entropy=False, kl=False, hidden=False, mask=None) -> CompletionScores:
-        request = HeadRequest(layout.index, layout.labels, temperature, entropy, keep_input=hidden)
+                entropy=False, kl=False, hidden=False, mask=None, chunked=True) -> CompletionScores:
+        request = HeadRequest(layout.index, layout.labels, temperature, entropy, keep_input=hidden, kept=layout.kept)
         ref_logits = None
         if kl:
             with self.scoring_model(reference=True) as pi_0:
                 pi_0_head = pi_0.get_output_embeddings()
-                if self._kl_chunkable(pi_0, pi_0_head):
-                    ref_request = HeadRequest(layout.index, layout.labels, temperature)
+                if chunked and self._kl_chunkable(pi_0, pi_0_head):
+                    ref_request = HeadRequest(layout.index, layout.labels, temperature, kept=layout.kept)
                     run_with_request(pi_0, ref_request, input_ids, attention_mask, **kwargs)
-                    request.reference = (ref_request.selected, pi_0_head)
+                    request.reference = (ref_request.selected, PostHead(pi_0_head, LogitTransform.of(pi_0)))
                 else:
                     ref_logits = self.reference.logits(self, input_ids, attention_mask, **kwargs)
         with self.scoring_model(reference, model) as network:
-            if chunkable(network) and ref_logits is None:
+            if chunked and chunkable(network) and ref_logits is None:
                 columns = run_with_request(network, request, input_ids, attention_mask, **kwargs)
             else:
                 columns = run_with_full_logits(network, request, input_ids, attention_mask, ref_logits, **kwargs)
@@ -291,24 +316,10 @@ def run_causal_lm(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     # Without explicit position ids, HF models number positions from the first column, padding included:
     # left-padded prompts (on-policy samples) would then get different log-probs than the same text unpadded.
     if attention_mask.dim() == 4:  # a packed (B, 1, T, T) mask from lit_align.shared_prompt
-        attention_mask = _mask_for_attention(model, attention_mask)
+        attention_mask = masks_for(model, attention_mask, kwargs["position_ids"])
     elif "position_ids" not in kwargs:
         kwargs["position_ids"] = position_ids_from_mask(attention_mask)
     return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits
-
-
-def attention_accepts_4d_mask(model: nn.Module) -> bool:
-    """Whether the model's attention honours an arbitrary (B, 1, T, T) mask (eager and SDPA do; flash does not)."""
-    return getattr(getattr(model, "config", None), "_attn_implementation", "sdpa") in ("eager", "sdpa")
-
-
-def _mask_for_attention(model: nn.Module, allowed: torch.Tensor) -> torch.Tensor:
-    # SDPA takes the boolean mask as it is. Eager attention adds the mask to the scores, so it needs 0 where
-    # attention is allowed and a large negative number elsewhere: given True/False it silently adds 1/0.
-    if getattr(model.config, "_attn_implementation", "sdpa") == "sdpa":
-        return allowed
-    dtype = next(model.parameters()).dtype
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 def _wrap_lora(model: nn.Module, config: LoraConfig, quantized: bool = False) -> nn.Module:
