@@ -10,12 +10,16 @@ checkpointing, so forward and backward hold one chunk of logits at a time.
 
 The head runs inside the model's own forward, as the unreplaced head would: whatever that forward does to the
 weights still holds (FSDP2 all-gathers the root unit's embeddings, final norm and head around it; tied
-embeddings; peft wrappers). The values equal those of ``lit_align.logprobs`` on the full logits (same dtype of
-the head matmul, same float32 maths, same temperature division), up to the rounding of a matmul over fewer rows.
-
-Architectures that transform the logits after the head (Gemma-2's ``final_logit_softcapping``, Cohere's
-``logit_scale``, Granite's ``logits_scaling``) would transform our result instead: those take the full-logits
-path (``chunkable``), which gives the same values at the old memory cost.
+embeddings; peft wrappers). What the model's forward does to the head's output afterwards would act on our
+columns instead, so the columns are taken from the ``ChunkedHead`` itself and the model's output is dropped; the
+post-head transforms that configs declare (``LogitTransform``: muP's ``lm_head_multiplier``, Cohere's
+``logit_scale``, ``output_multiplier``, Granite's ``logits_scaling``, Gemma's ``final_logit_softcapping``,
+RecurrentGemma's ``logits_soft_cap``, xLSTM's ``output_logit_soft_cap``, in the config or its text config) are
+applied to each chunk of logits, as the model applies them to its full logits. A transform the config does not
+declare is not guessed at: every run checks this head against the model's own forward on its first batch and
+falls back to the full logits when they differ (``lit_align.fast_path``). The values then equal those of
+``lit_align.logprobs`` on the full logits (same dtype of the head matmul, same float32 maths, same temperature
+division), up to the rounding of a matmul over fewer rows.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ from lit_align.logprobs import check_temperature
 
 # Float32 logits per chunk (64 MiB): 128 positions at a 131,072-entry vocabulary.
 CHUNK_ELEMENTS = 2**24
-# Config fields of architectures whose forward rescales or caps the logits after the head.
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+# Config fields of what forwards do to the logits after the head: factors, divisors and the soft cap.
+_MULTIPLIERS = ("lm_head_multiplier", "logit_scale", "output_multiplier")
+_DIVISORS = ("logits_scaling",)
+_SOFTCAPS = ("final_logit_softcapping", "logits_soft_cap", "output_logit_soft_cap")
 
 
 @dataclass
@@ -68,8 +74,73 @@ class HeadRequest:
     entropy: bool = False
     reference: tuple[torch.Tensor, nn.Module] | None = None  # (reference hidden (N, H), reference head) for KL
     keep_input: bool = False
+    kept: int | None = None  # how many trailing positions ``index`` counts in (None: all of them)
+    transform: LogitTransform | None = None  # what the model does to the head's output
     head_input: torch.Tensor | None = None  # (B, kept, H), with keep_input
     selected: torch.Tensor | None = None  # (N, H) hidden states of the scored positions, detached
+    columns: torch.Tensor | None = None  # (N, C) the answer, left here by ChunkedHead
+
+
+@dataclass(frozen=True)
+class LogitTransform:
+    """What a model's forward does to its head's output, as its config declares it: ``logits * multiplier /
+    divisor``, then ``cap * tanh(logits / cap)`` with a soft cap. Applied in the logits' dtype, as the model does."""
+
+    multiplier: float = 1.0
+    divisor: float = 1.0
+    softcap: float | None = None
+
+    @classmethod
+    def of(cls, model: nn.Module) -> LogitTransform | str:
+        """The transform ``model``'s config declares (its own fields and its text config's), or why it cannot say."""
+        found: dict[str, float] = {}
+        for config in _configs(model):
+            for name in (*_MULTIPLIERS, *_DIVISORS, *_SOFTCAPS):
+                value = getattr(config, name, None)
+                if value is None or name in found:
+                    continue
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    return f"its config's {name} is {value!r}, not a number"
+                found[name] = float(value)
+        multiplier = divisor = 1.0
+        for name in _MULTIPLIERS:
+            multiplier *= found.get(name, 1.0)
+        for name in _DIVISORS:
+            divisor *= found.get(name, 1.0)
+        softcap = next((found[n] for n in _SOFTCAPS if found.get(n)), None)
+        return cls(multiplier, divisor, softcap)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.multiplier != 1.0:
+            logits = logits * self.multiplier
+        if self.divisor != 1.0:
+            logits = logits / self.divisor
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+class PostHead:
+    """The LM head followed by the model's ``LogitTransform``: what the model's logits are made of."""
+
+    def __init__(self, head: nn.Module, transform: LogitTransform | None) -> None:
+        self.head, self.transform = head, transform
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.head.weight
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.head(hidden)
+        return logits if self.transform is None else self.transform(logits)
+
+
+def _configs(model: nn.Module) -> list:
+    config = getattr(model, "config", None)
+    if config is None:
+        return []
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return [config] if text is config else [config, text]
 
 
 class ChunkedHead(nn.Module):
@@ -80,17 +151,25 @@ class ChunkedHead(nn.Module):
         self.head = head
         self.request = request
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The replaced head's weight, for forwards that read it (its dtype, its device)."""
+        return self.head.weight
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         request = self.request
+        if request.kept is not None and hidden.shape[1] > request.kept:  # a forward that ignored logits_to_keep
+            hidden = hidden[:, -request.kept :]
         if request.keep_input:
             request.head_input = hidden
         picked = hidden.reshape(-1, hidden.shape[-1])[request.index]  # (N, H)
         request.selected = picked.detach()
-        return head_scores(self.head, picked, request.labels, request.temperature, request.entropy,
-                           request.reference)
+        request.columns = head_scores(PostHead(self.head, request.transform), picked, request.labels,
+                                      request.temperature, request.entropy, request.reference)
+        return request.columns.detach().clone()  # for the forward to transform (or edit in place) and drop
 
 
-def head_scores(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
+def head_scores(head: nn.Module | PostHead, hidden: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
                 entropy: bool = False, reference: tuple[torch.Tensor, nn.Module] | None = None) -> torch.Tensor:
     """Columns (log-prob, mean logit, [entropy], [KL, reference log-prob]) of each of the N positions, float32
     (N, C), from their hidden states (N, H) and the head, chunk by chunk under activation checkpointing."""
@@ -132,13 +211,18 @@ def _scores(logits: torch.Tensor, labels: torch.Tensor, temperature: float, entr
     return torch.stack(columns, -1)
 
 
-def chunkable(model: nn.Module) -> bool:
-    """Whether ``model``'s forward returns its head's output unchanged, so the head can be replaced."""
+def head_refusal(model: nn.Module) -> str | None:
+    """Why ``model``'s head cannot be replaced by a ``ChunkedHead`` (None: it can; the first batch confirms it)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None or getattr(head, "weight", None) is None:
-        return False
-    config = getattr(model, "config", None)
-    return not any(getattr(config, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS)
+        return "it has no output embeddings with a weight to replace"
+    transform = LogitTransform.of(model)
+    return transform if isinstance(transform, str) else None
+
+
+def chunkable(model: nn.Module) -> bool:
+    """Whether ``model``'s head can be replaced (``head_refusal``)."""
+    return head_refusal(model) is None
 
 
 def _owner(model: nn.Module, child: nn.Module) -> tuple[nn.Module, str]:
@@ -151,16 +235,22 @@ def _owner(model: nn.Module, child: nn.Module) -> tuple[nn.Module, str]:
 
 def run_with_request(model: nn.Module, request: HeadRequest, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      **kwargs) -> torch.Tensor:
-    """One forward of ``model`` whose head answers ``request``: the (N, C) columns of ``head_scores``."""
+    """One forward of ``model`` whose head answers ``request``: the (N, C) columns of ``head_scores``, taken from
+    the head itself (what the forward does to its output afterwards is dropped; ``LogitTransform`` applies it)."""
     from lit_align.policy import run_causal_lm
 
     head = model.get_output_embeddings()
     parent, name = _owner(model, head)
+    request.transform = LogitTransform.of(model)
+    request.columns = None
     setattr(parent, name, ChunkedHead(head, request))
     try:
-        return run_causal_lm(model, input_ids, attention_mask, **kwargs)
+        run_causal_lm(model, input_ids, attention_mask, **kwargs)
     finally:
         setattr(parent, name, head)
+    if request.columns is None:
+        raise RuntimeError(f"{type(model).__name__}'s forward never called its output embeddings")
+    return request.columns
 
 
 def run_with_full_logits(model: nn.Module, request: HeadRequest, input_ids: torch.Tensor,
@@ -180,6 +270,8 @@ def run_with_full_logits(model: nn.Module, request: HeadRequest, input_ids: torc
     finally:
         if hook is not None:
             hook.remove()
+    if request.kept is not None and logits.shape[1] > request.kept:  # a forward that ignored logits_to_keep
+        logits = logits[:, -request.kept :]
     flat = logits.reshape(-1, logits.shape[-1])[request.index]  # (N, V)
     ref = None if ref_logits is None else ref_logits.reshape(-1, ref_logits.shape[-1])[request.index]
     return _scores(flat, request.labels, check_temperature(request.temperature), request.entropy, ref)
@@ -195,6 +287,7 @@ class Layout:
     column: torch.Tensor  # (N,)
     num_rows: int
     width: int
+    kept: int | None = None  # the trailing positions ``index`` counts in (None: all)
 
     @classmethod
     def of_rows(cls, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> Layout:

@@ -135,6 +135,7 @@ def test_the_head_sees_one_chunk_of_scored_positions_at_a_time(monkeypatch):
     ids, attention, completion = _rows()
     vocab = policy.policy.config.vocab_size
     monkeypatch.setattr(chunked_head, "CHUNK_ELEMENTS", 3 * vocab)
+    policy.completion_logps(ids, attention, completion)  # the run's first batch: the fast-path check's forwards
     seen = []
     policy.policy.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(out.shape))
     outputs = []
@@ -150,9 +151,9 @@ def test_the_head_sees_one_chunk_of_scored_positions_at_a_time(monkeypatch):
     assert outputs == [torch.Size([scored, 2])]
 
 
-def test_logits_transformed_after_the_head_take_the_full_logits_path():
-    """Gemma-2 caps its logits after the head: the chunked head would cap log-probs instead, so such a model is
-    scored from its own logits, with the same values."""
+def test_logits_transformed_after_the_head_are_transformed_by_the_chunked_head():
+    """Gemma-2 caps its logits after the head: the chunked head caps each chunk of logits the same way (the
+    model's own cap would act on the head's columns, which are taken from the head instead)."""
     from transformers import Gemma2Config
 
     config = Gemma2Config(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -160,12 +161,12 @@ def test_logits_transformed_after_the_head_take_the_full_logits_path():
     torch.manual_seed(0)
     policy = PolicyWithReference(reference="none")
     policy.policy = AutoModelForCausalLM.from_config(config).eval()
-    assert not chunked_head.chunkable(policy.policy)
-    assert chunked_head.chunkable(AutoModelForCausalLM.from_config(ARCHITECTURES["llama"]()))
+    assert chunked_head.LogitTransform.of(policy.policy).softcap == 0.5
     ids, attention, completion = _rows()
     expected, _ = completion_token_logprobs(policy(ids, attention), ids, completion)
     got, _ = policy.completion_logps(ids, attention, completion)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert policy.fast_paths.allows("policy", "chunked LM head")
 
 
 def test_an_explicit_model_is_scored_as_it_is():
@@ -214,6 +215,7 @@ def test_no_grad_forwards_of_a_step_run_before_the_policy_keeps_its_activations(
     if objective == "KTO":  # unpaired rows, one label each
         batch["index"] = torch.arange(batch["input_ids"].shape[0])
         batch["label"] = (torch.arange(batch["input_ids"].shape[0]) % 2).bool()
+    module.compute_loss(batch, "train")  # the run's first batch: the fast-path check's forwards
     events = []
     module.policy.policy.register_forward_hook(lambda *_: events.append(("policy", torch.is_grad_enabled())))
     module.policy.reference.weights.register_forward_hook(lambda *_: events.append(("reference", False)))

@@ -43,7 +43,7 @@ def _train(name: str, hold: bool, epochs: int, mini_batches: int = 1, steps: int
 
     def counting(layout, input_ids, *args, **kwargs):
         reference = args[3] if len(args) > 3 else kwargs.get("reference")
-        if not reference:
+        if not reference and kwargs.get("chunked", True):  # not the fast-path check's plain forward (first batch)
             scored.append(torch.is_grad_enabled())
         return original(layout, input_ids, *args, **kwargs)
 

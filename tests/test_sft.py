@@ -46,6 +46,7 @@ def test_prompt_tokens_get_no_gradient(tokenizer):
     (the LM head's input, which feeds nothing else) get none there."""
     module = SFT(policy=PolicyWithReference(reference="none"))
     batch = _batch(tokenizer)
+    module.compute_loss(batch, "train")  # the run's first batch: the fast-path check's no-grad forward
     captured = {}
 
     def keep(norm, args, hidden):

@@ -25,9 +25,8 @@ from lit_align.data.sources import DataError
 from lit_align.losses import PreferenceLoss
 from lit_align.metrics import preference_metrics
 from lit_align.objectives.base import AlignmentModule, Stage
-from lit_align.policy import attention_accepts_4d_mask
 from lit_align.reference import Need
-from lit_align.shared_prompt import SharedPromptBatch, pack_shared_prompt
+from lit_align.shared_prompt import SharedPromptBatch, pack_shared_prompt, packing_refusal
 
 Batch = dict[str, torch.Tensor]
 #: What ``row_logps`` scores under: the policy, pi_0, or a model given as it is.
@@ -72,8 +71,9 @@ class OfflineObjective(AlignmentModule):
     Args:
         share_prompt: Run each prompt once for all its completions (one packed row per example with a mask that
             keeps the completions apart; ``lit_align/shared_prompt.py``): the same log-probs for about a quarter
-            less compute on pairs. Turned off automatically (with a warning) for attention implementations that
-            ignore a 4D mask, such as flash attention.
+            less compute on pairs. Off for architectures that cannot be packed exactly (flash attention, ALiBi,
+            recurrent layers: ``shared_prompt.packing_refusal``, with a warning) and, for the rest of the run,
+            where the first batch's packed log-probs differ from the separate rows' (``lit_align.fast_path``).
     """
 
     #: Whether ``rows_loss`` reads ``logps.reference``; objectives without a reference term set None.
@@ -81,10 +81,11 @@ class OfflineObjective(AlignmentModule):
 
     def __init__(self, share_prompt: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.share_prompt = share_prompt and attention_accepts_4d_mask(self.policy.base_model)
-        if share_prompt and not self.share_prompt:
-            warnings.warn(f"{self.policy.base_model.config._attn_implementation!r} attention ignores the packed "
-                          "mask of share_prompt; running the completions as separate rows instead")
+        refusal = packing_refusal(self.policy.base_model) if share_prompt else None
+        self.share_prompt = share_prompt and refusal is None
+        if refusal is not None:
+            warnings.warn(f"share_prompt off for {type(self.policy.base_model).__name__}: {refusal}; running the "
+                          "completions as separate rows instead")
         self._packed: tuple[torch.Tensor, SharedPromptBatch] | None = None
 
     @property
@@ -121,7 +122,7 @@ class OfflineObjective(AlignmentModule):
         runs pi_0 reloaded from its source). The LM head runs in chunks (``PolicyWithReference.completion_scores``)."""
         reference, model = source == "reference", source if isinstance(source, nn.Module) else None
         mask = batch["completion_mask"][:, 1:].bool()
-        if self.share_prompt:
+        if self.share_prompt and self.policy.packs(reference, model):
             scores = self.policy.packed_scores(self.packed(batch), mask.shape[1], reference=reference, model=model)
         else:
             scores = self.policy.completion_scores(batch["input_ids"], batch["attention_mask"],
