@@ -178,9 +178,10 @@ def masks_for(model: nn.Module, allowed: torch.Tensor, position_ids: torch.Tenso
     window applied on the restarted positions (a query attends to a key less than ``window`` positions before it in
     its own sequence), one mask for every layer or a dict by layer type, in the kernel's form (SDPA: boolean;
     eager: 0 where allowed, the dtype's minimum elsewhere)."""
-    distance = position_ids[:, None, :, None] - position_ids[:, None, None, :]  # (B, 1, query, key)
-    masks = {kind: allowed if window is None else allowed & (distance < window)
-             for kind, window in attention_windows(model).items()}
+    windows = attention_windows(model)
+    if any(window is not None for window in windows.values()):
+        distance = position_ids[:, None, :, None] - position_ids[:, None, None, :]  # (B, 1, query, key)
+    masks = {kind: allowed if window is None else allowed & (distance < window) for kind, window in windows.items()}
     masks = {kind: _in_kernel_form(model, mask) for kind, mask in masks.items()}
     if len(masks) == 1:
         return next(iter(masks.values()))
