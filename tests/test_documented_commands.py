@@ -94,7 +94,8 @@ def _blocks(path: Path):
 
 
 def _is_command(line: str) -> bool:
-    return line.startswith(("lit-align ", "srun lit-align ")) or line.startswith("torchrun ") and "lit_align.cli" in line
+    launched = line.startswith("torchrun ") and "lit_align.cli" in line
+    return line.startswith(("lit-align ", "srun lit-align ")) or launched
 
 
 def _joined_lines(body: str):
