@@ -22,7 +22,8 @@ TOP_LEVEL = (
     ("plot", "the curves of finished runs as PNGs: lit-align plot RUN_DIR [RUN_DIR ...]"),
     ("configs", "the shipped configs: list them, show one, copy one here to edit"),
 )
-WIDTH = 110
+WIDTH = 120
+VALUE_WIDTH = 14
 
 
 def top_help() -> str:
@@ -113,6 +114,7 @@ def short_help(subcommand: str) -> str:
         f"  lit-align {subcommand} --config configs/dpo.yaml --print_config    the whole resolved config",
         f"  lit-align {subcommand} --help all                     every option, Trainer included (long)",
         "  lit-align plot RUN_DIR [RUN_DIR ...]              the curves of finished runs as PNGs",
+        "  lit-align configs                                 the shipped configs (show one, copy one here)",
     ]
     return "\n".join(lines)
 
@@ -164,9 +166,10 @@ def _arguments(cls) -> list[tuple[str, str, str]]:
 def _value(value) -> str:
     """A config value as YAML writes it on one line (``0.0005``, ``{model: tiny}``)."""
     try:
-        return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+        text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
     except yaml.YAMLError:  # an object YAML cannot write: its repr
         return repr(value)
+    return repr(value) if "\n" in text else text  # a string with line breaks: escaped, on one line
 
 
 def config_help(subcommand: str, args: list[str]) -> str | None:
@@ -182,17 +185,19 @@ def config_help(subcommand: str, args: list[str]) -> str | None:
     for key, (class_path, init_args) in classes.items():
         cls = import_object(class_path)
         lines += _wrapped(_first_line(cls), 4, f"--{key}: {class_path} -- ")
-        for name, default, text in _arguments(cls):
-            value = f"{_value(init_args[name])} (config)" if name in init_args else default
-            head = f"  --{key}.{name:<24} {value:<22} "
-            column = len(f"  --{key}.") + 24 + 1 + 22 + 1
-            if len(head) > column:  # a long value gets its own line, the description the next
+        rows = [(f"--{key}.{name}", f"{_value(init_args[name])} (config)" if name in init_args else default, text)
+                for name, default, text in _arguments(cls)]
+        pad = max(len(option) for option, _, _ in rows)
+        column = 2 + pad + 1 + VALUE_WIDTH + 1
+        for option, value, text in rows:
+            head = f"  {option:<{pad}} {value:<{VALUE_WIDTH}} "  # a longer value pushes the description along
+            if len(head) > WIDTH - 30:  # ... unless it leaves no room: the description starts below
                 lines += [head.rstrip()]
                 head = " " * column
             lines += _wrapped(text, column, head)
         lines.append("")
-    lines += _wrapped(f"lit-align {subcommand} --{next(iter(classes))}.help CLASS shows the full text of each "
-                      f"argument; lit-align {subcommand} --help all lists every option, Trainer included.", 0)
+    lines += _wrapped(f"lit-align {subcommand} --{next(iter(classes))}.help CLASS: each argument in full; "
+                      f"lit-align {subcommand} --help all: every option, Trainer included.", 0)
     return "\n".join(lines)
 
 

@@ -40,6 +40,20 @@ def test_onpolicy_accumulation_is_refused_naming_its_own_settings(run_dir, capsy
     assert run_main(fit_args("pdistill.yaml", "--trainer.accumulate_grad_batches=2", steps=1)) == 2
     line = _error_line(capsys)
     assert "trainer.accumulate_grad_batches=2" in line and "--model.mini_batches" in line and "--data.batch_size" in line
+    clip_by_value = ["--trainer.gradient_clip_val=0.5", "--trainer.gradient_clip_algorithm=value"]
+    assert run_main(fit_args("pdistill.yaml", *clip_by_value, steps=1)) == 2
+    assert "use --model.max_grad_norm 0.5" in _error_line(capsys)
+
+
+def test_lightnings_refusals_after_start_are_one_line():
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from lit_align.errors import UserError
+    from lit_align.run_errors import mapped_error
+
+    mapped = mapped_error(MisconfigurationException("`Trainer(foo=1)` is not\n supported."))
+    assert isinstance(mapped, UserError) and str(mapped) == "trainer: `Trainer(foo=1)` is not supported."
+    assert mapped_error(RuntimeError("CUDA error: device-side assert")) is None  # a bug keeps its traceback
 
 
 @pytest.mark.extended  # two short fits
