@@ -85,7 +85,7 @@ class AlignCheckpoint(ModelCheckpoint):
         if self.resuming is not None:  # lit-align said; else known once the checkpoint is chosen (on_fit_start)
             self._check_fresh_fit(trainer, resuming=self.resuming)
         log_dir = trainer.log_dir if trainer.loggers else None  # a collective: every rank asks
-        if log_dir is not None and trainer.is_global_zero:
+        if isinstance(log_dir, str) and log_dir and "://" not in log_dir and trainer.is_global_zero:
             write_record(os.path.join(log_dir, LOG_RECORD_NAME), {"run_id": self._record["run_id"]})
 
     def _check_fresh_fit(self, trainer: L.Trainer, resuming: bool) -> None:
