@@ -168,3 +168,19 @@ def test_a_run_with_no_limit_is_refused_in_one_line(run_dir, capsys):
     assert status == 0  # printing the config is not a run
     assert run_main(["fit", "--config", "dpo.yaml", "--trainer.max_epochs=-1"]) == 2
     assert "trainer.max_epochs -1" in capsys.readouterr().err
+
+
+@pytest.mark.extended  # a short on-policy fit
+def test_a_reward_function_imports_from_the_working_directory(run_dir, monkeypatch):
+    """``--model.reward_model my_rewards.length_reward`` with ``my_rewards.py`` in the working folder (imported when
+    the objective is built, after parsing)."""
+    (run_dir / "my_rewards.py").write_text("def length_reward(prompts, responses):\n"
+                                           "    return [float(len(r)) for r in responses]\n")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(run_dir))])
+    try:
+        status = run_main(fit_args("rloo.yaml", "--model.reward_model=my_rewards.length_reward",
+                                   "--model.sampling.max_new_tokens=4", "--data.batch_size=2", "--data.limit_rows=8",
+                                   "--trainer.limit_val_batches=0", "--export.enabled=false", steps=1))
+    finally:
+        sys.modules.pop("my_rewards", None)
+    assert status == 0
