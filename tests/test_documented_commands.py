@@ -65,7 +65,9 @@ SKIPPED = {
 }
 
 #: Appended to every command that trains, predicts or evaluates: a short run of what the command does.
-LIMITS = {"trainer": {"max_steps": 2, "limit_val_batches": 1, "limit_test_batches": 1, "limit_predict_batches": 1}}
+#: (Every step logged, so that two steps leave the curves that ``plot`` draws.)
+LIMITS = {"trainer": {"max_steps": 2, "log_every_n_steps": 1, "limit_val_batches": 1, "limit_test_batches": 1,
+                      "limit_predict_batches": 1}}
 #: Subcommands that get the limits (not --help, --print_config or plot, whose output the limits would change).
 LIMITED = {"fit", "validate", "test", "predict", "evaluate"}
 #: Lines of a transcript (a ``$ lit-align ...`` block) that the run must print as shown: lit-align's own messages.
