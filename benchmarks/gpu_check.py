@@ -267,12 +267,12 @@ WORKERS = {"dpo_mfu": worker_dpo_mfu, "max_batch": worker_max_batch}
 # -- driver: each part in a subprocess with a time limit -------------------------------------------------------
 
 
-def run_process(cmd: list[str], timeout: float, log: Path, env: dict | None = None) -> tuple[str, float]:
-    """Runs ``cmd`` with its output in ``log``; its status (ok, fail, timeout) and wall time."""
+def run_process(cmd: list[str], timeout: float, log: Path, cwd: str, env: dict | None = None) -> tuple[str, float]:
+    """Runs ``cmd`` in ``cwd`` with its output in ``log``; its status (ok, fail, timeout) and wall time."""
     start = time.perf_counter()
     with open(log, "w") as out:
         try:
-            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=max(1.0, timeout), cwd=ROOT,
+            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=max(1.0, timeout), cwd=cwd,
                                   env=env or os.environ.copy())
             status = "ok" if proc.returncode == 0 else "fail"
         except subprocess.TimeoutExpired:
@@ -291,12 +291,12 @@ def run_worker(part: str, args, timeout: float, out: Path, **extra: str) -> dict
     """A worker part in a fresh process: its JSON result, status and wall time (partial results survive a kill)."""
     name = "_".join([part, *extra.values()])
     result_path = out / f"{name}.json"
-    cmd = [sys.executable, __file__, "--worker", part, "--result", str(result_path), "--workdir", args.workdir,
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", part, "--result", str(result_path), "--workdir", args.workdir,
            "--deadline", str(time.time() + timeout - 5)] + (["--dry-run"] if args.dry_run else [])
     for key, value in extra.items():
         cmd += [f"--{key}", value]
     env = dict(os.environ, HF_DATASETS_CACHE=tempfile.mkdtemp(dir=args.workdir))
-    status, wall = run_process(cmd, timeout, out / f"{name}.log", env)
+    status, wall = run_process(cmd, timeout, out / f"{name}.log", args.workdir, env)
     result = json.loads(result_path.read_text()) if result_path.exists() else {}
     status = result.pop("status", status) if status == "ok" else status
     if status != "ok" and "note" not in result:
@@ -329,7 +329,7 @@ def part_fsdp2(args, caps, out: Path) -> dict:
            f"--trainer.default_root_dir={root}"]
     if args.dry_run:  # one CPU process (gloo) in float32, as the overlay's header shows
         cmd += ["--trainer.accelerator=cpu", "--trainer.strategy.init_args.mixed_precision=null"]
-    status, wall = run_process(cmd, caps("fsdp2"), out / "fsdp2.log")
+    status, wall = run_process(cmd, caps("fsdp2"), out / "fsdp2.log", args.workdir)
     losses = []
     for path in glob.glob(str(root / "logs" / "version_*" / "metrics.csv")):
         with open(path) as f:
@@ -344,16 +344,16 @@ def part_fsdp2(args, caps, out: Path) -> dict:
 
 def part_gpu_tests(args, caps, out: Path) -> dict:
     """``pytest -m gpu`` over the test files that hold GPU-marked tests; pytest's counts."""
-    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py") if "mark.gpu" in p.read_text())
+    files = sorted(str(p) for p in (ROOT / "tests").glob("test_*.py") if "mark.gpu" in p.read_text())
     if not files:
         return {"status": "skipped", "wall_s": 0.0, "note": "no GPU-marked tests found"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", *files]
-    status, wall = run_process(cmd, caps("gpu_tests"), out / "gpu_tests.log")
+    status, wall = run_process(cmd, caps("gpu_tests"), out / "gpu_tests.log", args.workdir)
     text = (out / "gpu_tests.log").read_text(errors="replace")
     counts = {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|skipped|error|errors|deselected)", text)}
     if status == "ok" and not counts.get("passed"):
         status = "skipped"  # no CUDA device: every GPU test skipped
-    result = {"status": status, "wall_s": wall, "files": files, **counts}
+    result = {"status": status, "wall_s": wall, "files": [os.path.relpath(f, ROOT) for f in files], **counts}
     if status != "ok":
         result["note"] = last_error(out / "gpu_tests.log")
     return result
@@ -430,6 +430,7 @@ def drive(args) -> int:
 
     with tempfile.TemporaryDirectory() as workdir, ThreadPoolExecutor(jobs) as pool:
         args.workdir = workdir
+        os.environ.setdefault("LIT_ALIGN_CACHE", os.path.join(workdir, "cache"))  # nothing left in ~/.cache
         futures = [pool.submit(run_part, part, args, caps_for(i), out, start) for i, part in enumerate(parts)]
         results = {part: future.result() for part, future in zip(parts, futures)}
     wall = time.time() - start
