@@ -291,8 +291,9 @@ def run_worker(part: str, args, timeout: float, out: Path, **extra: str) -> dict
     """A worker part in a fresh process: its JSON result, status and wall time (partial results survive a kill)."""
     name = "_".join([part, *extra.values()])
     result_path = out / f"{name}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", part, "--result", str(result_path), "--workdir", args.workdir,
-           "--deadline", str(time.time() + timeout - 5)] + (["--dry-run"] if args.dry_run else [])
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", part, "--result", str(result_path),
+           "--workdir", args.workdir, "--deadline", str(time.time() + timeout - 5)]
+    cmd += ["--dry-run"] if args.dry_run else []
     for key, value in extra.items():
         cmd += [f"--{key}", value]
     env = dict(os.environ, HF_DATASETS_CACHE=tempfile.mkdtemp(dir=args.workdir))
