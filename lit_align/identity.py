@@ -4,7 +4,7 @@ A run reuses models by name in several places (pi_0 rebuilt from the model folde
 backbone, the reference cache's key). A name says nothing once the folder behind it is rewritten, so each of
 these records and compares ``source_digest`` instead:
 
-- a local folder: the bytes of its weight files (``*.safetensors``, ``*.bin``, ...) and their names, streamed in
+- a local folder: the bytes of its own weight files (``*.safetensors``, ``*.bin``, ...) and their names, streamed in
   8 MiB blocks; the digest is kept for the process, keyed by the files' names, sizes and modification times, so a
   second use costs one ``stat`` per file;
 - the embedded ``tiny`` model: the bytes of its seeded random weights (``tensors_digest``);
@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     xxhash = None
 
 #: File name endings of weight files; the rest of a model folder (configs, tokenizer) is compared elsewhere.
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack")
 _BLOCK = 8 << 20
 _known: dict[tuple, str] = {}
 
@@ -40,8 +40,9 @@ def _hasher():
 def folder_digest(folder: str | Path) -> str:
     """Digest of the weight files of a model folder (names and bytes), memoised on their names, sizes and times."""
     folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    # the folder's own files, as from_pretrained reads them (a run folder's checkpoints/ below it are not the model)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)
+                   and not p.name.startswith("."))
     stats = tuple((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     key = (str(folder.resolve()), stats)
     if key not in _known:
