@@ -16,7 +16,9 @@ shipped configs, so the documented ``--config configs/pdistill.yaml`` works from
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import sys
 from pathlib import Path
 
 from lit_align.errors import UserError
@@ -118,8 +120,15 @@ def main(argv: list[str]) -> None:
         target = copy_config(args.name, args.dest)
         print(f"copied {args.name} to {target}; run it with: lit-align fit --config {target}")
     else:
-        names = shipped_names()
-        pad = max(len(n) for n in names) + 2
-        for name in names:
-            print(f"{name:<{pad}}{description(configs_root() / f'{name}{SUFFIX}')}")
-        print("\nlit-align fit --config NAME runs one; lit-align configs copy NAME puts a copy here to edit.")
+        try:
+            _print_list()
+        except BrokenPipeError:  # `lit-align configs | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _print_list() -> None:
+    names = shipped_names()
+    pad = max(len(n) for n in names) + 2
+    for name in names:
+        print(f"{name:<{pad}}{description(configs_root() / f'{name}{SUFFIX}')}")
+    print("\nlit-align fit --config NAME runs one; lit-align configs copy NAME puts a copy here to edit.")
