@@ -166,7 +166,7 @@ def worker_max_batch(args, sizes: dict) -> dict:
         try:
             import trl
         except ImportError:
-            return {"status": "skipped", "note": "TRL absent (pip install trl==1.16.0): lit-align measured alone"}
+            return {"status": "skipped", "note": "not installed (pip install trl==1.16.0): lit-align measured alone"}
         version = trl.__version__
     else:
         version = None
@@ -312,7 +312,7 @@ def part_dpo_mfu(args, caps, out: Path) -> dict:
 def part_max_batch(args, caps, out: Path) -> dict:
     lit = run_worker("max_batch", args, caps("max_batch_lit"), out, framework="lit")
     trl = run_worker("max_batch", args, caps("max_batch_trl"), out, framework="trl")
-    status = lit["status"] if trl["status"] in ("ok", "skipped") else "fail"
+    status = next((s for s in (lit["status"], trl["status"]) if s not in ("ok", "skipped")), lit["status"])
     result = {"status": status, "wall_s": round(lit["wall_s"] + trl["wall_s"], 1), "lit": lit, "trl": trl}
     notes = [f"{name}: {part['note']}" for name, part in (("lit-align", lit), ("TRL", trl)) if part.get("note")]
     if notes:
@@ -366,7 +366,8 @@ RUNNERS = {"dpo_mfu": part_dpo_mfu, "max_batch": part_max_batch, "fsdp2": part_f
 def summary_line(part: str, result: dict) -> str:
     """The figures of one part, in words."""
     if part == "dpo_mfu" and "tokens_per_sec" in result:
-        mfu = (f", MFU {result['mfu']:.1%} (prompt counted once: {result['mfu_prompt_once']:.1%}; target >= 45%)"
+        mfu = (f", MFU {100 * result['mfu']:.3g} % (prompt counted once: {100 * result['mfu_prompt_once']:.3g} %; "
+               "target >= 45 %)"
                if "mfu" in result else ", MFU unknown (device not in PEAK_FLOPS)")
         return (f"{result['params'] / 1e6:,.1f}M params, {result['batch_pairs']} pairs x {result['seq_len']} tokens: "
                 f"{result['tokens_per_sec']:.0f} tokens/s{mfu}, step {result['step_time']:.3f} s, "
