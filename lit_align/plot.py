@@ -72,16 +72,19 @@ def read_run(run_dir: str | Path) -> Series:
 
 
 def latest_run(run_dir: Path, files: list[Path]) -> list[Path]:
-    """The metrics files of the run that wrote the newest one (by the run identity in each version folder)."""
+    """The metrics files of the newest run that named itself (by the run identity in each version folder).
+
+    A version without a run identity (a ``validate`` or ``test`` into the folder, or logs older than identities)
+    is drawn only when no version has one: it names no run to be joined to."""
     ids = [(read_record(path.parent / LOG_RECORD_NAME) or {}).get("run_id") for path in files]
-    latest = ids[-1]
-    if latest is None and not any(ids):
-        return files  # written before run identities: nothing tells the versions apart
+    latest = next((run for run in reversed(ids) if run is not None), None)
+    if latest is None:
+        return files  # nothing tells the versions apart
     kept = [path for path, run in zip(files, ids) if run == latest]
     left = [path.parent.name for path, run in zip(files, ids) if run != latest]
     if left:
         print(f"{run_dir}: plotting the latest run ({', '.join(p.parent.name for p in kept)}); left out "
-              f"{', '.join(left)}, written by another run into the same folder")
+              f"{', '.join(left)}, written by another run or by validate/test into the same folder")
     return kept
 
 

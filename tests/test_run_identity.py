@@ -139,6 +139,17 @@ def test_plot_joins_the_versions_of_one_run_never_another_run_of_the_folder(tmp_
     assert read_run(tmp_path)["train/loss"] == [(0, 0.69), (1, 0.5)]
 
 
+def test_plot_after_a_validate_into_the_folder_still_draws_the_fit(tmp_path):
+    # validate writes a logger version with no run identity: it must not hide the fit's versions
+    for version, run, rows in ((0, "a", [(0, 0.69), (99, 0.04)]), (1, None, [(99, 0.05)])):
+        folder = tmp_path / "logs" / f"version_{version}"
+        folder.mkdir(parents=True)
+        if run is not None:
+            (folder / LOG_RECORD_NAME).write_text(json.dumps({"run_id": run}))
+        (folder / "metrics.csv").write_text("step,train/loss\n" + "".join(f"{s},{v}\n" for s, v in rows))
+    assert read_run(tmp_path)["train/loss"] == [(0, 0.69), (99, 0.04)]
+
+
 @pytest.mark.extended
 def test_a_token_given_as_a_config_value_is_masked_in_every_written_file(run_dir, capsys):
     token = "hf_" + "q" * 30
