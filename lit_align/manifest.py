@@ -14,8 +14,8 @@ rendering, ``lit_align.data.chat``), changes neither.
 Resuming (``fit`` with ``ckpt_path``) compares the checkpoint's manifest with the run being started:
 
 - refused, with one line naming every difference: another objective, other training rows, a reward model read
-  from a folder whose weights changed, another data order seed, batch size, accumulation or world size (the saved data position counts batches, so rows would be replayed
-  or skipped), other length settings;
+  from a folder whose weights changed, another data order seed, batch size, accumulation or world size (the saved
+  data position counts batches, so rows would be replayed or skipped), other length settings;
 - warned about: other library versions, other validation rows, other seeds (model initialisation: the weights
   come from the checkpoint), other objective hyperparameters (the parsed
   configuration wins over the checkpoint's; the warning shows what changed);
@@ -41,7 +41,8 @@ MANIFEST_KEY = "lit_align_manifest"
 OVERRIDE_HINT = "pass --checkpoint.resume_changes allow to resume anyway"
 
 _LENGTH_SETTINGS = ("max_length", "max_prompt_length")
-_VERSIONED = ("lit_align", "torch", "transformers", "lightning")
+#: The libraries whose versions a manifest records (another version warns, never refuses).
+VERSIONED = ("lit_align", "torch", "transformers", "lightning")
 
 
 class ResumeMismatchError(UserError):
@@ -70,7 +71,7 @@ def build_manifest(trainer, pl_module, data_digest: Mapping[str, object] | None 
         "lengths": {name: settings[name] for name in _LENGTH_SETTINGS if name in settings},
         "max_steps": trainer.max_steps,
         "max_epochs": trainer.max_epochs,
-        "versions": {name: _version(name) for name in _VERSIONED},
+        "versions": {name: _version(name) for name in VERSIONED},
     }
 
 

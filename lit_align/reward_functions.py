@@ -8,8 +8,8 @@ A reward function scores the responses to prompts as text, with lit-align's sign
 A function whose parameters name ``completions`` is called TRL's way, by keyword (``prompts``, ``completions``,
 ``completion_ids``, ``trainer_state`` (``global_step``, ``epoch``, ``max_steps``), ``log_metric`` (logged under its
 name), ``log_extra`` (ignored: no completions table), as many as it accepts; TRL's dataset columns are not passed):
-copied from TRL's docs, it runs unchanged. Its completions are plain strings, or with ``conversational: true`` (``RewardFunction``) TRL's
-conversational form: each completion ``[{"role": "assistant", "content": text}]`` and each prompt
+copied from TRL's docs, it runs unchanged. Its completions are plain strings, or with ``conversational: true``
+(``RewardFunction``) TRL's conversational form: each completion ``[{"role": "assistant", "content": text}]`` and each prompt
 ``[{"role": "user", "content": text}]`` (the prompt's text as decoded, its chat template's markup included).
 
 and is named in a config by its import path, wherever an on-policy objective takes its ``reward_model``::
@@ -159,8 +159,8 @@ class RewardFunctions(nn.Module):
                 completion_mask: torch.Tensor) -> torch.Tensor:
         """(N,) float32 weighted sum of the functions' rewards of the rows, on the rows' device."""
         prompts, responses = self.decode(input_ids, attention_mask, completion_mask)
-        ids = input_ids.cpu()
-        completion_ids = [ids[i][completion_mask[i].cpu().bool()].tolist() for i in range(ids.shape[0])]
+        ids, keep = input_ids.cpu(), completion_mask.cpu().bool()  # one device-to-host copy each, not one per row
+        completion_ids = [row[kept].tolist() for row, kept in zip(ids, keep)]
         self.logged = {}
         context = {"trainer_state": self.trainer_state,
                    "log_metric": lambda name, value: self.logged.setdefault(name, []).append(float(value)),

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_align.errors import UserError
-from lit_align.manifest import ManifestComparison, _plain
+from lit_align.manifest import VERSIONED, ManifestComparison, _plain
 from lit_align.secrets import redact
 
 #: The run record next to the checkpoints.
@@ -98,7 +98,7 @@ def mark_resuming(trainer, ckpt_path) -> None:
 
 
 def _is_version(change: str) -> bool:
-    return change.split(" ", 1)[0] in ("lit_align", "torch", "transformers", "lightning")
+    return change.split(" ", 1)[0] in VERSIONED
 
 
 def _sibling(root: Path) -> str:

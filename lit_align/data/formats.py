@@ -87,7 +87,6 @@ class FormatStats:
             f"{self.truncated_completions} completions)"
         )
 
-
     def _after_cut(self) -> str:
         n = self.identical_after_truncation
         return f" ({n} of them only after truncation to max_length)" if n else ""
