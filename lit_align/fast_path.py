@@ -19,8 +19,9 @@ once per run and per scoring role (the policy, pi_0, a model given as it is):
    right.
 
 A model with attention windows whose first batch has no row longer than the narrowest window is checked again
-(once) on the first batch that has one, so the decision is made where the window matters. Under several
-processes the measured difference is the maximum over ranks, so every rank decides the same. The cost is one
+(once) on the first batch that has one, so the decision is made where the window matters (until then each batch's
+longest row is read: one device sync per scoring call). Under several processes the measured difference and the
+longest row are the maxima over ranks, so every rank decides the same and runs the same forwards. The cost is one
 extra forward of the first batch per role (``cost_s`` records it).
 """
 
@@ -90,11 +91,13 @@ class FastPathCheck:
             if (role, path) not in self.verdicts and (reason := REFUSALS[path](model)) is not None:
                 self._decide(role, path, model, Verdict(False, math.nan, reason))
         on = frozenset(p for p in paths if self.allows(role, p))
-        window = smallest_window(model) if PACKING in on or CHUNKED_HEAD in on else None
-        due = [p for p in on if self._due(role, p, window, longest)]
+        window = smallest_window(model) if on else None
+        device = next(model.parameters()).device
+        agreed_longest = _once(lambda: int(_agreed(float(longest()), device)))  # every rank checks alike
+        due = [p for p in on if self._due(role, p, window, agreed_longest)]
         if not due:
             return scorer(on)
-        return self._check(role, model, on, due, scorer, window, longest())
+        return self._check(role, model, on, due, scorer, window, agreed_longest())
 
     def _due(self, role: str, path: str, window: int | None, longest: Callable[[], int]) -> bool:
         verdict = self.verdicts.get((role, path))
@@ -148,6 +151,18 @@ class FastPathCheck:
         line = f"fast path: {path} off for {name} ({role}): {verdict.detail}; running the model's plain forward"
         self.lines.append(line)
         rank_zero_info(line)
+
+
+def _once(compute: Callable[[], int]) -> Callable[[], int]:
+    """``compute`` evaluated at the first call only (a device sync and, under several ranks, a collective)."""
+    value: list[int] = []
+
+    def get() -> int:
+        if not value:
+            value.append(compute())
+        return value[0]
+
+    return get
 
 
 def _attempt(scorer: Scorer, paths: frozenset) -> tuple[CompletionScores | None, str | None]:
