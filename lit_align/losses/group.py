@@ -9,7 +9,7 @@ i); per-token tensors are (N, T) aligned like ``lit_align.logprobs.completion_to
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch
 
@@ -17,6 +17,8 @@ from lit_align.losses.rl import kl_penalty
 
 RewardScale = Literal["group", "batch", "none"]
 GroupLossType = Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"]
+#: Every ``GroupLossType``, for checks and messages.
+GROUP_LOSS_TYPES: tuple[str, ...] = get_args(GroupLossType)
 
 
 def leave_one_out_baseline(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -262,5 +264,3 @@ def reduce_group_loss(losses: torch.Tensor, mask: torch.Tensor, loss_type: Group
         return (losses * mask).sum(-1).mean()
     raise ValueError(f"loss_type must be one of {', '.join(GROUP_LOSS_TYPES)}, got {loss_type!r}")
 
-
-GROUP_LOSS_TYPES: tuple[str, ...] = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
