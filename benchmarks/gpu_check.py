@@ -108,6 +108,7 @@ def worker_dpo_mfu(args, sizes: dict) -> dict:
     from bench_dpo import build_data
     from lit_align.callbacks import ThroughputMonitor
     from lit_align.data import PreferenceDataModule
+    from lit_align.fast_path import PACKING
     from lit_align.objectives import DPO
     from lit_align.policy import PolicyWithReference
 
@@ -127,10 +128,13 @@ def worker_dpo_mfu(args, sizes: dict) -> dict:
                         callbacks=[ThroughputMonitor(sizes["log_every"], peak_flops=sizes["peak_flops"]), tokens])
     trainer.fit(module, datamodule)
     perf = {k.removeprefix("perf/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("perf/")}
+    verdicts = policy.fast_paths.verdicts  # what the first batch decided: the chunked head, prompt packing
+    packed = module.share_prompt and all(v.kept for (_, path), v in verdicts.items() if path == PACKING)
     result = {"params": n_params, "batch_pairs": batch, "seq_len": seq, "steps": trainer.global_step,
-              "share_prompt": module.share_prompt, "device": device_name(), **perf}
+              "share_prompt": packed, "fast_paths": {f"{role}/{path}": v.kept for (role, path), v in verdicts.items()},
+              "fast_path_lines": policy.fast_paths.lines, "device": device_name(), **perf}
     if "mfu" in perf:
-        result["mfu_prompt_once"] = perf["mfu"] * tokens.run_fraction()
+        result["mfu_prompt_once"] = perf["mfu"] * (tokens.run_fraction() if packed else 1.0)
     if sizes["peak_flops"]:
         result["note"] = f"MFU against a nominal peak of {sizes['peak_flops']:.0e} FLOP/s (dry run)"
     return result
@@ -178,30 +182,36 @@ def worker_max_batch(args, sizes: dict) -> dict:
     def attempt(batch: int) -> bool:
         outcome = try_batch(args, sizes, model_dir, batch, build_data, torch)
         result["tries"].append(outcome)
-        write_json(args.result, result | {"partial": True})
+        write_json(args.result, result | bracket(result["tries"]) | {"partial": True})  # kept if the part is killed
         return outcome["fits"]
 
-    largest, too_big = search(attempt, sizes["search_start"], sizes["search_cap"], deadline=args.deadline)
-    result.update(largest_fit=largest, smallest_fail=too_big)
-    if too_big is None and largest < sizes["search_cap"]:
-        result["note"] = f"time ran out: at least {largest} pairs fit"
-    fitted = [t for t in result["tries"] if t["fits"] and t["batch"] == largest]
-    if fitted:
-        result["peak_memory_mb"] = fitted[-1]["peak_memory_mb"]
+    search(attempt, sizes["search_start"], sizes["search_cap"], deadline=args.deadline)
+    result.update(bracket(result["tries"]))
+    if result["smallest_fail"] is None and result["largest_fit"] < sizes["search_cap"]:
+        result["note"] = f"time ran out: at least {result['largest_fit']} pairs fit"
     return result
+
+
+def bracket(tries: list[dict]) -> dict:
+    """The largest batch that fitted (with its peak memory) and the smallest that did not, of the tries so far."""
+    fitted = [t for t in tries if t["fits"]]
+    largest = max(fitted, key=lambda t: t["batch"], default={"batch": 0})
+    failed = [t["batch"] for t in tries if not t["fits"] and t["batch"] > largest["batch"]]
+    return {"largest_fit": largest["batch"], "smallest_fail": min(failed, default=None),
+            "peak_memory_mb": largest.get("peak_memory_mb")}
 
 
 def search(fits, start: int, cap: int, deadline: float, resolution: float = 1.125) -> tuple[int, int | None]:
     """Largest n <= cap with fits(n): doubling from ``start``, then bisection until the bracket is within
     ``resolution`` (or time runs out). Returns (largest that fitted or 0, smallest that did not or None)."""
     good, bad, n = 0, None, start
-    last = 0.0
+    last = 0.0  # seconds of the last try that fitted: the next one takes at least as long
     while n <= cap and time.time() + 2 * last < deadline:
-        start = time.time()
+        began = time.time()
         if not fits(n):
             bad = n
             break
-        good, last = n, time.time() - start
+        good, last = n, time.time() - began
         n = cap if n < cap < 2 * n else 2 * n
     while bad is not None and bad - good > 1 and bad > good * resolution and time.time() + 2 * last < deadline:
         middle = (good + bad) // 2
@@ -378,7 +388,7 @@ def summary_line(part: str, result: dict) -> str:
                 return f"{name}: {r.get('status')}"
             more = (f" (fails at {r['smallest_fail']})" if r.get("smallest_fail") else
                     f" (cap {r['cap']} reached)" if r["largest_fit"] >= r["cap"] else " (time ran out)")
-            peak = f", peak {r['peak_memory_mb']:.0f} MiB" if "peak_memory_mb" in r else ""
+            peak = f", peak {r['peak_memory_mb']:.0f} MiB" if r.get("peak_memory_mb") else ""
             return f"{name} {r['largest_fit']} pairs{more}{peak}"
         lit = result.get("lit", {})
         return (f"vocab {lit.get('vocab')}, ~{lit.get('seq_len')} tokens/seq: {one('lit-align', lit)}; "
