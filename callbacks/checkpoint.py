@@ -137,8 +137,12 @@ class AlignCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
         self.latest_saved = (trainer.global_step, filepath)
-        if self._record is not None and trainer.is_global_zero:  # the folder's checkpoints are this run's now
-            write_record(os.path.join(os.path.dirname(filepath), RECORD_NAME), self._record)
+        self._write_record(trainer, filepath)
+
+    def _write_record(self, trainer: L.Trainer, checkpoint_path: str) -> None:
+        """Record this run next to the checkpoint just written: the folder's checkpoints are this run's now."""
+        if self._record is not None and trainer.is_global_zero:
+            write_record(os.path.join(os.path.dirname(checkpoint_path), RECORD_NAME), self._record)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         # SIGTERM (preemption, SLURM time limit): Lightning stops at the next step boundary by raising
@@ -146,8 +150,7 @@ class AlignCheckpoint(ModelCheckpoint):
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit" and self.save_last:
             path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
             trainer.save_checkpoint(path, self.save_weights_only)
-            if self._record is not None and trainer.is_global_zero:
-                write_record(os.path.join(os.path.dirname(path), RECORD_NAME), self._record)
+            self._write_record(trainer, path)
             self.last_model_path = path
             self.latest_saved = (trainer.global_step, path)
             rank_zero_info(f"received SIGTERM: saved step {trainer.global_step} to {path}; "
