@@ -8,13 +8,13 @@ ranks stays with the caller. Equation numbers follow arXiv 2506.01523 v2 ("PAPER
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
 
 FDivergence = Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"]
-F_DIVERGENCES: tuple[str, ...] = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+F_DIVERGENCES: tuple[str, ...] = get_args(FDivergence)
 
 
 class PreferenceLoss(NamedTuple):

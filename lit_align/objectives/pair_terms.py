@@ -14,13 +14,14 @@ import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import ClassVar, get_args
 
 import torch
 import torch.distributed as dist
 
 from lit_align import losses as L
 from lit_align.losses import PreferenceLoss
+from lit_align.losses.pairwise import NLLReduction
 from lit_align.objectives.offline import OfflinePairObjective, RowLogps, completions_per_example
 
 
@@ -219,7 +220,7 @@ _CHECKS: dict[str, Callable[[str, object], object]] = {
                                         if term == "exo_pair" else _in_range("label_smoothing", v, 0.0, 0.5)),
     "alpha": lambda term, v: _in_range("alpha", v, 0.0, float("inf")),
     "cpo_alpha": lambda term, v: _in_range("cpo_alpha", v, 0.0, float("inf")),
-    "nll_reduction": lambda term, v: _one_of("nll_reduction", v, ("token", "example")),
+    "nll_reduction": lambda term, v: _one_of("nll_reduction", v, get_args(NLLReduction)),
     "f_divergence_type": lambda term, v: _one_of("f_divergence_type", v, L.F_DIVERGENCES),
     "f_alpha_divergence_coef": lambda term, v: positive("f_alpha_divergence_coef", v),
 }
