@@ -42,10 +42,11 @@ def effective_seeds(pl_module, datamodule) -> dict[str, int | None]:
     data_seed = getattr(datamodule, "seed", None)
     if data_seed is not None:
         seeds["data_order"] = data_seed
-    policy = getattr(pl_module, "policy", None)
-    for name, owner in (("model_init", policy), ("model_init", pl_module)):
-        if name not in seeds and isinstance(getattr(owner, "seed", None), int):
-            seeds[name] = owner.seed
+    # the policy's initialisation seed, else the objective's own (a reward model trained from scratch)
+    owners = (getattr(pl_module, "policy", None), pl_module)
+    model_seed = next((owner.seed for owner in owners if isinstance(getattr(owner, "seed", None), int)), None)
+    if model_seed is not None:
+        seeds["model_init"] = model_seed
     stage = getattr(pl_module, "reward_stage", None)
     if stage is not None and getattr(stage, "effective_seed", None) is not None:
         seeds["reward_stage"] = stage.effective_seed
