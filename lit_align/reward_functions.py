@@ -9,8 +9,9 @@ A function whose parameters name ``completions`` is called TRL's way, by keyword
 ``completion_ids``, ``trainer_state`` (``global_step``, ``epoch``, ``max_steps``), ``log_metric`` (logged under its
 name), ``log_extra`` (ignored: no completions table), as many as it accepts; TRL's dataset columns are not passed):
 copied from TRL's docs, it runs unchanged. Its completions are plain strings, or with ``conversational: true``
-(``RewardFunction``) TRL's conversational form: each completion ``[{"role": "assistant", "content": text}]`` and each prompt
-``[{"role": "user", "content": text}]`` (the prompt's text as decoded, its chat template's markup included).
+(``RewardFunction``) TRL's conversational form: each completion ``[{"role": "assistant", "content": text}]`` and
+each prompt ``[{"role": "user", "content": text}]`` (the prompt's text as decoded, its chat template's markup
+included).
 
 and is named in a config by its import path, wherever an on-policy objective takes its ``reward_model``::
 
