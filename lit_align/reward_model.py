@@ -100,6 +100,12 @@ class RewardScorer(nn.Module):
         return head(hidden[rows, last_token_index(attention_mask)]).squeeze(-1).float().clone()  # (B,)
 
     @property
+    def base_model(self) -> nn.Module:
+        """The underlying transformers model, as ``PolicyWithReference.base_model`` is a policy's (what the
+        objective's checks before the first forward read: embedding table, config)."""
+        return self.model
+
+    @property
     def head(self) -> nn.Module | None:
         """The linear score head (transformers names it ``score`` in decoder-only models)."""
         return getattr(self.model, "score", None)
