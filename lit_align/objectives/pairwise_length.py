@@ -4,12 +4,9 @@ LD-DPO, WPO and RPO, one thin objective each (terms of ``pair_terms.PAIR_LOSSES`
 
 from __future__ import annotations
 
-from typing import Literal
-
+from lit_align.losses.pairwise import NLLReduction
 from lit_align.losses.preference import FDivergence
 from lit_align.objectives.pair_terms import PairTermObjective, check_settings
-
-NLLReduction = Literal["token", "example"]
 
 
 class SimPO(PairTermObjective):
