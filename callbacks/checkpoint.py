@@ -13,7 +13,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lit_align.checkpoint_io import AtomicCheckpointIO, shown_path
 from lit_align.fingerprints import datamodule_digest
 from lit_align.manifest import MANIFEST_KEY, build_manifest, check_objective, check_resume
-from lit_align.run_identity import LOG_RECORD_NAME, RECORD_NAME, check_fresh_fit, run_record, write_record
+from lit_align.run_identity import (LOG_RECORD_NAME, RECORD_NAME, check_fresh_fit, read_record, run_record,
+                                  write_record)
 from lit_align.seeds import describe_seeds
 
 
@@ -49,6 +50,7 @@ class AlignCheckpoint(ModelCheckpoint):
         self.resume_changes = resume_changes
         self.other_run = other_run
         self._record: dict | None = None
+        self._log_record: str | None = None  # this fit's logger version's run record, where that is a local folder
         #: Whether the coming fit resumes a checkpoint, when ``lit-align`` knows it before ``setup`` (it sets this:
         #: a fresh fit is then checked before the objective's set-up writes anything, e.g. a reward stage).
         self.resuming: bool | None = None
@@ -85,8 +87,21 @@ class AlignCheckpoint(ModelCheckpoint):
         if self.resuming is not None:  # lit-align said; else known once the checkpoint is chosen (on_fit_start)
             self._check_fresh_fit(trainer, resuming=self.resuming)
         log_dir = trainer.log_dir if trainer.loggers else None  # a collective: every rank asks
-        if isinstance(log_dir, str) and log_dir and "://" not in log_dir and trainer.is_global_zero:
-            write_record(os.path.join(log_dir, LOG_RECORD_NAME), {"run_id": self._record["run_id"]})
+        local = isinstance(log_dir, str) and log_dir and "://" not in log_dir
+        self._log_record = os.path.join(log_dir, LOG_RECORD_NAME) if local else None
+        self._write_log_record(trainer)
+
+    def _write_log_record(self, trainer: L.Trainer) -> None:
+        if self._log_record is not None and trainer.is_global_zero:
+            write_record(self._log_record, {"run_id": self._record["run_id"]})
+
+    def _continue_run(self, trainer: L.Trainer, ckpt_path: str) -> None:
+        """A resume continues the run recorded beside its checkpoint, changed settings or not: its logger version
+        and later records keep that run's identity (``lit-align plot`` joins a run and its resumes)."""
+        saved = read_record(os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), RECORD_NAME))
+        if saved is not None and self._record is not None and saved["run_id"] != self._record["run_id"]:
+            self._record["run_id"] = saved["run_id"]
+            self._write_log_record(trainer)
 
     def _check_fresh_fit(self, trainer: L.Trainer, resuming: bool) -> None:
         if not resuming and self.other_run == "refuse" and self._record is not None:
@@ -117,11 +132,12 @@ class AlignCheckpoint(ModelCheckpoint):
         if self._resume_checked:
             return
         self._resume_checked = True
-        ckpt_path = shown_path(ckpt_path)
+        raw_path, ckpt_path = ckpt_path, shown_path(ckpt_path)
         self.latest_saved = (int(checkpoint.get("global_step", 0)), ckpt_path)
         current = build_manifest(trainer, pl_module, self._data_digest)
         comparison = check_resume(checkpoint, current, ckpt_path, self.resume_changes == "allow",
                                   getattr(pl_module, "hparams", None))
+        self._continue_run(trainer, raw_path)
         if comparison is None:
             rank_zero_warn(f"{ckpt_path} has no run manifest (written before lit-align recorded one): resuming "
                            "without checking that it comes from this run's objective, data and batching")

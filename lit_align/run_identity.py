@@ -9,6 +9,9 @@ batching, lengths) and of the objective's hyperparameters, leaving out what a re
 - into the logger's version folder, ``<logs>/version_N/lit_align_run.json``, so that ``lit-align plot`` joins the
   versions of one run (a run and its resumes) and never those of another run written into the same folder.
 
+A resume (``fit`` with ``ckpt_path``) keeps the identity recorded beside its checkpoint, also when it changes
+settings a resume may change (hyperparameters, with a warning): it continues that run.
+
 A fresh ``fit`` (no ``--ckpt_path``) into a folder whose ``run.json`` names another run is refused in one line
 naming the differences, the command that resumes the run there and the option that starts this one elsewhere;
 ``--checkpoint.other_run replace`` lets it overwrite that run instead. The same configuration run again into its

@@ -105,6 +105,18 @@ def test_a_fresh_fit_never_replaces_another_run_and_a_zero_step_fit_never_export
     assert weights.read_bytes() == exported
 
 
+@pytest.mark.extended
+def test_a_resume_with_changed_hyperparameters_stays_one_run_for_plot(run_dir):
+    # resuming with another beta is allowed (a warning): its logger version is still this run's, so plot joins it
+    assert run_main(fit_args("dpo.yaml", *QUIET, "--export.enabled=false", "--trainer.log_every_n_steps=1",
+                             steps=1)) == 0
+    assert run_main(fit_args("dpo.yaml", *QUIET, "--export.enabled=false", "--trainer.log_every_n_steps=1",
+                             "--model.init_args.beta=0.05", "--ckpt_path=last", steps=2)) == 0
+    ids = {json.loads(path.read_text())["run_id"] for path in (run_dir / "runs/test/logs").glob(f"*/{LOG_RECORD_NAME}")}
+    assert len(ids) == 1
+    assert [step for step, _ in read_run(run_dir / "runs/test")["train/loss"]] == [0, 1]
+
+
 def test_export_over_the_model_the_run_reads_is_refused(tmp_path):
     from lit_align.callbacks import HFExport
     from lit_align.errors import UserError
