@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import CSVLogger
 import lit_align.data  # noqa: F401  (registers the DataModules for short names)
 import lit_align.objectives  # noqa: F401  (registers the objectives for short names)
 from lit_align.callbacks import AlignCheckpoint, HFExport, NonFiniteError, NonFiniteGuard, PredictionWriter
-from lit_align.callbacks.console import AlignProgressBar, RunSummary
+from lit_align.callbacks.console import RunSummary, progress_bar
 from lit_align.cli_help import config_help, help_request, short_help, top_help
 from lit_align.console import quiet_console, strip_verbose_flag
 from lit_align.plot import main as plot_main
@@ -143,7 +143,7 @@ class LitAlignCLI(LightningCLI):
         if self.subcommand == "fit":
             check_bounded(trainer)
         check_trainer_settings(trainer, config)  # run folder, max_steps; a fast_dev_run moves to <root>/debug
-        resolve_logger_dirs(trainer)
+        resolve_logger_dirs(trainer, config.get("model"))  # run folder, names, MLflow's store
         refuse_keys_as_names(config)  # a key typed as judge.api_key_env: refused before any message shows it
         if trainer.get("enable_checkpointing") is False:
             # Lightning refuses a ModelCheckpoint next to enable_checkpointing=False, and the CLI always adds
@@ -160,13 +160,13 @@ class LitAlignCLI(LightningCLI):
 
 def console_callbacks(trainer_config) -> dict:
     """The run's callbacks plus ``RunSummary`` and, unless the progress bar is off or the user chose one,
-    ``AlignProgressBar``: Trainer keyword arguments for ``instantiate_trainer``."""
+    ``progress_bar()`` (a bar on a terminal, plain lines otherwise): Trainer keyword arguments for ``instantiate_trainer``."""
     callbacks = trainer_config.get("callbacks") or []
     callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
     extra = [RunSummary()]
     if trainer_config.get("enable_progress_bar") is not False and not any(
             isinstance(c, ProgressBar) for c in callbacks):
-        extra.append(AlignProgressBar())
+        extra.append(progress_bar())
     return {"callbacks": callbacks + extra}
 
 

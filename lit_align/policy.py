@@ -132,7 +132,15 @@ class PolicyWithReference(nn.Module):
         if generation not in ("hf", "vllm"):
             raise ValueError(f"generation must be hf or vllm, got {generation!r}")
         if generation == "vllm":  # the engine (and the vllm import) waits for the first generate
+            import importlib.util
+
+            from lit_align.errors import UserError
             from lit_align.generation import VLLMBackend
+
+            if importlib.util.find_spec("vllm") is None:  # checked before any work, not at the first sample
+                raise UserError("generation: vllm needs vLLM, which is not installed: pip install 'lit-align[vllm]' "
+                                "(the CPU build; on a CUDA machine pip install vllm, see docs/scaling.md), or use "
+                                "generation: hf")
 
             self.generation_backend = VLLMBackend(vllm_options, scorer=self.completion_logps)
 
