@@ -166,7 +166,8 @@ class ChunkedHead(nn.Module):
         request.selected = picked.detach()
         request.columns = head_scores(PostHead(self.head, request.transform), picked, request.labels,
                                       request.temperature, request.entropy, request.reference)
-        return request.columns.detach().clone()  # for the forward to transform (or edit in place) and drop
+        # a copy for the forward to transform (or edit in place); ``run_with_request`` keeps the head's own
+        return request.columns.clone()
 
 
 def head_scores(head: nn.Module | PostHead, hidden: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
@@ -245,12 +246,16 @@ def run_with_request(model: nn.Module, request: HeadRequest, input_ids: torch.Te
     request.columns = None
     setattr(parent, name, ChunkedHead(head, request))
     try:
-        run_causal_lm(model, input_ids, attention_mask, **kwargs)
+        out = run_causal_lm(model, input_ids, attention_mask, **kwargs)
     finally:
         setattr(parent, name, head)
     if request.columns is None:
         raise RuntimeError(f"{type(model).__name__}'s forward never called its output embeddings")
-    return request.columns
+    if not out.requires_grad:
+        return request.columns
+    # The gradient must still enter through the forward's output: FSDP2 hooks the re-gather of the root's weights
+    # (the head's among them) there, before the head's chunks are recomputed. A zero-weighted link does that.
+    return request.columns + (out - out.detach()).sum() * 0
 
 
 def run_with_full_logits(model: nn.Module, request: HeadRequest, input_ids: torch.Tensor,
