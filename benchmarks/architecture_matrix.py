@@ -226,12 +226,18 @@ def model_types(selected: list[str] | None = None) -> list[str]:
 def run(selected: list[str] | None = None) -> list[Outcome]:
     outcomes = []
     torch.set_num_threads(1)  # tiny matmuls: more threads only wait for each other
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    for name in model_types(selected):
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            outcomes.append(check(name))
+    quiet = {"transformers": logging.ERROR, "lightning.pytorch": logging.WARNING}
+    levels = {name: logging.getLogger(name).level for name in quiet}  # put back after: a caller's logs stay
+    for name, level in quiet.items():
+        logging.getLogger(name).setLevel(level)
+    try:
+        for name in model_types(selected):
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                outcomes.append(check(name))
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
     return outcomes
 
 

@@ -115,6 +115,7 @@ def test_the_readme_extension_imports_from_the_working_directory(run_dir, monkey
     ``my_objectives.py``, as the README shows (the console script's own folder, not this one, is on sys.path)."""
     (run_dir / "my_objectives.py").write_text(textwrap.dedent(HINGE_DPO))
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(run_dir))])
+    monkeypatch.delitem(sys.modules, "my_objectives", raising=False)  # another test's my_objectives.py, imported
     try:
         status = run_main(["fit", "--config", "configs/dpo.yaml", "--model", "my_objectives.HingeDPO",
                            "--model.beta", "0.2", "--print_config"])
@@ -177,6 +178,7 @@ def test_a_reward_function_imports_from_the_working_directory(run_dir, monkeypat
     (run_dir / "my_rewards.py").write_text("def length_reward(prompts, responses):\n"
                                            "    return [float(len(r)) for r in responses]\n")
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(run_dir))])
+    monkeypatch.delitem(sys.modules, "my_objectives", raising=False)  # another test's my_objectives.py, imported
     try:
         status = run_main(fit_args("rloo.yaml", "--model.reward_model=my_rewards.length_reward",
                                    "--model.sampling.max_new_tokens=4", "--data.batch_size=2", "--data.limit_rows=8",

@@ -8,6 +8,7 @@ the first generate.
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 
@@ -65,7 +66,11 @@ def test_weights_version_changes_with_an_update_and_with_the_adapters():
     assert weights_version(copied.reference.weights) != weights_version(copied.policy)
 
 
-def test_choosing_vllm_imports_nothing_until_the_first_generate():
+def test_choosing_vllm_imports_nothing_until_the_first_generate(tmp_path):
+    # vLLM present as far as the construction's check can see (an installed package it finds without importing);
+    # the stand-in fails if anything imports it
+    (tmp_path / "vllm").mkdir()
+    (tmp_path / "vllm" / "__init__.py").write_text("raise ImportError('vllm imported before the first generate')\n")
     code = ("import sys; from lit_align.policy import PolicyWithReference; "
             "from lit_align.generation import VLLMBackend; from lit_align.rollout import sample; "
             "p = PolicyWithReference(generation='vllm', vllm_options={'gpu_memory_utilization': 0.2}); "
@@ -73,7 +78,8 @@ def test_choosing_vllm_imports_nothing_until_the_first_generate():
             "assert p.generation_backend.options == {'gpu_memory_utilization': 0.2}; "
             "assert PolicyWithReference().generation_backend is sample; "
             "assert 'vllm' not in sys.modules, 'vllm imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
 def test_an_unknown_generation_backend_is_refused():
