@@ -176,7 +176,9 @@ def _argv(command: Command) -> tuple[list[str], str | None]:
         at = words.index(">")
         words, redirect = words[:at], words[at + 1]
     subcommand = words[1] if len(words) > 1 else ""
-    if subcommand in LIMITED and not {"--help", "--print_config"} & set(words) and not any(
+    # a command whose transcript shows it refused runs exactly as shown (the refusal may be the missing limit)
+    refused = any(line.startswith("lit-align: error:") for line in command.transcript)
+    if subcommand in LIMITED and not refused and not {"--help", "--print_config"} & set(words) and not any(
             w.endswith(".help") for w in words):
         words = [*words, "--config", "limits.yaml"]
     return words, redirect
