@@ -238,7 +238,7 @@ def run_with_request(model: nn.Module, request: HeadRequest, input_ids: torch.Te
                      **kwargs) -> torch.Tensor:
     """One forward of ``model`` whose head answers ``request``: the (N, C) columns of ``head_scores``, taken from
     the head itself (what the forward does to its output afterwards is dropped; ``LogitTransform`` applies it)."""
-    from lit_align.policy import run_causal_lm
+    from lit_align.forward import run_causal_lm
 
     head = model.get_output_embeddings()
     parent, name = _owner(model, head)
@@ -264,7 +264,7 @@ def run_with_full_logits(model: nn.Module, request: HeadRequest, input_ids: torc
     """``run_with_request`` through the model's own head and its full (B, kept, V) logits: the path of models
     that are not ``chunkable`` (and of the KL to a sharded reference copy, whose head is sharded outside its
     own forward). ``ref_logits``: the reference's logits of the same forward, for the KL columns."""
-    from lit_align.policy import run_causal_lm
+    from lit_align.forward import run_causal_lm
 
     def keep(module, args):
         request.head_input = args[0]

@@ -27,11 +27,12 @@ from lit_align.chunked_head import (
     run_with_request,
 )
 from lit_align.fast_path import CHUNKED_HEAD, PACKING, FastPathCheck
+from lit_align.forward import position_ids_from_mask, run_causal_lm  # noqa: F401  (also imported from here)
 from lit_align.models import enable_activation_checkpointing, load_causal_lm, load_tokenizer, zero_dropout
 from lit_align.reference import Reference, ReferenceMode, build_reference, reference_class
 from lit_align.rollout import Rollout, SamplingConfig, sample
 from lit_align.seeds import resolve_seed
-from lit_align.shared_prompt import SharedPromptBatch, masks_for
+from lit_align.shared_prompt import SharedPromptBatch
 
 LoraExport = Literal["merged", "adapter"]
 
@@ -313,21 +314,6 @@ class PolicyWithReference(nn.Module):
     def base_model(self) -> nn.Module:
         """The underlying transformers model (the LoRA wrapper removed)."""
         return self.policy.get_base_model() if self.lora_options is not None else self.policy
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that count real tokens only, so a left-padded sequence gets the positions it would have alone."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def run_causal_lm(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
-    # Without explicit position ids, HF models number positions from the first column, padding included:
-    # left-padded prompts (on-policy samples) would then get different log-probs than the same text unpadded.
-    if attention_mask.dim() == 4:  # a packed (B, 1, T, T) mask from lit_align.shared_prompt
-        attention_mask = masks_for(model, attention_mask, kwargs["position_ids"])
-    elif "position_ids" not in kwargs:
-        kwargs["position_ids"] = position_ids_from_mask(attention_mask)
-    return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits
 
 
 def _wrap_lora(model: nn.Module, config: LoraConfig, quantized: bool = False) -> nn.Module:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar, Literal, Protocol
 
 import torch
 from torch import nn
@@ -38,8 +38,12 @@ from torch import nn
 from lit_align.errors import UserError
 from lit_align.identity import short, source_digest
 
-if TYPE_CHECKING:
-    from lit_align.policy import PolicyWithReference
+
+class Host(Protocol):
+    """What a reference reads of the module that holds it (``PolicyWithReference``): the trainable policy."""
+
+    policy: nn.Module
+
 
 ReferenceMode = Literal["copy", "lora", "cache", "none"]
 Need = Literal["data", "samples"]
@@ -76,14 +80,14 @@ class Reference(nn.Module):
             raise ValueError(f"{owner} needs reference log-probs of the data rows, which reference={self.name!r} "
                              "cannot give: set the policy's reference to copy, lora or cache")
 
-    def logits(self, host: PolicyWithReference, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+    def logits(self, host: Host, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                **kwargs) -> torch.Tensor:
         """Reference logits (B, T, V) of any sequence, without gradient (live references only)."""
         self.require("computing reference logits", "samples")
         raise NotImplementedError
 
     @contextmanager
-    def sampling_model(self, host: PolicyWithReference) -> Iterator[nn.Module]:
+    def sampling_model(self, host: Host) -> Iterator[nn.Module]:
         """The module whose ``generate`` samples from pi_0, for the duration of the ``with`` block."""
         self.require("sampling from the reference", "samples")
         raise NotImplementedError
@@ -93,7 +97,7 @@ class Reference(nn.Module):
         """Stored log-probs of the rows of examples ``index`` (K*B,), or None where they are computed live."""
         return None
 
-    def forward_parameters(self, host: PolicyWithReference) -> int:
+    def forward_parameters(self, host: Host) -> int:
         """How many weights one reference forward runs through (0 without one): for FLOP counts."""
         return 0
 
@@ -145,7 +149,7 @@ class FrozenCopy(Reference):
 
     @torch.no_grad()
     def logits(self, host, input_ids, attention_mask, **kwargs) -> torch.Tensor:
-        from lit_align.policy import run_causal_lm
+        from lit_align.forward import run_causal_lm
 
         return run_causal_lm(self.model, input_ids, attention_mask, **kwargs)
 
@@ -171,7 +175,7 @@ class LoraBase(Reference):
 
     @torch.no_grad()
     def logits(self, host, input_ids, attention_mask, **kwargs) -> torch.Tensor:
-        from lit_align.policy import run_causal_lm
+        from lit_align.forward import run_causal_lm
 
         with self.sampling_model(host) as pi_0:
             return run_causal_lm(pi_0, input_ids, attention_mask, **kwargs)

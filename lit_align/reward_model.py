@@ -35,7 +35,7 @@ from lit_align.models import (
     resolve_dtype,
     zero_dropout,
 )
-from lit_align.policy import position_ids_from_mask
+from lit_align.forward import position_ids_from_mask
 from lit_align.reward_inputs import ChatTemplateUse, Prompt, RewardInputs, default_max_length
 
 #: Key of the extra entry a ``RewardModeling`` checkpoint carries to be rebuilt without the training code.

@@ -37,10 +37,11 @@ def test_module_imports(name):
     importlib.import_module(name)
 
 
-def _module_imports(name: str, own: set[str]) -> set[str]:
+def _module_imports(name: str, own: set[str], everywhere: bool = False) -> set[str]:
     """The project modules ``name`` imports when it is loaded (imports inside functions and under
-    ``TYPE_CHECKING`` are not run then), each with the packages above it, whose ``__init__`` runs first; except
-    the packages above ``name`` itself, which are already being initialised when it loads."""
+    ``TYPE_CHECKING`` are not run then; ``everywhere`` counts them too), each with the packages above it, whose
+    ``__init__`` runs first; except the packages above ``name`` itself, which are already being initialised when
+    it loads."""
     module = importlib.import_module(name)
     is_package = hasattr(module, "__path__")
     tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
@@ -58,14 +59,14 @@ def _module_imports(name: str, own: set[str]) -> set[str]:
                     source = node.module
                 found.add(source)
                 found.update(f"{source}.{alias.name}" for alias in node.names)  # `from package import module`
-            elif isinstance(node, ast.If):
+            elif isinstance(node, ast.If) and not everywhere:  # ast.walk reaches every nested node itself
                 if "TYPE_CHECKING" not in ast.unparse(node.test):
                     visit(node.body)
                     visit(node.orelse)
-            elif isinstance(node, ast.Try):
+            elif isinstance(node, ast.Try) and not everywhere:
                 visit(node.body + node.orelse + node.finalbody + [n for h in node.handlers for n in h.body])
 
-    visit(tree.body)
+    visit(list(ast.walk(tree)) if everywhere else tree.body)
     edges = set()
     for imported in found:
         parts = imported.split(".")
@@ -76,11 +77,13 @@ def _module_imports(name: str, own: set[str]) -> set[str]:
     return edges
 
 
-def test_no_import_cycle():
+@pytest.mark.parametrize("everywhere", [False, True], ids=["at-load", "anywhere"])
+def test_no_import_cycle(everywhere):
     """A cycle (a -> ... -> a among top-level imports) fails as soon as a module of it is imported first, whatever
-    the order that happens to work elsewhere; a lazy import inside a function only hides it."""
+    the order that happens to work elsewhere; a lazy import inside a function (or under ``TYPE_CHECKING``) only
+    hides it, so imports anywhere in a file count too (``anywhere``)."""
     own = set(_modules())
-    graph = {name: _module_imports(name, own) for name in own}
+    graph = {name: _module_imports(name, own, everywhere) for name in own}
     state: dict[str, str] = {}
 
     def cycle_from(name: str, path: list[str]) -> list[str] | None:
