@@ -4,7 +4,8 @@
 surrogates). ``pairwise``: TRL's offline pairwise ``loss_type``s (SimPO, ORPO, hinge, robust DPO, BCO, APO, NCA,
 EXO, SPPO, DiscoPOP, AOT, length-normalised and length-desensitised DPO, WPO, RPO). ``group``: RLOO and GRPO
 (and GRPO's variants). ``unpaired``: KTO.
-``rl``: the per-token maths of PPO and reverse KL. Everything is importable from ``lit_align.losses``.
+``rl``: the per-token maths of PPO and reverse KL. ``importance``: the engine/trainer mismatch correction (its
+config validates with ``lit_align.errors.UserError``). Everything is importable from ``lit_align.losses``.
 """
 
 from lit_align.losses.preference import (
@@ -73,9 +74,23 @@ from lit_align.losses.group import (
     rloo_advantages,
     rloo_loss,
 )
+from lit_align.losses.importance import (
+    IMPORTANCE_MODES,
+    ImportanceCorrection,
+    ImportanceMode,
+    ImportanceWeights,
+    importance_weights,
+    token_log_ratio,
+)
 from lit_align.losses.unpaired import UnpairedLoss, kto_loss, kto_reference_point
 
 __all__ = [
+    "IMPORTANCE_MODES",
+    "ImportanceCorrection",
+    "ImportanceMode",
+    "ImportanceWeights",
+    "importance_weights",
+    "token_log_ratio",
     "F_DIVERGENCES",
     "FDivergence",
     "f_divergence_scores",
