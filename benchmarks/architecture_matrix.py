@@ -142,8 +142,8 @@ def left_padded(ids, attention, completion):
 
 def plain_logps(model, ids, attention, completion, temperature=1.0):
     """The model's own forward of the separate rows: full logits, its own mask, positions counting real tokens."""
-    from lit_align.logprobs import completion_token_logprobs, token_entropy
-    from lit_align.policy import position_ids_from_mask
+    from lit_align.models.logprobs import completion_token_logprobs, token_entropy
+    from lit_align.policy.with_reference import position_ids_from_mask
 
     logits = model(input_ids=ids, attention_mask=attention, position_ids=position_ids_from_mask(attention),
                    use_cache=False).logits
@@ -155,9 +155,9 @@ def check(model_type: str) -> Outcome:
     """Build ``model_type`` tiny and score it through the fast paths; see the module docstring."""
     from transformers import AutoModelForCausalLM
 
-    from lit_align.fast_path import FastPathCheck
-    from lit_align.policy import PolicyWithReference
-    from lit_align.shared_prompt import pack_shared_prompt
+    from lit_align.models.fast_path import FastPathCheck
+    from lit_align.policy.with_reference import PolicyWithReference
+    from lit_align.models.packing import pack_shared_prompt
 
     try:
         config = tiny_config(model_type)
@@ -205,7 +205,7 @@ def _host():
     """A ``PolicyWithReference`` without a reference whose ``policy`` is swapped for each architecture."""
     global _HOST
     if _HOST is None:
-        from lit_align.policy import PolicyWithReference
+        from lit_align.policy.with_reference import PolicyWithReference
 
         _HOST = PolicyWithReference(reference="none")
     return _HOST
@@ -277,7 +277,7 @@ attention window where the architecture has one, rows longer than the window). R
 - **not buildable**: the architecture cannot be built tiny from its config, or its forward does not run on text
   alone on CPU; the reason is given.
 
-The whole matrix runs in the extended test step (`tests/test_architecture_matrix.py`), a sample in the default one.
+The whole matrix runs in the extended test step (`tests/models/test_architecture_matrix.py`), a sample in the default one.
 
 """
 

@@ -39,7 +39,7 @@ def build_model(directory: Path, hidden: int, layers: int, vocab: int | None = N
     and LM head (the tokenizer's 474 tokens use the first rows) to measure a modern vocabulary's logits."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from lit_align.models import EMBEDDED_DIR, load_tokenizer
+    from lit_align.models.loading import EMBEDDED_DIR, load_tokenizer
 
     config = AutoConfig.from_pretrained(EMBEDDED_DIR)
     config.update({"hidden_size": hidden, "intermediate_size": int(hidden * 8 / 3 // 16 * 16),
@@ -93,7 +93,7 @@ def run_lit_align(args) -> dict:
 
     from lit_align.data import PreferenceDataModule
     from lit_align.objectives import DPO
-    from lit_align.policy import PolicyWithReference
+    from lit_align.policy.with_reference import PolicyWithReference
 
     rss_start = current_rss_mb()
     reference = "cache" if args.reference == "precomputed" else "copy"

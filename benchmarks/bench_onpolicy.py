@@ -177,8 +177,8 @@ def run_lit_align(args) -> dict:
 
     from lit_align.data import PromptDataModule
     from lit_align.objectives import REBEL, RLHF, PreferenceDistillation
-    from lit_align.policy import PolicyWithReference
-    from lit_align.rollout import SamplingConfig
+    from lit_align.policy.with_reference import PolicyWithReference
+    from lit_align.generation.rollout import SamplingConfig
 
     rss_imports = current_rss_mb()
     clock = BatchClock(args.breakdown)

@@ -8,12 +8,12 @@ Where ``benchmarks/convergence.py`` solves the losses on tables of logits, this 
 with the objectives a user runs (``lit_align.objectives.PMLE``, ``DPO``, ``RewardModeling``,
 ``PreferenceDistillation``, ``ReverseKL``, ``RLHF``) through a ``lightning.Trainer`` on CPU, on pairs of
 ``lit_align.data.OracleDataModule``, and measures the exact forward KL E_x KL(pi* || pi_hat)
-(``lit_align.oracle_lm.exact_sequence_kl``, what ``OracleMonitor`` logs) after each fit.
+(``lit_align.models.oracle.exact_sequence_kl``, what ``OracleMonitor`` logs) after each fit.
 
 Setting ``lm-oracle-8tok`` (every value below is a command-line option of the same name):
 
 - Models: the embedded tiny Llama architecture with its vocabulary cut to ``vocab_size`` = 8 tokens,
-  ``hidden_size`` = 16 and ``num_layers`` = 1 (``lit_align.oracle_lm.save_tiny_lm``): pi_0 = seed 0 with its
+  ``hidden_size`` = 16 and ``num_layers`` = 1 (``lit_align.models.oracle.save_tiny_lm``): pi_0 = seed 0 with its
   output logits scaled by ``reference_logit_scale`` = 8 (the policy's start, peaked enough that DPO's and RLHF's
   optima differ from pi*), pi* = seed 1 scaled by ``target_logit_scale`` = 8 (same architecture: the policy can
   represent it exactly).
@@ -108,7 +108,7 @@ class Setting:
 
     def prepare(self, root: str) -> None:
         """Write pi_0 and pi* as local model directories under ``root`` (once)."""
-        from lit_align.oracle_lm import save_tiny_lm
+        from lit_align.models.oracle import save_tiny_lm
 
         if not self.models:
             size = dict(hidden_size=self.hidden_size, intermediate_size=2 * self.hidden_size, num_attention_heads=2,
@@ -129,7 +129,7 @@ class Setting:
             prompts_only=prompts_only, batch_size=batch_size or n, tokenizer=self.models["reference"])
 
     def policy(self):
-        from lit_align.policy import PolicyWithReference
+        from lit_align.policy.with_reference import PolicyWithReference
 
         return PolicyWithReference(model=self.models["reference"], reference="copy")
 
@@ -168,7 +168,7 @@ def support_logprobs(logits, prompts: torch.Tensor) -> torch.Tensor:
 
 def forward_kl_of(target_logits, logits, prompts: torch.Tensor) -> float:
     """E_x KL(pi* || pi) over the prompts, exact (one-token responses)."""
-    from lit_align.oracle_lm import exact_sequence_kl
+    from lit_align.models.oracle import exact_sequence_kl
 
     return exact_sequence_kl(target_logits, logits, prompts, 1).mean().item()
 
@@ -177,7 +177,7 @@ def run_fit(module, datamodule, setting: Setting, seed: int, root: str, scorer=N
     """Train ``module`` until converged; the forward KL of its policy (or of the LM ``scorer`` implies)."""
     import lightning as L
 
-    from lit_align.oracle_lm import logits_fn
+    from lit_align.models.oracle import logits_fn
 
     task = datamodule.build_task()
     prompts = task.prompts
@@ -253,7 +253,7 @@ def fit_reward(setting: Setting, n: int, trial: int, root: str):
 def fit_onpolicy(name: str, setting: Setting, reward, trial: int, root: str) -> dict:
     """Distillation, reverse KL or RLHF on the task's prompts against ``reward`` (a module scoring (ids, mask))."""
     from lit_align.objectives import RLHF, PreferenceDistillation, ReverseKL
-    from lit_align.rollout import SamplingConfig
+    from lit_align.generation.rollout import SamplingConfig
 
     # one token, EOS allowed (it is one of the 8 responses); the reward model's score is kept for every response
     common = dict(policy=setting.policy(), reward_model=reward, sampling=SamplingConfig(max_new_tokens=1),
@@ -275,7 +275,7 @@ def fit_onpolicy(name: str, setting: Setting, reward, trial: int, root: str) -> 
 @torch.no_grad()
 def reference_levels(setting: Setting, trial: int) -> dict[str, float]:
     """pi_0's forward KL and that of DPO's/RLHF's population optimum pi ∝ pi_0 * pi*^(gamma/beta), exact."""
-    from lit_align.oracle_lm import logits_fn
+    from lit_align.models.oracle import logits_fn
 
     task = setting.data(1, trial).build_task()
     target = support_logprobs(logits_fn(task.target), task.prompts)

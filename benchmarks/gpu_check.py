@@ -90,7 +90,7 @@ def build_neox(directory: Path, config: dict, device: str) -> int:
     import torch
     from transformers import AutoModelForCausalLM, GPTNeoXConfig
 
-    from lit_align.models import load_tokenizer
+    from lit_align.models.loading import load_tokenizer
 
     torch.manual_seed(0)
     with torch.device(device):  # initialising 1.4B weights is seconds on the GPU, a minute on the CPU
@@ -108,9 +108,9 @@ def worker_dpo_mfu(args, sizes: dict) -> dict:
     from bench_dpo import build_data
     from lit_align.callbacks import ThroughputMonitor
     from lit_align.data import PreferenceDataModule
-    from lit_align.fast_path import PACKING
+    from lit_align.models.fast_path import PACKING
     from lit_align.objectives import DPO
-    from lit_align.policy import PolicyWithReference
+    from lit_align.policy.with_reference import PolicyWithReference
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model_dir, data = Path(args.workdir) / "neox", Path(args.workdir) / "pairs.jsonl"

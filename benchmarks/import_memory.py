@@ -19,7 +19,7 @@ import sys
 
 STACKS = {
     "lit": ["torch", "transformers", "transformers.modeling_utils", "datasets", "matplotlib.pyplot", "torchmetrics",
-            "lightning.pytorch", "peft", "jsonargparse", "lit_align.policy", "lit_align.objectives", "lit_align.cli"],
+            "lightning.pytorch", "peft", "jsonargparse", "lit_align.policy.with_reference", "lit_align.objectives", "lit_align.cli"],
     "trl": ["torch", "transformers", "transformers.modeling_utils", "datasets", "accelerate", "trl",
             "trl.trainer.dpo_trainer"],
 }

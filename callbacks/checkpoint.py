@@ -10,23 +10,23 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lit_align.checkpoint_io import AtomicCheckpointIO, shown_path
-from lit_align.fingerprints import datamodule_digest
-from lit_align.manifest import MANIFEST_KEY, build_manifest, check_objective, check_resume
-from lit_align.run_identity import (LOG_RECORD_NAME, RECORD_NAME, check_fresh_fit, read_record, run_record,
+from lit_align.runs.checkpoint_io import AtomicCheckpointIO, shown_path
+from lit_align.runs.fingerprints import datamodule_digest
+from lit_align.runs.manifest import MANIFEST_KEY, build_manifest, check_objective, check_resume
+from lit_align.runs.folder import (LOG_RECORD_NAME, RECORD_NAME, check_fresh_fit, read_record, run_record,
                                   write_record)
-from lit_align.seeds import describe_seeds
+from lit_align.runs.seeds import describe_seeds
 
 
 class AlignCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` that always keeps ``last.ckpt`` in a fixed place and the best by ``val/loss``, and
-    writes the run manifest (``lit_align.manifest``) into every checkpoint.
+    writes the run manifest (``lit_align.runs.manifest``) into every checkpoint.
 
     Checkpoints go to ``<trainer.default_root_dir>/checkpoints`` unless ``dirpath`` is set, so ``--ckpt_path
     last`` finds them again (the logger's versioned folders would change on every run). Without validation
     data there is no best checkpoint to keep and only ``last.ckpt`` is written. A resume (``fit`` with
     ``ckpt_path``) is checked against the checkpoint's manifest before any state is restored; a fresh fit into a
-    folder that holds another run is refused (``lit_align.run_identity``). The run's effective seeds are said once.
+    folder that holds another run is refused (``lit_align.runs.folder``). The run's effective seeds are said once.
 
     Args:
         resume_changes: What a resume does when the checkpoint comes from a different run (another objective,

@@ -7,7 +7,7 @@ import torch
 
 from lit_align.callbacks.probe import PolicyProbe, Totals, scored_rollout
 from lit_align.data.formats import Example
-from lit_align.rollout import SamplingConfig
+from lit_align.generation.rollout import SamplingConfig
 
 
 def distinct_n(responses: list[list[int]], n: int) -> tuple[int, int]:

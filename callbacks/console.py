@@ -17,8 +17,8 @@ from rich.progress import ProgressColumn
 from rich.text import Text
 
 from lit_align.callbacks.export import HFExport
-from lit_align.loggers import logger_location
-from lit_align.policy import PolicyWithReference
+from lit_align.runs.loggers import logger_location
+from lit_align.policy.with_reference import PolicyWithReference
 
 #: Metrics the summary shows when the run logged them (the checkpoint's monitor is added).
 SUMMARY_METRICS = ("train/loss", "val/loss", "val/rewards/accuracies", "val/rewards/margins")

@@ -9,13 +9,13 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_align.errors import UserError
-from lit_align.export import export_policy
+from lit_align.policy.export import export_policy
 
 
 class HFExport(L.Callback):
     """Writes the policy (safetensors + tokenizer) when training ends, from rank 0 only.
 
-    The folder is written beside its target and moved into place once complete (``lit_align.outputs``): a
+    The folder is written beside its target and moved into place once complete (``lit_align.runs.outputs``): a
     previous export stays whole until then, and a run killed mid-export never leaves weights without their
     tokenizer. An objective with its own ``export_hf`` (``RewardModeling``) should write the same way. ``lit-align``
     sends a ``fast_dev_run``'s export to ``<default_root_dir>/debug/hf_model``.

@@ -11,7 +11,7 @@ import torch
 
 from lit_align.callbacks.probe import PolicyProbe, Totals, scored_rollout
 from lit_align.data.formats import Example
-from lit_align.rollout import SamplingConfig
+from lit_align.generation.rollout import SamplingConfig
 
 
 class KLMonitor(PolicyProbe):

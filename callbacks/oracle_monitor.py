@@ -7,8 +7,8 @@ import torch
 
 from lit_align.callbacks.probe import PolicyProbe, Totals
 from lit_align.data.formats import Example
-from lit_align.logprobs import token_kl
-from lit_align.oracle_lm import LogitsFn, exact_sequence_kl, logits_fn, sample_responses
+from lit_align.models.logprobs import token_kl
+from lit_align.models.oracle import LogitsFn, exact_sequence_kl, logits_fn, sample_responses
 
 
 class OracleMonitor(PolicyProbe):

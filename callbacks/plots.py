@@ -1,4 +1,4 @@
-"""Draw the run's curves (``lit_align.plot``) when ``fit`` ends."""
+"""Draw the run's curves (``lit_align.runs.plot``) when ``fit`` ends."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class PlotCurves(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        from lit_align.plot import plot_runs
+        from lit_align.runs.plot import plot_runs
 
         for logger in trainer.loggers:
             if hasattr(logger, "save"):

@@ -24,8 +24,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lit_align.data.collate import CompletionCollator, left_padded_prompts
 from lit_align.data.formats import Example
 from lit_align.errors import UserError
-from lit_align.policy import PolicyWithReference
-from lit_align.rollout import Rollout, SamplingConfig
+from lit_align.policy.with_reference import PolicyWithReference
+from lit_align.generation.rollout import Rollout, SamplingConfig
 
 Totals = dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (sum, count)
 

@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from lit_align.policy import PolicyWithReference
+from lit_align.policy.with_reference import PolicyWithReference
 
 # Dense (no sparsity) bf16/fp16 tensor-core peak FLOP/s per device, from the vendors' data sheets. Matched by
 # substring of torch.cuda.get_device_name(); the first match wins, so specific names come before generic ones.

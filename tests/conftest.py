@@ -34,28 +34,10 @@ def run_dir(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from lit_align.models import load_tokenizer
+    from lit_align.models.loading import load_tokenizer
 
     return load_tokenizer("tiny")
 
 
-def fit_args(config: str, *extra: str, steps: int = 4) -> list[str]:
-    """CLI arguments for a short CPU fit of a shipped config (used with ``lit_align.cli.build_cli``)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return [
-        "fit", "--config", os.path.join(root, "configs", config),
-        f"--trainer.max_steps={steps}", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false", "--trainer.val_check_interval=null",
-        "--trainer.limit_val_batches=2", "--trainer.default_root_dir=runs/test", *extra,
-    ]
 
 
-def run_main(args: list[str]) -> int:
-    """Run the ``lit-align`` console entry point in-process; its exit status (0 when it returns)."""
-    from lit_align.cli import main
-
-    try:
-        main(args)
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else 1
-    return 0

@@ -18,8 +18,8 @@ from lit_align.data.formats import Example, Format, RowEncoder
 from lit_align.data.loader import ResumableDataLoader, ResumableSampler
 from lit_align.data.presets import find_preset, layout_hint, load_source
 from lit_align.data.sources import DataError, describe, holds_one_split
-from lit_align.models import load_tokenizer
-from lit_align.seeds import resolve_seed
+from lit_align.models.loading import load_tokenizer
+from lit_align.runs.seeds import resolve_seed
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class TextDataModule(L.LightningDataModule):
         eval_batch_size: Examples per validation batch (defaults to ``batch_size``).
         num_workers: Data loader worker processes.
         seed: Seed of the shuffling and of the validation hold-out; by default the run's ``seed_everything``
-            (``lit_align.seeds``).
+            (``lit_align.runs.seeds``).
         limit_rows: Use only the first N training rows (quick experiments).
         tokenizer: Tokenizer to use; by default the one of the model being trained.
         pad_to_multiple_of: Round padded lengths up (e.g. 8 for tensor cores).

@@ -44,7 +44,7 @@ from transformers import PreTrainedTokenizerBase
 from lit_align.data.chat import ChatRenderer, ChatTemplateError, RenderedCompletion
 from lit_align.data.columns import Column, ColumnValue, normalise_columns, read_values
 from lit_align.data.sources import DataError
-from lit_align.models import tokenizer_adds_bos
+from lit_align.models.loading import tokenizer_adds_bos
 from lit_align.errors import UserError
 
 Format = Literal["auto", "standard", "conversational", "implicit"]

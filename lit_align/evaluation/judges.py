@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lit_align.reward_inputs import ChatTemplateUse, PolicyTextDecoder, Prompt, reads_policy_ids, reward_inputs_of
+from lit_align.rewards.inputs import ChatTemplateUse, PolicyTextDecoder, Prompt, reads_policy_ids, reward_inputs_of
 
 
 @dataclass
@@ -58,7 +58,7 @@ class RewardModelJudge(Judge):
     sigma(R(x, response) - R(x, reference)) (Bradley-Terry).
 
     The texts are tokenised with the reward model's own tokenizer, as the on-policy objectives do
-    (``lit_align.reward_inputs.RewardInputs``): a plain-text prompt with BOS once, then the response, then EOS, where
+    (``lit_align.rewards.inputs.RewardInputs``): a plain-text prompt with BOS once, then the response, then EOS, where
     a lit-align reward model reads its score (the data encoder appends EOS to every completion the reward model was
     trained on); a prompt given as messages is rendered with the reward model's chat template. Prompts that are
     conversations rendered by the evaluated policy's template become messages again once
@@ -104,7 +104,7 @@ class RewardModelJudge(Judge):
 
     def setup(self, device: torch.device) -> None:
         if self._scorer is None:
-            from lit_align.reward_model import load_reward_model
+            from lit_align.rewards.model import load_reward_model
 
             self._scorer = load_reward_model(str(self.reward_model), self.trust_remote_code, self.dtype)
         self._scorer.to(device).eval()

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from lit_align.errors import UserError
 from lit_align.evaluation.judges import Judge, Verdict
-from lit_align.secrets import key_as_name_message, looks_like_key, mask_url, redact
+from lit_align.runs.secrets import key_as_name_message, looks_like_key, mask_url, redact
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lit_align.callbacks.predictions import gather_rows, prediction_records, write_jsonl
-from lit_align.checkpoint_io import payload_digest, xxhash
+from lit_align.generation.records import gather_rows, prediction_records, write_jsonl
+from lit_align.runs.checkpoint_io import payload_digest, xxhash
 from lit_align.evaluation.judges import Judge
 
 COLUMNS = ("method", "prompts", "samples", "win_rate", "win_prob", "reward", "reference_reward", "kl", "kl_std",
@@ -80,7 +80,7 @@ class EvaluationReport(L.Callback):
             self.judge.setup(pl_module.device)
             self.judge.read_prompts_with(pl_module.tokenizer)  # a reward model of another tokenizer re-renders them
         if self.reference_model is not None:
-            from lit_align.models import load_causal_lm
+            from lit_align.models.loading import load_causal_lm
 
             self._reference = load_causal_lm(self.reference_model, dtype=self.reference_dtype)
             self._reference.requires_grad_(False)

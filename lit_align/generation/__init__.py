@@ -1,4 +1,4 @@
-"""Generation backends of ``PolicyWithReference.generate`` besides Hugging Face ``generate`` (``lit_align.rollout``).
+"""Generation backends of ``PolicyWithReference.generate`` besides Hugging Face ``generate`` (``lit_align.generation.rollout``).
 
 Importing this package never imports an inference engine: ``vllm`` is imported when its engine is first built.
 """

@@ -1,6 +1,6 @@
 """vLLM as the sampling backend of ``PolicyWithReference.generate``: an in-process engine next to the trainer.
 
-``VLLMBackend`` is called exactly like ``lit_align.rollout.sample`` and returns the same ``Rollout`` (left-padded
+``VLLMBackend`` is called exactly like ``lit_align.generation.rollout.sample`` and returns the same ``Rollout`` (left-padded
 prompt, right-padded response cut after the first stop token, ``ended``, ``prompt_index``), so every objective,
 monitor and ``predict`` runs unchanged on either backend. The engine is built on the first call, from the
 policy's own config with dummy weights (nothing is read from disk or the hub), and ``vllm`` is imported only then.
@@ -27,7 +27,7 @@ from torch import nn
 
 from lit_align.errors import UserError
 from lit_align.generation.weights import engine_weights, plain_model, weights_version
-from lit_align.rollout import Rollout, SamplingConfig, _layout
+from lit_align.generation.rollout import Rollout, SamplingConfig, _layout
 
 #: Keys of ``vllm_options`` that are lit-align's own; every other key goes to ``vllm.LLM``.
 OWN_OPTIONS = ("cpu_kv_cache_gib", "sleep", "logprob_gap")

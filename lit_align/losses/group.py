@@ -2,7 +2,7 @@
 group-normalised policy gradient (and its Dr. GRPO, DAPO and BNPO reductions).
 
 Rewards are (N,) with the ``k`` samples of a prompt in consecutive rows (row ``i * k + j`` is sample j of prompt
-i); per-token tensors are (N, T) aligned like ``lit_align.logprobs.completion_token_logprobs`` with a bool response
+i); per-token tensors are (N, T) aligned like ``lit_align.models.logprobs.completion_token_logprobs`` with a bool response
 ``mask``. Functions return per-example (or per-token) values; the objective reduces them.
 """
 

@@ -1,6 +1,6 @@
 """The per-token maths of RLHF with PPO and of reverse KL: KL-penalised rewards, whitening, GAE, clipped losses.
 
-Tensors are (N, T-1), aligned like ``lit_align.logprobs.completion_token_logprobs``, with a response mask.
+Tensors are (N, T-1), aligned like ``lit_align.models.logprobs.completion_token_logprobs``, with a response mask.
 """
 
 from __future__ import annotations

@@ -14,12 +14,12 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from lit_align.frozen import drop_frozen, restore_frozen
-from lit_align.metrics import StageMeans
-from lit_align.policy import PolicyWithReference
-from lit_align.reference import Need, ReferenceMode
-from lit_align.rollout import SamplingConfig
-from lit_align.schedules import Schedule, warmup_then_decay
+from lit_align.policy.frozen import drop_frozen, restore_frozen
+from lit_align.objectives.metrics import StageMeans
+from lit_align.policy.with_reference import PolicyWithReference
+from lit_align.policy.reference import Need, ReferenceMode
+from lit_align.generation.rollout import SamplingConfig
+from lit_align.objectives.schedules import Schedule, warmup_then_decay
 
 Stage = Literal["train", "val", "test"]
 
@@ -66,7 +66,7 @@ class AlignmentModule(L.LightningModule):
 
     #: How the reference is held when no ``policy`` is given; ``none`` for objectives without a reference.
     default_reference: ClassVar[ReferenceMode] = "copy"
-    #: What the objective needs of the reference (``lit_align.reference.Reference.require``): ``data`` (log-probs
+    #: What the objective needs of the reference (``lit_align.policy.reference.Reference.require``): ``data`` (log-probs
     #: of the data rows), ``samples`` (scoring fresh samples) or None (nothing).
     needs_reference: ClassVar[Need | None] = None
     #: Columns of the user's data this objective reads besides prompt and completions, e.g. ``{"label": bool}``
@@ -152,7 +152,7 @@ class AlignmentModule(L.LightningModule):
         self._prediction_num_samples = num_samples
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """Sample responses to the batch's prompts: ``rollout`` (``lit_align.rollout.Rollout``), ``index`` (N,) the
+        """Sample responses to the batch's prompts: ``rollout`` (``lit_align.generation.rollout.Rollout``), ``index`` (N,) the
         data row each sample answers, ``sample`` (N,) its number among that row's samples, ``sampling`` used."""
         sampling = self._prediction_sampling or self.sampling or SamplingConfig()
         num_samples = self._prediction_num_samples
@@ -229,15 +229,15 @@ class AlignmentModule(L.LightningModule):
     # -- sharding: the strategy decides (lit_align/strategies.py); objectives stay device-agnostic -------------
 
     def configure_model(self) -> None:
-        from lit_align.strategies import shard_with_strategy
+        from lit_align.distributed.strategies import shard_with_strategy
 
         self.check_data_fits_model()
         shard_with_strategy(self)
 
     def check_data_fits_model(self) -> None:
         """One line before any forward when the data's token ids cannot be read by the policy (its tokenizer's
-        vocabulary, its embedding table: ``lit_align.models.check_tokens_fit``)."""
-        from lit_align.models import check_tokens_fit
+        vocabulary, its embedding table: ``lit_align.models.loading.check_tokens_fit``)."""
+        from lit_align.models.loading import check_tokens_fit
 
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is None:
@@ -248,7 +248,7 @@ class AlignmentModule(L.LightningModule):
 
     def full_policy_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Consolidated policy weights for export (None when not sharded). A collective: call on every rank."""
-        from lit_align.sharding import full_policy_state_dict
+        from lit_align.distributed.sharding import full_policy_state_dict
 
         return full_policy_state_dict(self.policy)
 

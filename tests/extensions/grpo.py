@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lit_align.logprobs import masked_mean
+from lit_align.models.logprobs import masked_mean
 from lit_align.objectives import OnPolicyObjective
 
 

@@ -1,0 +1,1 @@
+"""Distribution: how a model is sharded (``sharding``) and the Lightning strategies that do it (``strategies``)."""

@@ -1,0 +1,159 @@
+"""Sampling responses from the current policy, laid out for log-prob computation.
+
+``sample`` is the Hugging Face backend of ``PolicyWithReference.generate``, the one way lit-align samples: it
+draws ``num_samples`` responses per prompt with Hugging Face ``generate`` (KV cache, left-padded
+prompts with position ids taken from the attention mask), without gradient, and restores the model's train/eval
+mode afterwards. The result concatenates each left-padded prompt with its right-padded response, so
+``PolicyWithReference`` and ``lit_align.models.logprobs`` score it exactly like an offline pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lit_align.errors import UserError
+
+
+@dataclass
+class SamplingConfig:
+    """How responses are sampled.
+
+    On-policy objectives score every sampled response under the distribution it was drawn from:
+    ``softmax(logits / temperature)`` of the current, the sampling-time and the reference policy alike (the
+    paper's own code divides all three by the temperature). The objective is then the paper's objective for the
+    tempered policy pi_T (its KL is KL(pi_T || pi0_T), its entropy H(pi_T)), which is what generation at that
+    temperature produces after training.
+
+    ``top_p`` and ``top_k`` truncate the vocabulary after the temperature, but the log-probs stay those of the
+    untruncated tempered softmax (the truncation set moves with the weights, so it has no gradient). Under
+    truncation the ratios, KL estimates and entropies are those of pi_T evaluated on samples of the truncated
+    distribution: the samples are slightly off-policy, every estimate is biased by the probability mass cut
+    away, and the tokens outside the kept set are never sampled, so never reinforced nor penalised. Keep
+    ``top_p: 1`` and ``top_k: 0`` (the defaults) for on-policy training; truncation is for generation
+    (``lit-align predict``).
+
+    Args:
+        max_new_tokens: Longest response in tokens. Default 32 (the field's usual short-response cap; PAPER
+            TL;DR: 53, set by the TL;DR configs).
+        min_new_tokens: Shortest response: EOS is suppressed before it, so samples no longer come from the
+            policy itself and on-policy estimates are biased. Default 0 (Hugging Face ``generate``'s default).
+        temperature: Softmax temperature; 0 means greedy decoding (generation only: on-policy training needs a
+            distribution to score and refuses it). Default 1 (Hugging Face ``generate``'s default: the policy
+            itself).
+        top_p: Nucleus sampling threshold (1 disables it, the default; see above).
+        top_k: Keep only the k most likely tokens (0 disables it, the default; see above).
+    """
+
+    max_new_tokens: int = 32
+    min_new_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.min_new_tokens < 0 or self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"need 0 <= min_new_tokens <= max_new_tokens and max_new_tokens >= 1, got {self}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0, got {self}")
+
+    def require_distribution(self, owner: str, setting: str = "sampling") -> None:
+        """Refuse greedy decoding where responses are scored as samples of a distribution (training, monitors)."""
+        if self.temperature == 0:
+            raise UserError(f"{owner}: {setting}.temperature=0 is greedy decoding, which has no log-probs to train on "
+                            f"or measure; set {setting}.temperature > 0 (1.0 samples the policy itself)")
+
+
+@dataclass
+class Rollout:
+    """Sampled responses. Row ``i * num_samples + j`` is sample j of prompt i.
+
+    Attributes:
+        input_ids: (N, P + L) left-padded prompt followed by the right-padded response.
+        attention_mask: (N, P + L) real tokens of prompt and response (through the first EOS).
+        completion_mask: (N, P + L) response tokens through the first EOS.
+        prompt_length: P, the padded prompt width: ``input_ids[:, P:]`` are the responses.
+        ended: (N,) whether the response ended with EOS within ``max_new_tokens``.
+        prompt_index: (N,) which prompt of the batch each row answers.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    completion_mask: torch.Tensor
+    prompt_length: int
+    ended: torch.Tensor
+    prompt_index: torch.Tensor
+
+    @property
+    def response_ids(self) -> torch.Tensor:
+        return self.input_ids[:, self.prompt_length :]
+
+    @property
+    def response_mask(self) -> torch.Tensor:
+        return self.completion_mask[:, self.prompt_length :]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(-1)
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    config: SamplingConfig,
+    eos_token_id: int | list[int],
+    pad_token_id: int,
+    num_samples: int = 1,
+    synced_gpus: bool = False,
+) -> Rollout:
+    """Sample ``num_samples`` responses for each left-padded prompt in (B, P) ``prompt_ids``.
+
+    ``model`` is a transformers causal LM (or a peft wrapper): the policy's current weights. ``eos_token_id`` is
+    the token, or the tokens, that end a response (``PolicyWithReference.stop_token_ids``: EOS and the chat
+    template's end of turn). ``synced_gpus`` keeps every rank generating until all are done, which sharded (FSDP)
+    models need.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
+        prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
+        greedy = config.temperature == 0
+        output = model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            do_sample=not greedy,
+            temperature=None if greedy else config.temperature,
+            top_p=None if greedy else config.top_p,
+            top_k=None if greedy or config.top_k == 0 else config.top_k,
+            max_new_tokens=config.max_new_tokens,
+            min_new_tokens=config.min_new_tokens,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            use_cache=True,
+            synced_gpus=synced_gpus,
+        )
+        return _layout(output, prompt_mask, eos_token_id, pad_token_id, num_samples)
+    finally:
+        model.train(was_training)
+
+
+def _layout(output: torch.Tensor, prompt_mask: torch.Tensor, eos: int | list[int], pad: int,
+            num_samples: int) -> Rollout:
+    width = prompt_mask.shape[1]
+    response = output[:, width:]  # (N, L)
+    is_eos = torch.isin(response, torch.as_tensor(eos, device=response.device))
+    ended = is_eos.any(-1)
+    # Everything after the first stop token is padding; the stop token itself belongs to the response.
+    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+    response_mask = (~after_eos).long()
+    response = response.masked_fill(after_eos, pad)
+    input_ids = torch.cat([output[:, :width], response], dim=1)
+    attention_mask = torch.cat([prompt_mask.long(), response_mask], dim=1)
+    completion_mask = torch.cat([torch.zeros_like(prompt_mask, dtype=torch.long), response_mask], dim=1)
+    prompt_index = torch.arange(output.shape[0], device=output.device) // num_samples
+    return Rollout(input_ids, attention_mask, completion_mask, width, ended, prompt_index)

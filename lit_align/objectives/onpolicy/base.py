@@ -1,0 +1,405 @@
+"""The base of every on-policy objective: sample, score, then optimise several times on that batch.
+
+One ``training_step`` (one batch of prompts) runs, with manual optimisation:
+
+1. ``make_experience(batch)`` under ``no_grad``: responses from ``sample_responses`` (by default
+   ``num_samples`` per prompt from the policy's *current* weights), scores from the frozen reward model,
+   per-token log-probs of the sampling policy (``old_logps``) and of the reference (``ref_logps``).
+2. ``epochs_per_batch`` passes over that experience, each cut into ``mini_batches`` shuffled splits of whole
+   prompts (all samples of a prompt stay together, so pairwise losses see both responses); for each split
+   ``experience_loss(mb)`` -> backward -> gradient clipping to ``max_grad_norm`` -> optimizer step.
+3. The learning-rate schedule steps once.
+
+With one mini-batch (``mini_batches: 1``) the first update scores exactly the rows and the weights of the
+sampling-time pass, so that pass runs with gradient and is kept as the first update's forward
+(``HeldForward``): its detached values are ``old_logps`` (and RLHF's values), and one policy forward per batch
+is saved (TRL's RLOO/GRPO run both). The ratio of the first update is then exactly 1, as in theory.
+
+Hooks a subclass uses:
+
+- ``experience_loss(mb) -> (scalar loss, {name: per-row or scalar diagnostics})`` (required). ``mb`` is the
+  experience dict restricted to the rows of one mini-batch; ``self.policy_token_logps(mb)`` gives the current
+  policy's per-token log-probs with gradient.
+- ``make_experience(batch)`` (extend by calling ``super()``, e.g. to add values and advantages): every value of
+  the returned dict must be a per-row tensor (first dimension N, one row per response) so it can be sliced.
+- ``experience_metrics(exp)``: per-row diagnostics of a fresh batch (``objective/*``, ``completions/*``).
+- ``sample_responses(batch)``: where responses come from (the current policy by default).
+
+Keys of the experience (N rows, T columns, row ``i * k + j`` is sample j of prompt i):
+``input_ids``, ``attention_mask``, ``completion_mask`` (N, T); ``response_mask`` (N, T-1) bool and ``old_logps``,
+``ref_logps`` (N, T-1) aligned like ``lit_align.models.logprobs.completion_token_logprobs`` (zero off the response);
+``scores`` (N,) after the missing-EOS penalty; ``ended`` (N,) bool; ``prompt_index`` (N,).
+
+``trainer.max_steps`` counts optimizer updates, as everywhere in Lightning: one batch of prompts makes
+``epochs_per_batch * mini_batches`` of them (a batch always completes, so the count is rounded up to whole
+batches). The reward model is frozen, in eval mode, never handed to the optimizer, placed on the policy's
+device by Lightning and left out of checkpoints, like the reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+
+from lit_align.policy.frozen import drop_frozen, restore_frozen
+from lit_align.objectives.base import AlignmentModule, Stage
+from lit_align.objectives.onpolicy.reward_stage import RewardStage
+from lit_align.rewards.functions import RewardFunction, RewardFunctions, reward_functions_of
+from lit_align.rewards.inputs import RetokenizedReward, reads_policy_ids
+from lit_align.rewards.model import load_reward_model
+from lit_align.generation.rollout import SamplingConfig
+
+Experience = dict[str, torch.Tensor]
+
+# A checkpoint is written between training steps, after all updates of a batch: the state to resume from.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+# A reward model given as a module is dropped from the hyperparameters right after they are collected.
+warnings.filterwarnings("ignore", message="Attribute 'reward_model' is an instance of `nn.Module`")
+
+
+class OnPolicyObjective(AlignmentModule):
+    """Shared machinery of the objectives that learn from responses sampled during training.
+
+    Batches come from ``PromptDataModule``: left-padded ``prompt_ids``/``prompt_mask``, plus completions when
+    the data has them.
+
+    Args:
+        reward_model: The reward model: a local Hugging Face directory or hub id of a sequence-classification
+            model, a lit-align ``RewardModeling`` checkpoint (``.ckpt``), or any module with
+            ``forward(input_ids, attention_mask) -> (B,)`` rewards. Its tokenizer and chat template may differ
+            from the policy's: responses are then re-encoded for it (``attach_reward_model``); name it as a
+            ``lit_align.rewards.model.PretrainedRewardModel`` to set its input length and template use. Or reward
+            functions of the decoded text, ``fn(prompts, responses) -> list[float]``, named by import path
+            (``my_module.my_reward``), as a list (summed), or as ``lit_align.rewards.functions.RewardFunction``
+            entries with weights (``lit_align/reward_functions.py``). When omitted, ``reward_stage`` trains one on
+            the preference pairs of the training data at the start of ``fit``.
+        sampling: How responses are sampled (max/min new tokens, temperature > 0, top-p, top-k); every log-prob
+            of training is taken at this temperature. PAPER TL;DR: temperature 0.7, 53 new tokens (TRL's GRPO and
+            RLOO defaults differ: temperature 1.0, 512 new tokens; its online DPO's 0.9 and 64).
+        num_samples: Responses sampled per prompt. PAPER: 2 (REBEL and preference distillation compare two).
+        epochs_per_batch: Optimisation passes over each sampled batch. PAPER TL;DR: 4 (REBEL, distillation,
+            PPO).
+        mini_batches: Optimizer updates per pass (the batch is split into this many groups of prompts). TRL
+            default: 1.
+        missing_eos_penalty: Score given to a response that did not end with EOS within ``max_new_tokens``
+            (replaces the reward model's score); ``None`` keeps the reward model's score. TRL default: None
+            (RLHF, ReverseKL and REBEL set the PAPER's -1).
+        reward_stage: How the reward model is trained when ``reward_model`` is not given.
+    """
+
+    #: The KL shaping and monitors score fresh samples under pi_0; a reference-free objective sets None.
+    needs_reference = "samples"
+    #: With one mini-batch, keep the sampling-time forward (with its graph) as the first update's (module doc).
+    hold_first_forward: bool = True
+
+    def __init__(
+        self,
+        reward_model: str | nn.Module | list[str | RewardFunction] | None = None,
+        sampling: SamplingConfig = SamplingConfig(max_new_tokens=53, temperature=0.7),
+        num_samples: int = 2,
+        epochs_per_batch: int = 4,
+        mini_batches: int = 1,
+        missing_eos_penalty: float | None = None,
+        reward_stage: RewardStage = RewardStage(),
+        **kwargs: Any,
+    ) -> None:
+        if num_samples < 1 or epochs_per_batch < 1 or mini_batches < 1:
+            raise ValueError("num_samples, epochs_per_batch and mini_batches must be at least 1, got "
+                             f"{num_samples}, {epochs_per_batch}, {mini_batches}")
+        if missing_eos_penalty is not None and sampling.min_new_tokens >= sampling.max_new_tokens:
+            raise ValueError(
+                f"sampling.min_new_tokens={sampling.min_new_tokens} >= max_new_tokens={sampling.max_new_tokens} "
+                "leaves no room to sample a stop token, so missing_eos_penalty would replace every reward: set "
+                "missing_eos_penalty: null for fixed-length responses (the oracle task), or allow shorter ones")
+        super().__init__(**kwargs)
+        if isinstance(reward_model, nn.Module) or isinstance(reward_model, (list, tuple)) and not all(
+                isinstance(r, str) for r in reward_model):
+            self.hparams.pop("reward_model", None)  # weights never go into the hyperparameters
+        self.automatic_optimization = False
+        self.sampling = sampling
+        self.num_samples = num_samples
+        self.epochs_per_batch = epochs_per_batch
+        self.mini_batches = mini_batches
+        self.missing_eos_penalty = missing_eos_penalty
+        self._warned_no_stop = False
+        self._held = HeldForward()
+        self.reward_stage = reward_stage
+        self.reward_model: nn.Module | None = None
+        functions = reward_functions_of(reward_model)
+        reward_model = functions if functions is not None else reward_model
+        if isinstance(reward_model, str):
+            reward_model = load_reward_model(reward_model)
+        if reward_model is not None:
+            self.attach_reward_model(reward_model)
+
+    # -- the reward model --------------------------------------------------------------------------------------
+
+    def attach_reward_model(self, reward_model: nn.Module) -> None:
+        """Register ``reward_model`` frozen and in eval mode (a submodule, so it follows the policy's device).
+
+        A reward model whose ``tokenizer`` differs from the policy's (vocabulary, chat template, BOS or EOS) gets
+        each response decoded and re-encoded with its own tokenizer and template (``lit_align.rewards.inputs``);
+        one with the policy's tokenizer, or without a ``tokenizer``, reads the policy's token ids as they are.
+        """
+        reward_model.requires_grad_(False)
+        reward_model.eval()
+        self.reward_model = reward_model
+        if isinstance(reward_model, RewardFunctions):
+            reward_model.bind(self.tokenizer)  # they read the text of the policy's own ids
+        same_ids = reads_policy_ids(getattr(reward_model, "tokenizer", None), self.tokenizer)
+        self._retokenized_reward = None if same_ids else RetokenizedReward(reward_model, self.tokenizer)
+
+    def setup(self, stage: str) -> None:
+        if self.reward_model is None and stage != "predict":  # generating needs no reward model
+            self.attach_reward_model(self.reward_stage.provide(self, self.trainer, train=stage == "fit"))
+
+    def train(self, mode: bool = True) -> OnPolicyObjective:
+        super().train(mode)
+        if self.reward_model is not None:
+            self.reward_model.eval()  # frozen: its dropout and norms never switch to training behaviour
+        return self
+
+    @torch.no_grad()
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              completion_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Reward of every row (N,) in float32. A reward model with another tokenizer reads the decoded prompt and
+        response (``completion_mask`` marks the response) re-encoded with its own tokenizer; reward functions read
+        them as text."""
+        text = isinstance(self.reward_model, RewardFunctions)
+        if text:  # what TRL-style reward functions read as trainer_state
+            self.reward_model.trainer_state = SimpleNamespace(
+                global_step=self.global_step, epoch=self.current_epoch,
+                max_steps=self.trainer.max_steps if self._trainer is not None else -1)
+        if self._retokenized_reward is None and not text:
+            return self.reward_model(input_ids, attention_mask).float().reshape(-1)
+        if completion_mask is None:
+            raise ValueError("the reward model has another tokenizer than the policy, or is a reward function: "
+                             "score() needs the completion_mask that tells the response from the prompt")
+        scorer = self.reward_model if text else self._retokenized_reward
+        return scorer(input_ids, attention_mask, completion_mask).float().reshape(-1)
+
+    # -- experience --------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample_responses(self, batch: dict[str, torch.Tensor]) -> Experience:
+        """``num_samples`` responses per prompt from the current policy weights."""
+        return self.generate(batch)
+
+    def generate(self, batch: dict[str, torch.Tensor], from_reference: bool = False) -> Experience:
+        """``num_samples`` responses to the batch's prompts from the policy (or pi_0), as the experience's
+        ``input_ids``/masks/``ended``/``prompt_index``."""
+        rollout = self.policy.generate(batch["prompt_ids"], batch["prompt_mask"], self.sampling, self.num_samples,
+                                       from_reference=from_reference)
+        return {
+            "input_ids": rollout.input_ids,
+            "attention_mask": rollout.attention_mask,
+            "completion_mask": rollout.completion_mask,
+            "ended": rollout.ended,
+            "prompt_index": rollout.prompt_index,
+        }
+
+    @torch.no_grad()
+    def make_experience(self, batch: dict[str, torch.Tensor]) -> Experience:
+        """Responses, their scores, and per-token sampling-policy and reference log-probs (see module doc)."""
+        exp = self.sample_responses(batch)
+        scores = self.score(exp["input_ids"], exp["attention_mask"], exp["completion_mask"])
+        if self.missing_eos_penalty is not None:
+            scores = torch.where(exp["ended"], scores, torch.full_like(scores, self.missing_eos_penalty))
+            if not exp["ended"].any() and not self._warned_no_stop:
+                self._warned_no_stop = True
+                rank_zero_warn(
+                    f"{type(self).__name__}: none of the {exp['ended'].numel()} responses of a batch stopped within "
+                    f"sampling.max_new_tokens={self.sampling.max_new_tokens}, so missing_eos_penalty="
+                    f"{self.missing_eos_penalty} replaced every reward and the batch carries nothing of the reward "
+                    "model: raise max_new_tokens, or set missing_eos_penalty: null")
+        exp["scores"] = scores
+        if self.policy.reference.live:  # a reference-free objective without one gets no ref_logps
+            # pi_0's no-grad forward before the policy's, which may be kept with its graph (HeldForward)
+            exp["ref_logps"], _ = self.chunked_token_logps(exp, reference=True)
+        exp.update(self.policy_experience(exp))
+        return exp
+
+    def policy_experience(self, exp: Experience) -> Experience:
+        """What one pass of the sampling-time policy gives of every row: ``old_logps`` and ``response_mask``
+        (RLHF adds its values from the same forward). Kept as the first update's forward when it can be."""
+        if self._held.armed:
+            with torch.enable_grad():  # make_experience runs under no_grad
+                token_logps = self._held.keep(self.policy_token_logps(exp))
+            return {"old_logps": token_logps.detach(), "response_mask": exp["completion_mask"][:, 1:].bool()}
+        old_logps, response_mask = self.chunked_token_logps(exp)
+        return {"old_logps": old_logps, "response_mask": response_mask}
+
+    def experience_chunks(self, exp: Experience):
+        """(input_ids, attention_mask, completion_mask) of the rows in mini-batch sized chunks: no-grad forwards
+        over them keep the activations as small as in training."""
+        size = math.ceil(exp["input_ids"].shape[0] / self.mini_batches)
+        return zip(*(exp[k].split(size) for k in ("input_ids", "attention_mask", "completion_mask")))
+
+    @torch.no_grad()
+    def chunked_token_logps(self, exp: Experience, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probs (N, T-1) and the response mask of every row under the policy (or, with
+        ``reference``, pi_0), chunk by chunk. Scored at the sampling temperature: the distribution the responses
+        were drawn from (rollout.py)."""
+        parts = [self.policy.completion_logps(ids, mask, comp, self.sampling.temperature, reference=reference)
+                 for ids, mask, comp in self.experience_chunks(exp)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def experience_metrics(self, exp: Experience) -> dict[str, torch.Tensor]:
+        """Per-row diagnostics of freshly sampled responses (logged as means)."""
+        old = exp["old_logps"].sum(-1)  # (N,) ln pi_t(a|x) at the sampling temperature
+        metrics = {
+            "objective/entropy": -old,  # Monte Carlo estimate of H(pi_T(x)): -ln pi_T(a|x) of a sampled a
+            "objective/scores": exp["scores"],
+            "completions/mean_length": exp["response_mask"].sum(-1).float(),
+            "completions/clipped_ratio": (~exp["ended"]).float(),
+        }
+        if "ref_logps" in exp:
+            metrics["objective/kl"] = old - exp["ref_logps"].sum(-1)  # estimates KL(pi_T || pi0_T), both tempered
+        if isinstance(self.reward_model, RewardFunctions):
+            metrics.update(self.reward_model.metrics())  # TRL's rewards/<name>/mean and /std, per function
+        return metrics
+
+    def policy_token_logps(self, mb: Experience) -> torch.Tensor:
+        """Current policy's per-token log-probs (n, T-1) of the rows of ``mb``, with gradient, zero off the mask."""
+        held = self._held.take(mb["input_ids"].shape[0])
+        if held is not None:
+            return held
+        token_logps, _ = self.policy.completion_logps(mb["input_ids"], mb["attention_mask"], mb["completion_mask"],
+                                                      temperature=self.sampling.temperature)
+        return token_logps
+
+    def experience_loss(self, mb: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The scalar loss of one mini-batch of experience and its diagnostics."""
+        raise NotImplementedError
+
+    # -- optimisation ------------------------------------------------------------------------------------------
+
+    def mini_batch_rows(self, exp: Experience) -> list[torch.Tensor]:
+        """A random split of the rows into ``mini_batches`` parts made of whole prompts."""
+        prompts = exp["prompt_index"]
+        num_prompts = int(prompts.max()) + 1
+        per_prompt = prompts.numel() // num_prompts  # rows are laid out prompt-major
+        order = torch.randperm(num_prompts, device=prompts.device)
+        rows = (order[:, None] * per_prompt + torch.arange(per_prompt, device=prompts.device)).reshape(-1)
+        return [part for part in rows.tensor_split(self.mini_batches) if part.numel()]
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        optimizer = self.optimizers()
+        with self._held.arm(self.mini_batches == 1 and self.hold_first_forward):
+            exp = self.make_experience(batch)
+        self.record("train", self.experience_metrics(exp))
+        loss = None
+        for _ in range(self.epochs_per_batch):
+            for rows in self.mini_batch_rows(exp):
+                with self._held.for_rows(rows):
+                    loss, metrics = self.experience_loss({k: v[rows] for k, v in exp.items()})
+                self.manual_backward(loss)
+                self.clip_and_log_gradients(optimizer, self.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                self.record("train", {"loss": loss.detach(), **metrics})
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        return loss.detach()
+
+    def scheduler_steps(self) -> int:
+        # The schedule steps once per batch of prompts; max_steps counts the optimizer updates within them.
+        trainer = self.trainer
+        updates = self.epochs_per_batch * self.mini_batches
+        batches = math.inf
+        if trainer.max_epochs not in (None, -1):
+            trainer.fit_loop.setup_data()
+            batches = trainer.num_training_batches * max(trainer.max_epochs, 1)
+        if trainer.max_steps not in (None, -1):
+            batches = min(batches, math.ceil(trainer.max_steps / updates))
+        if math.isinf(batches):
+            raise ValueError("set trainer.max_steps or trainer.max_epochs so that the learning-rate decay has an end")
+        return int(batches)
+
+    def compute_loss(self, batch: dict[str, torch.Tensor], stage: Stage):
+        # Validation and test: the objective on fresh samples of held-out prompts, without an update.
+        exp = self.make_experience(batch)
+        loss, metrics = self.experience_loss(exp)
+        return loss, {**self.experience_metrics(exp), **metrics}
+
+    # -- checkpoints: the frozen reward model is rebuilt from its source, never stored -------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        drop_frozen(checkpoint.get("state_dict"), "reward_model.")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        restore_frozen(checkpoint.get("state_dict"), self.reward_model, "reward_model.")
+
+
+class HeldForward:
+    """The sampling-time policy forward of a batch, kept with its graph for the first update to use.
+
+    ``arm(on)`` around ``make_experience``: while armed, ``policy_experience`` runs its forward of every row with
+    gradient and hands it to ``keep``. ``for_rows(rows)`` around the first update, whose forward asks
+    ``take(num_rows)`` first: the kept output at ``rows``, once (later forwards are computed as usual). Whatever
+    was not taken is dropped when the update ends, with its graph.
+    """
+
+    def __init__(self) -> None:
+        self.armed = False
+        self._output: Any = None
+        self._rows: torch.Tensor | None = None
+
+    @contextmanager
+    def arm(self, on: bool):
+        self.armed, self._output = on, None
+        try:
+            yield
+        finally:
+            self.armed = False
+
+    def keep(self, output: Any) -> Any:
+        self._output = output
+        return output
+
+    @contextmanager
+    def for_rows(self, rows: torch.Tensor):
+        self._rows = rows
+        try:
+            yield
+        finally:
+            self._output = self._rows = None  # a later update recomputes its forward
+
+    def take(self, num_rows: int) -> Any:
+        if self._output is None or self._rows is None or self._rows.numel() != num_rows:
+            return None
+        output, self._output = self._output, None
+        return select_rows(output, self._rows)
+
+
+def select_rows(value: Any, rows: torch.Tensor) -> Any:
+    """``value`` (a tensor, a tuple of them or a dataclass of them, first dimension the rows) at ``rows``."""
+    if isinstance(value, torch.Tensor):
+        return value[rows]
+    if isinstance(value, tuple):
+        return type(value)(select_rows(v, rows) for v in value)
+    if dataclasses.is_dataclass(value):
+        return dataclasses.replace(value, **{f.name: select_rows(getattr(value, f.name), rows)
+                                             for f in dataclasses.fields(value) if getattr(value, f.name) is not None})
+    raise TypeError(f"cannot select rows of a {type(value).__name__}")
+
+
+def detached(value: Any) -> Any:
+    """``value`` (as ``select_rows`` takes it) without its graph."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, tuple):
+        return type(value)(detached(v) for v in value)
+    return dataclasses.replace(value, **{f.name: getattr(value, f.name).detach()
+                                         for f in dataclasses.fields(value) if getattr(value, f.name) is not None})

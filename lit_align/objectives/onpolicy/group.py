@@ -1,0 +1,47 @@
+"""The shared base of RLOO and GRPO: ``num_samples`` responses per prompt whose rewards are compared within their
+group, and a reference that is loaded only when a KL weight asks for it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lit_align.objectives.onpolicy.base import Experience, OnPolicyObjective
+from lit_align.policy.with_reference import PolicyWithReference
+
+
+class GroupObjective(OnPolicyObjective):
+    """A group of ``num_samples >= 2`` responses per prompt (rows ``i * k .. i * k + k - 1``); a subclass adds its
+    advantages to the experience and implements ``experience_loss``.
+
+    The reference follows the KL weight (``kl_weight`` given by the subclass): with a weight of 0 the objective
+    is reference-free (no pi_0 is loaded when no ``policy`` is given) and with a positive weight it needs a live
+    one (``copy`` or ``lora``), which it asks of the policy itself.
+    """
+
+    default_reference = "none"
+    needs_reference = None  # asked for in __init__ when the KL weight is positive
+
+    def __init__(self, kl_weight: float, **kwargs: Any) -> None:
+        if kl_weight < 0:
+            raise ValueError(f"the KL weight must be non-negative, got {kl_weight}")
+        if kwargs.setdefault("num_samples", 4) < 2:
+            raise ValueError(f"{type(self).__name__} compares the responses to a prompt: num_samples must be >= 2")
+        if kwargs.get("policy") is None:
+            kwargs["policy"] = PolicyWithReference(reference="copy" if kl_weight > 0 else "none")
+        super().__init__(**kwargs)
+        self.sampling.require_distribution(type(self).__name__)  # ratios of greedy samples are undefined
+        if kl_weight > 0:
+            self.policy.reference.require(f"{type(self).__name__} with a KL weight above 0", "samples")
+
+    def groups(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-row values (N, ...) as (prompts, k, ...)."""
+        return values.reshape(-1, self.num_samples, *values.shape[1:])
+
+    def experience_metrics(self, exp: Experience) -> dict[str, torch.Tensor]:
+        metrics = super().experience_metrics(exp)
+        std = self.groups(exp["scores"]).std(-1)  # (prompts,)
+        metrics["reward_std"] = std
+        metrics["frac_reward_zero_std"] = (std < 1e-6).float()  # groups that carry no signal
+        return metrics

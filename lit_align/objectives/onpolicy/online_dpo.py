@@ -1,0 +1,97 @@
+"""Online DPO (Guo et al. 2024, "Direct language model alignment from online AI feedback"): the DPO loss on pairs
+sampled from the current policy, the preference given by a reward model or a judge."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+from lit_align.generation.records import prompt_text
+from lit_align.evaluation.judges import Judge
+from lit_align.losses import dpo_loss, ipo_loss
+from lit_align.objectives.metrics import preference_metrics
+from lit_align.objectives.onpolicy.base import Experience
+from lit_align.objectives.onpolicy.sampled_pairs import SampledPairObjective, first_second
+
+
+class OnlineDPO(SampledPairObjective):
+    """DPO (``dpo_loss``) on two responses per prompt sampled at every batch: the one with the higher score is
+    chosen (the first on a tie). The score is the reward model's, or, with a ``judge``, the judge's probability
+    that this response beats the other one (``Judge.compare_batch(prompts, first, second)``), in which case no
+    reward model is loaded or trained. Reference log-probs are the live pi_0's (``copy`` or ``lora``), every
+    log-prob at ``sampling.temperature`` (the distribution the pair is drawn from).
+
+    Logged besides the on-policy metrics: ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``,
+    ``rewards/accuracies`` (``beta * (ln pi - ln pi0)``), ``logps/chosen``, ``logps/rejected`` and
+    ``objective/scores_margin`` (chosen score minus rejected score).
+
+    Args:
+        beta: Strength of the implicit KL regularisation towards the reference (IPO's tau with ``loss_type:
+            ipo``). TRL's ``OnlineDPOConfig`` default: 0.1.
+        loss_type: ``sigmoid`` (DPO, TRL's default) or ``ipo``: ``(h - 1/(2 beta))^2`` on the summed log-ratio
+            margin ``h`` (TRL's online IPO; ``ipo_loss``).
+        judge: Decides which response of each pair is preferred, instead of the reward model, e.g. a
+            ``lit_align.evaluation.judges.RewardModelJudge`` or your own ``Judge`` subclass.
+        epochs_per_batch: Optimisation passes over each sampled batch. TRL: 1 (one update per generation).
+    """
+
+    def __init__(self, beta: float = 0.1, loss_type: Literal["sigmoid", "ipo"] = "sigmoid", judge: Judge | None = None,
+                 epochs_per_batch: int = 1, **kwargs: Any) -> None:
+        if beta <= 0:
+            raise ValueError(f"beta must be positive, got {beta}")
+        if loss_type not in ("sigmoid", "ipo"):
+            raise ValueError(f"loss_type must be sigmoid or ipo, got {loss_type!r}")
+        super().__init__(epochs_per_batch=epochs_per_batch, **kwargs)
+        self.hparams.pop("judge", None)  # a judge may hold a model: rebuilt from the config, never pickled
+        self.beta = beta
+        self.loss_type = loss_type
+        self.judge = judge
+        self._judge_ready = False
+
+    # -- the preference: a reward model's scores, or a judge's verdicts ----------------------------------------
+
+    def setup(self, stage: str) -> None:
+        if self.judge is None:
+            super().setup(stage)  # the reward model (trained by the reward stage when none is given)
+
+    @torch.no_grad()
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              completion_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """With a judge: P(a1 beats a2) for the a1 row of each pair and its complement for the a2 row (N,)."""
+        if self.judge is None:
+            return super().score(input_ids, attention_mask, completion_mask)
+        if not self._judge_ready:
+            self.judge.setup(input_ids.device)
+            self.judge.read_prompts_with(self.tokenizer)
+            self._judge_ready = True
+        ids = input_ids.cpu()
+        response = completion_mask.cpu().bool()
+        prompt = attention_mask.cpu().bool() & ~response
+        prompts = [prompt_text(ids[i][prompt[i]].tolist(), self.tokenizer) for i in range(0, ids.shape[0], 2)]
+        responses = [self.tokenizer.decode(ids[i][response[i]].tolist(), skip_special_tokens=True)
+                     for i in range(ids.shape[0])]
+        verdicts = self.judge.compare_batch(prompts, responses[0::2], responses[1::2])
+        first_wins = torch.tensor([v.win for v in verdicts], dtype=torch.float32)
+        return torch.stack([first_wins, 1 - first_wins], 1).reshape(-1).to(input_ids.device)
+
+    # -- the loss ----------------------------------------------------------------------------------------------
+
+    def pair_loss(self, mb: Experience, logps: torch.Tensor):
+        score1, score2 = first_second(mb["scores"])
+        first = score1 >= score2  # (n/2,) whether a1 is the chosen response
+
+        def chosen_rejected(values):
+            v1, v2 = first_second(values)
+            return torch.where(first, v1, v2), torch.where(first, v2, v1)
+
+        chosen, rejected = chosen_rejected(logps)
+        ref_chosen, ref_rejected = chosen_rejected(mb["ref_logps"].sum(-1))
+        loss = dpo_loss if self.loss_type == "sigmoid" else ipo_loss
+        out = loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
+        return out.losses, {
+            **preference_metrics(out),
+            "logps/chosen": chosen.detach(),
+            "logps/rejected": rejected.detach(),
+            "objective/scores_margin": (score1 - score2).abs(),
+        }
