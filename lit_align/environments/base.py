@@ -63,15 +63,23 @@ class ToolCall:
 
 @dataclass(frozen=True)
 class ParsedToolCalls:
-    """The calls found in an assistant message and the errors of the malformed ones (each one line of text)."""
+    """What an assistant message asked for, in its order: a ``ToolCall`` per well-formed call, an error message (one
+    line of text for the model) per malformed one."""
 
-    calls: tuple[ToolCall, ...] = ()
-    errors: tuple[str, ...] = ()
+    items: tuple[ToolCall | str, ...] = ()
+
+    @property
+    def calls(self) -> tuple[ToolCall, ...]:
+        return tuple(item for item in self.items if isinstance(item, ToolCall))
+
+    @property
+    def errors(self) -> tuple[str, ...]:
+        return tuple(item for item in self.items if isinstance(item, str))
 
     @property
     def attempted(self) -> bool:
         """Whether the message tried to call a tool at all (well-formed or not)."""
-        return bool(self.calls or self.errors)
+        return bool(self.items)
 
 
 def _parse_call(payload: str) -> ToolCall | str:
@@ -108,11 +116,8 @@ def parse_tool_calls(text: str) -> ParsedToolCalls:
         if not (stripped.startswith("{") and '"name"' in stripped):
             return ParsedToolCalls()
         payloads = [(stripped, True)]
-    calls, errors = [], []
-    for body, closed in payloads:
-        parsed = _parse_call(body.strip()) if closed else "error: the tool call is missing its </tool_call>"
-        (calls if isinstance(parsed, ToolCall) else errors).append(parsed)
-    return ParsedToolCalls(tuple(calls), tuple(errors))
+    missing = "error: the tool call is missing its </tool_call>"
+    return ParsedToolCalls(tuple(_parse_call(body.strip()) if closed else missing for body, closed in payloads))
 
 
 class Environment:
@@ -201,9 +206,11 @@ class ToolEnvironment(Environment):
             return EnvStep([], self.score(assistant_message), done=True)
         if self.last_turn:  # no turn left to read the results: skip running the tools
             return EnvStep([], 0.0)
-        messages = [{"role": "tool", "content": error} for error in parsed.errors]
-        messages += [{"role": "tool", "name": call.name, "content": self.call(call)} for call in parsed.calls]
-        return EnvStep(messages)
+        return EnvStep([
+            {"role": "tool", "name": item.name, "content": self.call(item)} if isinstance(item, ToolCall)
+            else {"role": "tool", "content": item}
+            for item in parsed.items
+        ])
 
     def call(self, call: ToolCall) -> str:
         """The text a tool answers a call with; an error message on an unknown tool or bad arguments."""
