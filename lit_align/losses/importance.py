@@ -86,7 +86,7 @@ class ImportanceWeights:
     """Detached result of ``importance_weights``.
 
     Attributes:
-        weights: (B, T) factor of each token's policy-gradient term; 0 on padding and on dropped tokens.
+        weights: (B, T) float32 factor of each token's policy-gradient term; 0 on padding and on dropped tokens.
         keep: (B, T) bool, the completion mask less the tokens a masking mode dropped (normalise by its sum).
         ratio: (B, T) the uncorrected ratio (the sequence's ratio on each of its tokens in sequence modes), 1 on
             padding.
