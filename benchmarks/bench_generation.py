@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def measure(args: argparse.Namespace) -> dict:
     import lightning.pytorch as pl
 
-    from lit_align.cli.main import build_cli
+    from lit_align.cli.app import build_cli
 
     batch_times: list[float] = []
     generation_times: list[float] = []
@@ -78,7 +78,7 @@ def measure(args: argparse.Namespace) -> dict:
 
 def _run_with(cli_args: list[str], callback) -> None:
     """The CLI's fit with the timer added to its Trainer."""
-    from lit_align.cli.main import build_cli
+    from lit_align.cli.app import build_cli
 
     cli = build_cli(cli_args[1:], run=False)  # without the subcommand: parse and instantiate only
     cli.trainer.callbacks.append(callback)

@@ -21,7 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import lightning as L  # noqa: E402
 
-from lit_align.cli.main import build_cli  # noqa: E402
+from lit_align.cli.app import build_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ It also draws the first seed's runs overlaid (``lit_align.runs.plot``: entropy, 
 ``docs/degeneracy_lm/``.
 
 Named setting ``tiny-high-lr``: the embedded tiny model and the shipped preference pairs (``path: tiny``), both
-objectives trained through the real CLI (``lit_align.cli.main.build_cli``, the shipped ``configs/dpo.yaml`` and
+objectives trained through the real CLI (``lit_align.cli.app.build_cli``, the shipped ``configs/dpo.yaml`` and
 ``configs/pmle.yaml``) with the same learning rate, batch size and number of optimizer steps; DPO with a small
 beta (its implicit KL barely holds the policy), PMLE with beta > 0 (its sampled KL term pulls towards pi_0).
 The shipped monitors measure both runs on the same fixed probe prompts: ``EntropyMonitor`` (token entropy of
@@ -90,7 +90,7 @@ def read_monitors(metrics_csv: str) -> dict[str, tuple[float, float]]:
 def run_one(objective: str, config: str, overrides: list[str], out: str, seed: int, steps: int,
             learning_rate: float, callbacks: str) -> dict[str, tuple[float, float]]:
     """Train one objective through the CLI and return its monitors' (start, end) values."""
-    from lit_align.cli.main import build_cli
+    from lit_align.cli.app import build_cli
 
     slug = "".join(c if c.isalnum() else "_" for c in objective.lower()).strip("_")
     root = os.path.join(out, f"{slug}_seed{seed}")

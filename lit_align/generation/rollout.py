@@ -77,6 +77,17 @@ class Rollout:
         prompt_length: P, the padded prompt width: ``input_ids[:, P:]`` are the responses.
         ended: (N,) whether the response ended with EOS within ``max_new_tokens``.
         prompt_index: (N,) which prompt of the batch each row answers.
+        sampling: the settings the responses were drawn with (their temperature is the one every score of these
+            samples uses); None only for rows that were not sampled (a data response).
+        prompt_messages: the chat messages of each prompt (one list per prompt of the batch, row ``i`` answers
+            ``prompt_messages[prompt_index[i]]``), when the data had them: a reward model of another tokenizer
+            renders these instead of decoding the policy's tokens.
+        engine_logps: (N, P + L) the generation engine's log-probability of each sampled token at its position
+            (0 elsewhere), when the engine reports them: the behaviour policy of a mismatch correction.
+        policy_mask: (N, P + L) the tokens the policy wrote; equal to ``completion_mask`` for a single turn, a
+            subset of it in a multi-turn episode (environment and tool turns are in ``completion_mask`` only as
+            context, never trained on). None means ``completion_mask``.
+        version: the weight version (optimizer steps taken) of the policy that sampled the rows.
     """
 
     input_ids: torch.Tensor
@@ -85,6 +96,11 @@ class Rollout:
     prompt_length: int
     ended: torch.Tensor
     prompt_index: torch.Tensor
+    sampling: SamplingConfig | None = None
+    prompt_messages: list[list[dict]] | None = None
+    engine_logps: torch.Tensor | None = None
+    policy_mask: torch.Tensor | None = None
+    version: int = 0
 
     @property
     def response_ids(self) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 
 from lit_align.callbacks import EntropyMonitor, KLMonitor, ModeCollapseMonitor, OracleMonitor, SampleLogger
 from lit_align.callbacks.collapse import distinct_n
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 
 
 @pytest.fixture(scope="module")

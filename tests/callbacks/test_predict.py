@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lit_align.generation.records import prediction_records, prompt_text
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DPO = os.path.join(ROOT, "configs", "dpo.yaml")
@@ -62,7 +62,7 @@ def test_predict_from_an_exported_model_matches_the_model_it_was_exported_from(r
 
 
 def test_predict_from_a_checkpoint_uses_the_trained_weights(run_dir):
-    from tests.conftest import fit_args
+    from support.cli import fit_args
 
     build_cli(fit_args("dpo.yaml", "--model.init_args.learning_rate=0.05", "--export.enabled=false", steps=3))
     settings = ("--predictions.sampling.max_new_tokens=8", "--predictions.sampling.temperature=0")

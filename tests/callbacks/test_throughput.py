@@ -11,7 +11,7 @@ import torch
 
 from support.cli import fit_args
 from lit_align.callbacks.throughput import PEAK_FLOPS, device_peak_flops, flops_per_token
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 from lit_align.objectives import DPO
 from lit_align.policy.with_reference import PolicyWithReference
 

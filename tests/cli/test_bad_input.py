@@ -1,7 +1,7 @@
 """Malformed input through the real CLI: each case ends in ONE message naming the problem, or in a count of what
 was skipped where skipping is the documented behaviour.
 
-Every case runs ``lit_align.cli.main.main`` in-process (the console script's entry point, so exit status and stderr
+Every case runs ``lit_align.cli.app.main`` in-process (the console script's entry point, so exit status and stderr
 are the user's), on the tiny default with a one-step fit. One case runs the ``lit-align`` console script as a
 subprocess to check the exit status and the absence of a traceback end to end.
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from support.cli import fit_args, run_main
-from lit_align.cli.main import main
+from lit_align.cli.app import main
 
 GOOD = {"prompt": "The sky is", "chosen": " blue.", "rejected": " green."}
 

@@ -10,7 +10,7 @@ import torch
 import yaml
 from support.cli import fit_args
 
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 from lit_align.data import PreferenceDataModule
 from lit_align.objectives import DPO, IPO
 

@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 
 from support.cli import fit_args, run_main
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 
 #: A fast on-policy run: a reward function instead of the reward stage, short samples, one update per batch.
 FAST_ONPOLICY = ["--model.reward_model=test_cli_errors.length_reward", "--model.sampling.max_new_tokens=4",

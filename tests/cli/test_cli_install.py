@@ -152,7 +152,7 @@ def test_config_help_shows_the_config_values_and_wraps(capsys):
 def test_max_steps_on_the_command_line_is_the_limit(run_dir):
     """configs/dpo.yaml caps at max_epochs 2 (32 batches each with 8 rows of 16): --trainer.max_steps 5 past two
     epochs of 2 batches runs 5 steps; with --trainer.max_epochs on the same command line the epochs still cap."""
-    from lit_align.cli.main import build_cli
+    from lit_align.cli.app import build_cli
 
     small = ["--data.limit_rows=32", "--trainer.limit_val_batches=0", "--export.enabled=false",
              "--trainer.enable_checkpointing=false", "--trainer.logger=false"]

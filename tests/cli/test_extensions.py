@@ -17,7 +17,7 @@ from extensions.callback import StepJournal
 from extensions.grpo import GRPO
 from extensions.kto import KTO
 from extensions.simpo import SimPO
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 from lit_align.models.logprobs import sequence_logprobs
 from lit_align.objectives import OfflineObjective, OfflinePairObjective, OnPolicyObjective
 

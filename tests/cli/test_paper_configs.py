@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER_CONFIGS = [p for folder in ("tldr", "ultrafeedback") for p in sorted((ROOT / "configs" / folder).glob("*.yaml"))]

@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 from support.launch import launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -15,7 +15,7 @@ import os
 
 import pytest
 
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 from support.launch import CONFIGS, FSDP2, ROOT, launch
 
 pytestmark = [pytest.mark.slow, pytest.mark.extended]  # the default suite stays under 15 minutes

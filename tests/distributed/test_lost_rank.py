@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch.distributed as dist
 
-import lit_align.cli
+import lit_align.cli.app
 from support.cli import run_main
 from lit_align.distributed.strategies import lost_rank_message
 
@@ -44,9 +44,9 @@ def test_cli_exits_non_zero_with_one_line(monkeypatch, capsys):
     def lose_a_peer(args):
         raise RuntimeError(GLOO_CLOSED)
 
-    monkeypatch.setattr(lit_align.cli, "build_cli", lose_a_peer)
-    monkeypatch.delenv(lit_align.cli.main.DEBUG_ENV, raising=False)  # set, it would show the traceback instead
-    assert run_main(["fit"]) == lit_align.cli.main.EXIT_LOST_RANK != 0
+    monkeypatch.setattr(lit_align.cli.app, "build_cli", lose_a_peer)
+    monkeypatch.delenv(lit_align.cli.app.DEBUG_ENV, raising=False)  # set, it would show the traceback instead
+    assert run_main(["fit"]) == lit_align.cli.app.EXIT_LOST_RANK != 0
     lines = capsys.readouterr().err.splitlines()
     assert [line for line in lines if line.startswith("lit-align: error: lost contact")] == lines[:1]
     assert "Traceback" not in "\n".join(lines)
@@ -56,6 +56,6 @@ def test_cli_lets_other_runtime_errors_through(monkeypatch):
     def fail(args):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
-    monkeypatch.setattr(lit_align.cli, "build_cli", fail)
+    monkeypatch.setattr(lit_align.cli.app, "build_cli", fail)
     with pytest.raises(RuntimeError, match="mat1 and mat2"):
         run_main(["fit"])

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 from support.launch import CONFIGS, finish_nodes, free_port, kill_tree, metrics_by_run, start_node
 
 pytestmark = [pytest.mark.slow, pytest.mark.extended]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from support.judge_server import FakeJudgeServer, _candidates
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 from lit_align.evaluation import LLMJudge, RewardModelJudge, Verdict
 from lit_align.evaluation.report import markdown_table, summarise, update_report
 
@@ -185,7 +185,7 @@ def test_evaluate_with_the_llm_judge_writes_the_report_and_never_the_key(run_dir
 def test_evaluate_with_a_reward_model_and_a_separate_reference(run_dir):
     """A trained checkpoint evaluated against the untrained tiny model as pi_0: the KL column is the mean over
     samples of sum_t (ln pi - ln pi_0), which is no longer zero; rewards come from the judge."""
-    from tests.conftest import fit_args
+    from support.cli import fit_args
 
     build_cli(fit_args("dpo.yaml", "--model.init_args.learning_rate=0.05", "--export.enabled=false", steps=3))
     _evaluate("--judge=RewardModelJudge", "--judge.reward_model=tiny", "--reference_model=tiny",

@@ -171,7 +171,7 @@ def test_pdistill_fits_with_vllm_generation(run_dir, model_dir):
     the updated weights before the second one."""
     from support.cli import fit_args
 
-    from lit_align.cli.main import build_cli
+    from lit_align.cli.app import build_cli
 
     cli = build_cli(fit_args("pdistill.yaml", "--model.reward_model=tiny", "--data.limit_rows=16",
                              "--data.batch_size=4", "--model.sampling.max_new_tokens=6",
@@ -189,7 +189,7 @@ def test_logprob_gap_is_logged_and_near_zero_on_the_same_weights(run_dir, model_
     weights just pushed they agree to rounding, and ``GenerationGapMonitor`` logs ``generation/logprob_gap``."""
     from support.cli import fit_args
 
-    from lit_align.cli.main import build_cli
+    from lit_align.cli.app import build_cli
 
     policy = PolicyWithReference(model=model_dir, generation="vllm", vllm_options=OPTIONS | {"logprob_gap": True})
     ids, mask = _prompts(policy.tokenizer)

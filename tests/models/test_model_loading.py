@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lit_align import PolicyWithReference
-from lit_align import models
+from lit_align.models import loading as models
 from lit_align.models.loading import ModelLoadError, load_causal_lm, load_sequence_classifier, load_tokenizer
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from support.cli import fit_args
 
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 from lit_align.data.sources import load_rows
 from lit_align.objectives.metrics import StageMeans
 

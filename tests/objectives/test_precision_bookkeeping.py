@@ -10,7 +10,7 @@ from support.cli import fit_args
 from lightning.pytorch.plugins.precision import HalfPrecision
 from safetensors.torch import load_file
 
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 from lit_align.data import PreferenceDataModule
 from lit_align.objectives.metrics import StageMeans
 from lit_align.objectives.offline.pair_terms import RunningRewardMean

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from peft import LoraConfig
 
 from lit_align import PolicyWithReference
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 from lit_align.policy.export import export_policy
 from lit_align.models.loading import load_causal_lm
 

@@ -10,7 +10,7 @@ from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 
 from lit_align import PolicyWithReference
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The linear layers of the tiny Llama's decoder blocks; "all-linear" adapts all of them but the output head.

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 import lit_align.policy.reference_cache as reference_cache
 from lit_align import PolicyWithReference
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 from lit_align.data import PreferenceDataModule
 from lit_align.models.logprobs import sequence_logprobs
 from lit_align.objectives import DPO

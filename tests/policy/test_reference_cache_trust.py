@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import lit_align.policy.reference_cache as reference_cache
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(".cache/lit_align/reference_logps")  # where conftest's run_dir points $LIT_ALIGN_CACHE

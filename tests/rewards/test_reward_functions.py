@@ -9,7 +9,7 @@ import pytest
 import torch
 from support.cli import fit_args
 
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 from lit_align.objectives import GRPO
 from lit_align.rewards.functions import RewardFunction, RewardFunctions, is_function_path, reward_functions_of
 from lit_align.generation.rollout import SamplingConfig

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from support.cli import fit_args
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 from lit_align.data import PreferenceDataModule
 from lit_align.losses import bradley_terry_loss, last_token_index
 from lit_align.models.loading import ModelLoadError

@@ -17,7 +17,7 @@ import transformers
 import lit_align
 from support.cli import fit_args, run_main
 from lit_align.runs.checkpoint_io import CHECKSUM_KEY, load_checkpoint_file
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 from lit_align.runs.manifest import MANIFEST_KEY, ManifestComparison
 
 LAST = "runs/test/checkpoints/last.ckpt"

@@ -126,7 +126,7 @@ def test_reward_model_export_replaces_the_previous_one_whole(tmp_path, monkeypat
 KILLED_EXPORT = textwrap.dedent("""
     import sys, time
     from transformers import PreTrainedTokenizerBase
-    from lit_align.cli.main import main
+    from lit_align.cli.app import main
 
     def stall(self, *args, **kwargs):  # the weights are written; the kill lands before the tokenizer
         open("exporting", "w").close()

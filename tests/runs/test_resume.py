@@ -9,7 +9,7 @@ import pytest
 import torch
 from support.cli import fit_args
 
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 
 #: What ``ResumeProbe`` saw in the current test: training-start state and the example indices of every batch.
 RECORDS: dict[str, list] = {}

@@ -6,7 +6,7 @@ import os
 
 
 def fit_args(config: str, *extra: str, steps: int = 4) -> list[str]:
-    """CLI arguments for a short CPU fit of a shipped config (used with ``lit_align.cli.main.build_cli``)."""
+    """CLI arguments for a short CPU fit of a shipped config (used with ``lit_align.cli.app.build_cli``)."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return [
         "fit", "--config", os.path.join(root, "configs", config),
@@ -18,7 +18,7 @@ def fit_args(config: str, *extra: str, steps: int = 4) -> list[str]:
 
 def run_main(args: list[str]) -> int:
     """Run the ``lit-align`` console entry point in-process; its exit status (0 when it returns)."""
-    from lit_align.cli.main import main
+    from lit_align.cli.app import main
 
     try:
         main(args)

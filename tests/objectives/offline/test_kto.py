@@ -10,7 +10,7 @@ import torch
 from support.cli import fit_args
 
 from lit_align import PolicyWithReference
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 from lit_align.models.logprobs import sequence_logprobs
 from lit_align.losses import kto_loss, kto_reference_point
 from lit_align.objectives import KTO

@@ -7,7 +7,7 @@ import pytest
 import torch
 from support.cli import fit_args
 
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 
 ROOT = Path(__file__).resolve().parents[3]
 OFFLINE = sorted((ROOT / "configs" / "offline").glob("*.yaml"))

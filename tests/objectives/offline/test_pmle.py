@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from support.cli import fit_args
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 from lit_align.data import PreferenceDataModule
 from lit_align.models.logprobs import token_kl
 from lit_align.losses import pmle_loss, sampled_kl_surrogate, token_kl_surrogate

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from support.cli import fit_args
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 from lit_align.data.collate import CompletionCollator
 from lit_align.data.formats import Example
 from lit_align.objectives import SFT

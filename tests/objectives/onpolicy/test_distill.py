@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from support.cli import fit_args
 from support.onpolicy import LengthReward, make_objective, prompt_batch
 
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 from lit_align.losses import distillation_loss, sampled_kl_surrogate
 from support.onpolicy import assert_only_policy_changed, fake_experience, state
 from lit_align.rewards.model import load_reward_model

@@ -10,7 +10,7 @@ from support.cli import fit_args
 from torch import nn
 
 from lit_align import PolicyWithReference
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 from lit_align.losses import (
     group_advantages,
     grpo_token_losses,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from support.cli import fit_args
 from torch import nn
 
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 from lit_align.evaluation.judges import Judge, Verdict
 from lit_align.objectives import OnlineDPO
 from lit_align.generation.rollout import SamplingConfig

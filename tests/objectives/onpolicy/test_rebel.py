@@ -6,7 +6,7 @@ import torch
 from support.cli import fit_args
 from support.onpolicy import assert_only_policy_changed, fake_experience, state
 
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 from lit_align.losses import distillation_loss, rebel_loss
 from lit_align.objectives import REBEL
 from lit_align.rewards.model import load_reward_model

@@ -12,12 +12,12 @@ import torch
 from support.cli import fit_args
 
 import lit_align.objectives.onpolicy.reward_stage as reward_stage
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 from lit_align.data import PromptDataModule
 from lit_align.runs.fingerprints import datamodule_digest
 from lit_align.objectives.onpolicy.reward_stage import FINGERPRINT_FILE, RewardStage
 
-ASSETS = Path(reward_stage.__file__).resolve().parents[3] / "assets" / "data"
+ASSETS = Path(reward_stage.__file__).resolve().parents[2] / "assets" / "data"
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:

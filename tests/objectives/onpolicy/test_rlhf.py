@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from support.cli import fit_args
-from lit_align.cli.main import build_cli
+from lit_align.cli.app import build_cli
 from lit_align.data.collate import PromptCollator
 from lit_align.data.formats import Example
 from lit_align.objectives import RLHF, ReverseKL
