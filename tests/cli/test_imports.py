@@ -144,8 +144,8 @@ LAYERS = (
     ("lit_align.distributed",),
     ("lit_align.runs",),
     ("lit_align.data",),
+    ("lit_align.environments",),  # chat messages only; generation's episodes render them into tokens
     ("lit_align.generation",),
-    ("lit_align.environments",),
     ("lit_align.policy",),
     ("lit_align.rewards",),
     ("lit_align.evaluation",),
