@@ -11,6 +11,9 @@ from typing import Any
 import lightning as L
 import torch
 
+from lit_align.runs.atomic import atomic_file
+
+
 def prediction_records(prediction: dict[str, Any], tokenizer) -> list[dict[str, Any]]:
     """One JSON-ready dict per sampled response of a ``predict_step`` output."""
     rollout, batch = prediction["rollout"], prediction["batch"]
@@ -66,10 +69,7 @@ def gather_rows(rows: list[dict[str, Any]], trainer: L.Trainer) -> list[dict[str
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write to a temporary file, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as out:
+    """Write through ``lit_align.runs.atomic``: a reader never sees half a file."""
+    with atomic_file(path, "w") as out:
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)

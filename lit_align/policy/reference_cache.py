@@ -29,9 +29,10 @@ from pathlib import Path
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from lit_align.errors import UserError
+from lit_align.runs.atomic import atomic_write_bytes
 from lit_align.runs.fingerprints import examples_digest
 from lit_align.runs.identity import source_digest
 from lit_align.models.loading import is_embedded, load_causal_lm, zero_dropout
@@ -117,12 +118,10 @@ class ReferenceCache:
         values = _compute(module, datamodule, examples, model, split)
         del model
         if module.trainer.is_global_zero:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
             values = values.contiguous()
-            save_file({"logps": values}, str(tmp), metadata={"sha256": _values_digest(values), "key": key,
-                                                              "split": split, "format": _VERSION})
-            os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache behind
+            data = save({"logps": values}, metadata={"sha256": _values_digest(values), "key": key, "split": split,
+                                                     "format": _VERSION})
+            atomic_write_bytes(path, data)  # a crash never leaves a half-written cache behind
         return values
 
     def save_identity(self, checkpoint: dict) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_align.errors import UserError
+from lit_align.runs.atomic import atomic_write_text
 from lit_align.runs.manifest import VERSIONED, ManifestComparison, _plain
 from lit_align.runs.secrets import redact
 
@@ -67,12 +68,8 @@ def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def write_record(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
-    """Write ``record`` to ``path`` through a temporary file and a rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(json.dumps(record, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    os.replace(temp, path)
+    """Write ``record`` to ``path`` whole or not at all (``lit_align.runs.atomic``)."""
+    atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
 
 
 def check_fresh_fit(checkpoint_dir: str | os.PathLike, root_dir: str | os.PathLike,

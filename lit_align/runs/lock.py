@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 import socket
@@ -39,22 +38,6 @@ LOCK_NAME = ".lit-align.lock"
 
 class RunFolderLockedError(UserError):
     """Another ``fit`` holds the run folder."""
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def host_tag() -> str:
-    """A short, file-name-safe tag of this host (temporary names carry it so stale ones are recognised)."""
-    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 
 
 class RunLock:

@@ -1,7 +1,7 @@
 """Run outputs that never lie: a folder appears whole or not at all, and a full disk is one line.
 
 ``atomic_directory(target)`` hands out an empty temporary folder next to ``target`` (the same file system, so the
-final move is a rename). Only once everything is written is the previous ``target`` moved aside and the new
+final move is a rename; ``lit_align.runs.atomic.atomic_folder``). Only once everything is written is the previous ``target`` moved aside and the new
 folder renamed into its place. A process killed while writing leaves the previous complete folder and a
 temporary that the next write on this host removes; killed between the two renames, it leaves the previous
 folder under a hidden ``.old`` name, which the next write puts back. Never a folder with weights but no
@@ -17,14 +17,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+from lit_align.runs.atomic import atomic_folder
 from lit_align.runs.checkpoint_io import AtomicCheckpointIO
 from lit_align.errors import UserError
-from lit_align.runs.lock import host_tag, process_alive
 from lit_align.runs.secrets import redact
 
 #: errno -> what to do about it. The message itself starts with ``os.strerror(errno)``.
@@ -35,7 +33,6 @@ _FIXES = {
     errno.EPERM: "make the folder writable or write the run elsewhere (--trainer.default_root_dir)",
     errno.EROFS: "write the run on a writable file system (--trainer.default_root_dir)",
 }
-_PARTIAL, _OLD = ".partial-", ".old-"
 #: Files an export folder holds; a non-empty folder with none of them is not replaced (it is not an export).
 _EXPORT_MARKERS = ("config.json", "adapter_config.json")
 
@@ -92,29 +89,13 @@ def unplaced_disk_errors() -> Iterator[None]:
 
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty folder to write into; on success it replaces ``target`` whole (see the module docstring)."""
+    """Yield an empty folder to write into; on success it replaces ``target`` whole (``atomic_folder``), with the
+    disk failures a user fixes as one line, and only over a folder that is a model export (or empty)."""
     target = Path(target)
     with disk_errors(target):
         _check_replaceable(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _tidy(target)
-        tag = f"{host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        temp = target.parent / f".{target.name}{_PARTIAL}{tag}"
-        old = target.parent / f".{target.name}{_OLD}{tag}"
-        temp.mkdir()
-        try:
+        with atomic_folder(target) as temp:
             yield temp
-            _fsync_tree(temp)
-            if target.exists():
-                os.rename(target, old)
-            os.rename(temp, target)
-        except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
-            if old.exists() and not target.exists():
-                os.rename(old, target)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-        _fsync(target.parent)
 
 
 class RunCheckpointIO(AtomicCheckpointIO):
@@ -136,37 +117,3 @@ def _check_replaceable(target: Path) -> None:
     if target.is_dir() and any(target.iterdir()) and not any((target / m).exists() for m in _EXPORT_MARKERS):
         raise UserError(f"refusing to replace {target}: it is not a model export (no config.json) and would be "
                         "deleted; choose a new or empty folder (export.dirpath)")
-
-
-def _tidy(target: Path) -> None:
-    """Remove temporaries of writers on this host that died; put back a previous folder one left moved aside."""
-    for mark in (_PARTIAL, _OLD):
-        prefix = f".{target.name}{mark}{host_tag()}-"
-        for leftover in target.parent.glob(f"{prefix}*"):
-            pid = leftover.name[len(prefix):].split("-", 1)[0]
-            if not pid.isdigit() or process_alive(int(pid)):
-                continue
-            if mark == _OLD and not target.exists():
-                os.rename(leftover, target)
-            else:
-                shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            _fsync(path)
-    _fsync(folder)
-
-
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # not supported for directories on some file systems
-    finally:
-        os.close(fd)

@@ -230,7 +230,7 @@ def test_two_process_fit_locks_once_from_rank_zero(run_dir):
 def test_a_previous_export_a_killed_writer_left_moved_aside_is_put_back(tmp_path):
     """Killed between its two renames, a writer leaves the old export under a hidden name and no target: the next
     write on this host puts it back before anything else (here the next write fails, and the old one remains)."""
-    from lit_align.runs.lock import host_tag
+    from lit_align.runs.atomic import host_tag
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
