@@ -29,6 +29,9 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets" / "data"
 EMBEDDED_SOURCES = {
     "tiny": {"train": ASSETS / "tiny_preferences_train.jsonl", "validation": ASSETS / "tiny_preferences_val.jsonl"},
     "tiny-chat": {"train": ASSETS / "tiny_preferences_chat.jsonl"},
+    # arithmetic questions with their answers, for the calculator environment (configs/onpolicy/*_calculator.yaml)
+    "tiny-arithmetic": {"train": ASSETS / "tiny_arithmetic_train.jsonl",
+                        "validation": ASSETS / "tiny_arithmetic_val.jsonl"},
 }
 
 _LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}

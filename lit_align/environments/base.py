@@ -134,6 +134,9 @@ class Environment:
 
     tools: list[dict[str, Any]] | None = None
     """JSON-schema function specs of the tools, for the chat template's ``tools=`` argument (None: no tools)."""
+    data_columns: dict[str, type] = {}
+    """Columns of the prompt rows the environment reads besides the prompt (``{name: bool | int | float}``): the
+    on-policy objective asks its data for them, and ``reset`` finds them in the row."""
 
     def __init__(self, max_turns: int = 4, max_tokens: int = 512) -> None:
         if max_turns < 1:

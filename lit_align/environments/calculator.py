@@ -132,6 +132,7 @@ class CalculatorEnvironment(ToolEnvironment):
         self.prompt_key = prompt_key
         self.answer_key = answer_key
         self.tolerance = tolerance
+        self.data_columns = {answer_key: float}
 
     def start(self, row: dict[str, Any]) -> list[Message]:
         for key in (self.prompt_key, self.answer_key):

@@ -44,21 +44,38 @@ SampleTurns = Callable[[list[list[int]], int], list[Turn]]
 
 
 @dataclass
+class EpisodeRollout(Rollout):
+    """The rollout of multi-turn episodes: a ``Rollout`` that carries what the environment said of each row.
+
+    Attributes:
+        rewards: (N,) float32 episode returns, the sum of the step rewards: the episodes' scores.
+        turns: (N,) policy turns taken.
+    """
+
+    rewards: torch.Tensor | None = None
+    turns: torch.Tensor | None = None
+
+
+@dataclass
 class Episodes:
     """The episodes of a batch of prompt rows (row ``i * num_samples + j``: episode j of prompt row i).
 
     Attributes:
-        rollout: the token rows with ``completion_mask``, ``policy_mask`` and ``engine_logps`` (module doc);
-            ``ended``: the environment ended the episode by its own rule (not the turn or token budget).
-        rewards: (N,) float32 episode returns, the sum of the step rewards.
-        turns: (N,) policy turns taken.
+        rollout: the token rows with ``completion_mask``, ``policy_mask``, ``engine_logps`` (module doc), the
+            returns and turns; ``ended``: the environment ended the episode by its own rule (not a budget).
         messages: each episode's chat messages, the policy's included.
     """
 
-    rollout: Rollout
-    rewards: torch.Tensor
-    turns: torch.Tensor
+    rollout: EpisodeRollout
     messages: list[list[Message]]
+
+    @property
+    def rewards(self) -> torch.Tensor:
+        return self.rollout.rewards
+
+    @property
+    def turns(self) -> torch.Tensor:
+        return self.rollout.turns
 
 
 class _Episode:
@@ -122,12 +139,11 @@ def run_episodes(sample_turns: SampleTurns, environment: Environment, rows: Sequ
         for episode, turn in zip(running, turns):
             episode.play(turn)
     rollout = _layout(episodes, tokenizer.pad_token_id, num_samples, sampling, reports_logps)
-    return Episodes(rollout, torch.tensor([e.reward for e in episodes], dtype=torch.float32),
-                    torch.tensor([e.turns for e in episodes]), [e.tokens.messages for e in episodes])
+    return Episodes(rollout, [e.tokens.messages for e in episodes])
 
 
 def _layout(episodes: list[_Episode], pad: int, num_samples: int, sampling: SamplingConfig | None,
-            reports_logps: bool) -> Rollout:
+            reports_logps: bool) -> EpisodeRollout:
     """Left-padded opening prompts, then the rest of each episode right-padded."""
     width = max(e.tokens.prompt_length for e in episodes)
     length = max(len(e.tokens.input_ids) - e.tokens.prompt_length for e in episodes)
@@ -146,9 +162,28 @@ def _layout(episodes: list[_Episode], pad: int, num_samples: int, sampling: Samp
         engine_logps[row, cols] = torch.tensor(e.logps)
     prompt_index = torch.arange(n) // num_samples
     opening = [episodes[i * num_samples].opening for i in range(n // num_samples)]
-    return Rollout(input_ids, attention_mask, completion_mask, width, torch.tensor([e.ended for e in episodes]),
-                   prompt_index, sampling=sampling, prompt_messages=opening,
-                   engine_logps=engine_logps * policy_mask if reports_logps else None, policy_mask=policy_mask)
+    return EpisodeRollout(
+        input_ids, attention_mask, completion_mask, width, torch.tensor([e.ended for e in episodes]), prompt_index,
+        sampling=sampling, prompt_messages=opening, policy_mask=policy_mask,
+        engine_logps=engine_logps * policy_mask if reports_logps else None,
+        rewards=torch.tensor([e.reward for e in episodes], dtype=torch.float32),
+        turns=torch.tensor([e.turns for e in episodes]))
+
+
+def prompt_rows(batch: dict[str, Any], tokenizer: Any, columns: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The prompt rows of a batch for ``Environment.reset``: ``prompt`` is the text of the last user message when
+    the batch has ``prompt_messages`` (then ``messages`` holds them), else the decoded prompt tokens; each of
+    ``columns`` is the row's value of that declared data column (``batch[name]``)."""
+    messages = batch.get("prompt_messages")
+    rows = []
+    for i, (ids, mask) in enumerate(zip(batch["prompt_ids"], batch["prompt_mask"])):
+        if messages is not None:
+            users = [m["content"] for m in messages[i] if m.get("role") == "user"]
+            row = {"prompt": users[-1] if users else "", "messages": messages[i]}
+        else:
+            row = {"prompt": tokenizer.decode(ids[mask.bool()].tolist(), skip_special_tokens=True).strip()}
+        rows.append(row | {name: batch[name][i].item() for name in columns})
+    return rows
 
 
 Generate = Callable[[torch.Tensor, torch.Tensor, SamplingConfig, int], Rollout]

@@ -9,7 +9,7 @@ import torch
 
 from lit_align.environments import CalculatorEnvironment
 from lit_align.environments.render import environment_delta, render
-from lit_align.generation.episodes import Turn, run_episodes, turns_from_generate
+from lit_align.generation.episodes import Turn, prompt_rows, run_episodes, turns_from_generate
 from lit_align.generation.rollout import Rollout, SamplingConfig
 from lit_align.models.loading import load_causal_lm, load_tokenizer
 
@@ -143,3 +143,15 @@ def test_turns_from_generate_pads_cuts_and_reads_engine_logps():
     assert ids.tolist() == [[9, 9, 9], [0, 0, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]] and (new, k) == (3, 1)
     assert [t.token_ids for t in turns] == [[5, 2], [6, 7, 8]]
     assert [t.logps for t in turns] == [[-1.0, -1.0], [-1.0, -1.0, -1.0]]
+
+
+def test_prompt_rows_read_the_prompt_text_and_declared_columns():
+    tokenizer = load_tokenizer("tiny")
+    ids = [tokenizer(row["prompt"], add_special_tokens=False).input_ids for row in ROWS]
+    width = max(map(len, ids))
+    batch = {"prompt_ids": torch.tensor([[0] * (width - len(i)) + i for i in ids]),
+             "prompt_mask": torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids]),
+             "answer": torch.tensor([27.0, 4.0])}
+    assert prompt_rows(batch, tokenizer, ["answer"]) == [{"prompt": r["prompt"], "answer": r["answer"]} for r in ROWS]
+    batch["prompt_messages"] = [[{"role": "user", "content": r["prompt"]}] for r in ROWS]
+    assert prompt_rows(batch, tokenizer)[1] == {"prompt": ROWS[1]["prompt"], "messages": batch["prompt_messages"][1]}
