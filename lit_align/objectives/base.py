@@ -14,10 +14,11 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from lit_align.data.base import DataRequest
 from lit_align.policy.frozen import drop_frozen, restore_frozen
 from lit_align.objectives.metrics import StageMeans
 from lit_align.policy.with_reference import PolicyWithReference
-from lit_align.policy.reference import Need, ReferenceMode
+from lit_align.policy.reference import Need, held_for
 from lit_align.generation.rollout import SamplingConfig
 from lit_align.objectives.schedules import Schedule, warmup_then_decay
 
@@ -64,10 +65,9 @@ class AlignmentModule(L.LightningModule):
         lr_scheduler: Replaces the default schedule (stepped every optimizer step).
     """
 
-    #: How the reference is held when no ``policy`` is given; ``none`` for objectives without a reference.
-    default_reference: ClassVar[ReferenceMode] = "copy"
-    #: What the objective needs of the reference (``lit_align.policy.reference.Reference.require``): ``data`` (log-probs
-    #: of the data rows), ``samples`` (scoring fresh samples) or None (nothing).
+    #: What the objective needs of the reference with any settings (``lit_align.policy.reference.Reference.require``):
+    #: ``data`` (log-probs of the data rows), ``samples`` (scoring fresh samples) or None (nothing). An objective
+    #: whose need follows from a setting overrides ``reference_need`` instead.
     needs_reference: ClassVar[Need | None] = None
     #: Columns of the user's data this objective reads besides prompt and completions, e.g. ``{"label": bool}``
     #: (``lit_align.data.columns``): the DataModule validates them row by row and puts each in ``batch[name]``.
@@ -93,13 +93,48 @@ class AlignmentModule(L.LightningModule):
             raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm}")
         self.max_grad_norm = max_grad_norm
         self.save_hyperparameters(ignore=["policy", "optimizer", "lr_scheduler"])
-        self.policy = policy if policy is not None else PolicyWithReference(reference=self.default_reference)
-        if self.needs_reference is not None:
-            self.policy.reference.require(type(self).__name__, self.needs_reference)
+        #: What this objective needs of pi_0 with its settings: the one decision (``reference_need``).
+        self.reference_needed: Need | None = self.reference_need(self.hparams)
+        self.policy = policy if policy is not None else PolicyWithReference(reference=held_for(self.reference_needed))
+        if self.reference_needed is not None:  # a policy given with another reference: refused in one line
+            self.policy.reference.require(self.reference_owner(self.hparams), self.reference_needed)
         self.tokenizer = self.policy.tokenizer
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self._metrics = {stage: StageMeans() for stage in ("train", "val", "test")}
+
+    # -- the reference: what this objective needs of pi_0 is decided here, once, from its settings -------------
+
+    @classmethod
+    def reference_need(cls, settings: Mapping[str, Any]) -> Need | None:
+        """What the objective needs of pi_0 with ``settings`` (its ``__init__`` arguments, ``hparams``).
+
+        ``AlignmentModule.__init__`` asks once, before the policy exists: with no ``policy`` given it loads the
+        reference this answer needs (``held_for``: a frozen ``copy``, or ``none``), and a given policy whose
+        reference cannot serve it is refused in one line. The class's ``needs_reference`` unless overridden by an
+        objective whose need follows from a setting (a KL weight of 0, a reference-free loss).
+        """
+        return cls.needs_reference
+
+    @classmethod
+    def reference_owner(cls, settings: Mapping[str, Any]) -> str:
+        """Who needs the reference, as the refusal of an unfit one names it: the class name unless overridden."""
+        return cls.__name__
+
+    # -- the data: told what this objective reads (``lit_align.data.base.DataRequest``), in one place -----------
+
+    def data_request(self) -> DataRequest:
+        """What this objective asks of its data: rows tokenised by the policy's tokenizer, with ``data_columns``."""
+        return DataRequest(self.tokenizer, self.data_columns)
+
+    @L.LightningModule.trainer.setter
+    def trainer(self, trainer: L.Trainer | None) -> None:
+        # Lightning attaches the DataModule to the Trainer and then the Trainer to this module at the start of
+        # fit, validate, test and predict, before any setup hook (the DataModule's runs first): here it is told.
+        L.LightningModule.trainer.fset(self, trainer)
+        connect = getattr(getattr(trainer, "datamodule", None), "connect", None)
+        if callable(connect):
+            connect(self.data_request())
 
     # -- what a subclass provides ------------------------------------------------------------------------------
 

@@ -244,6 +244,12 @@ def reference_class(mode: ReferenceMode) -> type[Reference]:
     return classes[mode]
 
 
+def held_for(need: Need | None) -> ReferenceMode:
+    """How pi_0 is held when the configuration does not say: a frozen ``copy`` for an objective that needs one,
+    else ``none`` (nothing is loaded)."""
+    return "none" if need is None else "copy"
+
+
 def build_reference(mode: ReferenceMode, model: nn.Module, model_name: str,
                     cache_dir: str | None = None) -> Reference:
     """The reference ``mode`` names, from ``model``: pi_0 as loaded, before any LoRA wrapping."""

@@ -16,7 +16,6 @@ class SimPO(OfflinePairObjective):
         gamma: Target reward margin.
     """
 
-    default_reference = "none"
     needs_reference = None  # no reference term: none is loaded and no reference forward runs
 
     def __init__(self, beta: float = 2.0, gamma: float = 0.5, **kwargs) -> None:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lit_align.data.sources import DataError
-from lit_align.losses import PreferenceLoss
+from lit_align.losses import PreferenceLoss, length_desensitized_logps
 from lit_align.objectives.metrics import preference_metrics
 from lit_align.objectives.base import AlignmentModule, Stage
 from lit_align.policy.reference import Need
@@ -76,7 +76,8 @@ class OfflineObjective(AlignmentModule):
             where the first batch's packed log-probs differ from the separate rows' (``lit_align.models.fast_path``).
     """
 
-    #: Whether ``rows_loss`` reads ``logps.reference``; objectives without a reference term set None.
+    #: ``rows_loss`` reads the reference's log-probs of the data rows (``logps.reference``); an objective without a
+    #: reference term sets None, one whose need follows from a setting overrides ``reference_need``.
     needs_reference: ClassVar[Need | None] = "data"
 
     def __init__(self, share_prompt: bool = True, **kwargs) -> None:
@@ -90,7 +91,8 @@ class OfflineObjective(AlignmentModule):
 
     @property
     def uses_reference_logps(self) -> bool:
-        return self.needs_reference is not None
+        """Whether ``rows_loss`` reads ``logps.reference``: whenever the objective needs pi_0 (``reference_need``)."""
+        return self.reference_needed is not None
 
     # -- what a subclass provides ------------------------------------------------------------------------------
 
@@ -152,11 +154,27 @@ class OfflinePairObjective(OfflineObjective):
     """Objectives on offline preference pairs: ``pair_loss`` gets the chosen and the rejected rows.
 
     Batches come from ``PreferenceDataModule``: rows ``0..B-1`` are the chosen sequences, ``B..2B-1`` the
-    rejected ones. A subclass implements ``pair_loss`` (usually one call into ``lit_align.losses``).
+    rejected ones. A subclass takes its settings in ``__init__`` and implements ``pair_loss``, one call into a
+    pure function of ``lit_align.losses``: the one way a pair loss is written (``CombinedPairLoss`` sums them).
     """
 
+    #: TRL's ``ld_alpha`` (Liu et al. 2024), set by ``LDDPO`` and ``CombinedPairLoss``: every summed log-prob of a
+    #: pair, the policy's and the reference's, counts the tokens of the longer response past the shorter one's
+    #: length this many times (``lit_align.losses.length_desensitized_logps``); None scores the rows as they are.
+    #: The reference's per-token log-probs are read, so it must be live (``copy`` or ``lora``).
+    ld_alpha: float | None = None
+
     def pair_loss(self, chosen: RowLogps, rejected: RowLogps, batch: Batch) -> PreferenceLoss:
+        """The loss of every pair (``PreferenceLoss``: losses (B,), chosen and rejected rewards) from its rows."""
         raise NotImplementedError
+
+    def row_logps(self, batch: Batch, source: Source = "policy") -> RowLogps:
+        logps = super().row_logps(batch, source)
+        if self.ld_alpha is None or completions_per_example(batch) != 2:
+            return logps
+        chosen, rejected = logps.lengths.chunk(2)
+        public = torch.minimum(chosen, rejected).repeat(2)  # (R,): each row's pair's shorter length
+        return replace(logps, policy=length_desensitized_logps(logps.tokens, logps.mask, public, self.ld_alpha))
 
     def rows_loss(self, logps: RowLogps, batch: Batch):
         if completions_per_example(batch) != 2:

@@ -1,19 +1,41 @@
-"""A weighted sum of pairwise losses, chosen in YAML by TRL ``loss_type`` name: no new class per combination."""
+"""A weighted sum of pairwise losses, chosen in YAML by TRL ``loss_type`` name: no new class per combination.
+
+Each part is one of the thin pair objectives, built on the mix's own policy; the mix sums their ``pair_loss``.
+"""
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from lit_align.losses import PreferenceLoss
-from lit_align.objectives.offline.pair_terms import PAIR_LOSSES, LengthDesensitizable, check_ld_alpha, check_settings
+from lit_align.objectives.offline.base import OfflinePairObjective
+from lit_align.objectives.offline.dpo import DPO, IPO
+from lit_align.objectives.offline.pair_terms import check_ld_alpha
+from lit_align.objectives.offline.pairwise_length import (
+    LD_OWNER, ORPO, RPO, WPO, ChosenNLL, LengthNormalizedDPO, SimPO,
+)
+from lit_align.objectives.offline.pairwise_losses import (
+    AOT, APODown, APOZero, BCOPair, DiscoPOP, EXOPair, Hinge, NCAPair, RobustDPO, SPPOHard,
+)
+from lit_align.policy.reference import Need
+
+#: TRL's ``loss_type`` names of the pair objectives a mix can hold, with the settings a name implies.
+PARTS: dict[str, tuple[type[OfflinePairObjective], dict[str, Any]]] = {
+    "sigmoid": (DPO, {}), "ipo": (IPO, {}), "hinge": (Hinge, {}), "robust": (RobustDPO, {}),
+    "bco_pair": (BCOPair, {}), "apo_zero": (APOZero, {}), "apo_down": (APODown, {}), "nca_pair": (NCAPair, {}),
+    "exo_pair": (EXOPair, {}), "sppo_hard": (SPPOHard, {}), "discopop": (DiscoPOP, {}), "aot": (AOT, {}),
+    "aot_unpaired": (AOT, {"paired": False}), "sigmoid_norm": (LengthNormalizedDPO, {}), "sft": (ChosenNLL, {}),
+    "simpo": (SimPO, {}), "orpo": (ORPO, {}), "wpo": (WPO, {}), "rpo": (RPO, {}),
+}
 
 
-class CombinedPairLoss(LengthDesensitizable):
-    """``sum_i weight_i * loss_i`` over terms of ``pair_terms.PAIR_LOSSES``, e.g. MPO (Wang et al. 2024, TRL's
-    ``loss_type: [sigmoid, bco_pair, sft]`` with ``loss_weights: [0.8, 0.2, 1.0]``)::
+class CombinedPairLoss(OfflinePairObjective):
+    """``sum_i weight_i * loss_i`` over pair objectives named as TRL's ``loss_type``, e.g. MPO (Wang et al. 2024,
+    TRL's ``loss_type: [sigmoid, bco_pair, sft]`` with ``loss_weights: [0.8, 0.2, 1.0]``)::
 
         losses:
           - {loss: sigmoid, weight: 0.8, beta: 0.1}
@@ -27,36 +49,41 @@ class CombinedPairLoss(LengthDesensitizable):
     Args:
         losses: The parts, each ``{loss: <name>, weight: <float, default 1>, <that loss's own settings>}``, with
             names ``sigmoid, ipo, hinge, robust, bco_pair, apo_zero, apo_down, nca_pair, exo_pair, sppo_hard,
-            discopop, aot, aot_unpaired, sigmoid_norm, sft, simpo, orpo, wpo, rpo`` and each loss's settings,
-            defaults and checks as in its objective (``ipo`` takes ``length_normalized``: TRL's per-token IPO;
-            ``sft`` takes ``nll_reduction``, ``token`` by default: TRL's token mean over the batch).
+            discopop, aot, aot_unpaired, sigmoid_norm, sft, simpo, orpo, wpo, rpo`` (``PARTS``: ``DPO``, ``IPO``,
+            ...) and each objective's settings, defaults and checks (``ipo`` takes ``length_normalized``: TRL's
+            per-token IPO; ``sft``, ``ChosenNLL``, takes ``nll_reduction``, ``token`` by default: TRL's token mean
+            over the batch).
         ld_alpha: TRL's ``ld_alpha``: score every part's summed log-probs LD-DPO's way (``LDDPO``); None is off.
     """
 
+    @classmethod
+    def reference_need(cls, settings: Mapping[str, Any]) -> Need | None:
+        if not any(PARTS[name][0].reference_need(options) for name, _, options in _parts(settings["losses"])):
+            return None
+        return "data" if settings["ld_alpha"] is None else "samples"
+
+    @classmethod
+    def reference_owner(cls, settings: Mapping[str, Any]) -> str:
+        return cls.__name__ if settings["ld_alpha"] is None else LD_OWNER
+
     def __init__(self, losses: list[dict[str, Any]], ld_alpha: float | None = None, **kwargs) -> None:
         check_ld_alpha(ld_alpha)
-        self.parts = [_part(spec) for spec in losses]
-        if not self.parts:
-            raise ValueError("CombinedPairLoss needs at least one loss")
-        if not any(PAIR_LOSSES[name].needs_reference for name, _, _ in self.parts):
-            self.needs_reference = None
-            self.default_reference = "none"
+        specs = _parts(losses)
         super().__init__(**kwargs)
-        self.use_ld_alpha(ld_alpha)
-        names = [name for name, _, _ in self.parts]
+        self.ld_alpha = ld_alpha
+        names = [name for name, _, _ in specs]
         self.part_names = [f"{n}_{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
-        # each part's state (BCO's running reward mean) is a submodule, so it follows the device and checkpoints
-        self.term_states = torch.nn.ModuleDict()
-        for key, (name, _, settings) in zip(self.part_names, self.parts):
-            if PAIR_LOSSES[name].state is not None and settings.get("running_mean"):
-                self.term_states[key] = PAIR_LOSSES[name].state()
-                settings["reward_mean"] = self.term_states[key]
+        self.weights = [weight for _, weight, _ in specs]
+        self.parts = [_build(name, options, self.policy) for name, _, options in specs]  # not submodules
+        # a part's state (BCO's running reward mean) is a submodule of the mix: it follows the device and checkpoints
+        self.term_states = torch.nn.ModuleDict({key: part.term_state for key, part in zip(self.part_names, self.parts)
+                                                if getattr(part, "term_state", None) is not None})
         self._last_parts: dict[str, torch.Tensor] = {}
 
     def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
-        outs = [PAIR_LOSSES[name].term(chosen, rejected, **settings) for name, _, settings in self.parts]
+        outs = [part.pair_loss(chosen, rejected, batch) for part in self.parts]
         self._last_parts = {f"loss/{key}": out.losses.detach() for key, out in zip(self.part_names, outs)}
-        total = sum(weight * out.losses for (_, weight, _), out in zip(self.parts, outs))
+        total = sum(weight * out.losses for weight, out in zip(self.weights, outs))
         return outs[0]._replace(losses=total)
 
     def rows_loss(self, logps, batch):
@@ -64,20 +91,29 @@ class CombinedPairLoss(LengthDesensitizable):
         return losses, {**metrics, **self._last_parts}
 
 
-_INPUTS = {"chosen", "rejected", "reward_mean", "policy_chosen", "policy_rejected", "reference_chosen",
-           "reference_rejected"}
+def _parts(losses: list[dict[str, Any]]) -> list[tuple[str, float, dict[str, Any]]]:
+    """``(name, weight, settings)`` of every ``{loss, weight, **settings}`` entry: its settings are the part's
+    objective's own (checked by it when built), defaults filled in."""
+    if not losses:
+        raise ValueError("CombinedPairLoss needs at least one loss")
+    return [_part(spec) for spec in losses]
 
 
-def _part(spec: dict[str, Any]) -> tuple[str, float, dict[str, Any]]:
-    """``(name, weight, settings)`` of one ``{loss, weight, **settings}`` entry, its settings checked by name."""
+def _part(spec: Mapping[str, Any]) -> tuple[str, float, dict[str, Any]]:
     settings = dict(spec)
     name = settings.pop("loss", None)
-    if name not in PAIR_LOSSES:
-        raise ValueError(f"unknown pair loss {name!r}; choose from {', '.join(sorted(PAIR_LOSSES))}")
+    if name not in PARTS:
+        raise ValueError(f"unknown pair loss {name!r}; choose from {', '.join(sorted(PARTS))}")
     weight = float(settings.pop("weight", 1.0))
-    # a term's signature (or, for a wrapped loss of the four summed log-probs, the loss's) past its inputs
-    accepted = set(inspect.signature(PAIR_LOSSES[name].term).parameters) - _INPUTS
-    unknown = set(settings) - accepted
+    cls, implied = PARTS[name]
+    own = {key: p for key, p in inspect.signature(cls.__init__).parameters.items()
+           if key != "self" and p.kind is p.POSITIONAL_OR_KEYWORD and key not in implied}
+    unknown = set(settings) - set(own)
     if unknown:
-        raise ValueError(f"{name} takes {sorted(accepted) or 'no settings'}, not {sorted(unknown)}")
-    return name, weight, check_settings(name, settings)
+        raise ValueError(f"{name} takes {sorted(own) or 'no settings'}, not {sorted(unknown)}")
+    return name, weight, {**{key: p.default for key, p in own.items()}, **implied, **settings}
+
+
+def _build(name: str, options: dict[str, Any], policy) -> OfflinePairObjective:
+    """The part ``name`` on the mix's ``policy`` (a module-level function: its settings are its own hparams)."""
+    return PARTS[name][0](policy=policy, share_prompt=False, **options)

@@ -1,13 +1,14 @@
-"""DPO and IPO: the reward-model-free baselines on offline pairs (the ``sigmoid`` and ``ipo`` terms of
-``pair_terms.PAIR_LOSSES``, whose checks their settings share)."""
+"""DPO and IPO: the reward-model-free baselines on offline pairs (TRL's ``sigmoid`` and ``ipo``)."""
 
 from __future__ import annotations
 
+from lit_align.losses import PreferenceLoss, dpo_loss, ipo_loss, length_normalized_ipo_loss
 from lit_align.losses.preference import FDivergence
-from lit_align.objectives.offline.pair_terms import PairTermObjective, check_settings
+from lit_align.objectives.offline.base import OfflinePairObjective
+from lit_align.objectives.offline.pair_terms import check, with_f_divergence
 
 
-class DPO(PairTermObjective):
+class DPO(OfflinePairObjective):
     """Direct preference optimisation (PAPER Eq. 6), with cDPO label smoothing and TRL's f-divergences.
 
     Args:
@@ -22,20 +23,22 @@ class DPO(PairTermObjective):
         f_alpha_divergence_coef: The alpha of ``alpha_divergence``. TRL default: 0.5.
     """
 
-    term = "sigmoid"
-
     def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, f_divergence_type: FDivergence = "reverse_kl",
                  f_alpha_divergence_coef: float = 0.5, **kwargs) -> None:
-        settings = check_settings(self.term, dict(beta=beta, label_smoothing=label_smoothing,
-                                                  f_divergence_type=f_divergence_type,
-                                                  f_alpha_divergence_coef=f_alpha_divergence_coef))
+        check(beta=beta, label_smoothing=label_smoothing, f_divergence_type=f_divergence_type,
+              f_alpha_divergence_coef=f_alpha_divergence_coef)
         super().__init__(**kwargs)
-        self.use_settings(**settings)
         self.beta = beta
         self.label_smoothing = label_smoothing
+        self.f_divergence_type = f_divergence_type
+        self.f_alpha_divergence_coef = f_alpha_divergence_coef
+
+    def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
+        return dpo_loss(chosen.policy, rejected.policy, chosen.reference, rejected.reference, self.beta,
+                        self.label_smoothing, self.f_divergence_type, self.f_alpha_divergence_coef)
 
 
-class IPO(PairTermObjective):
+class IPO(OfflinePairObjective):
     """Identity preference optimisation (Azar et al. 2023): squared regression of the log-ratio margin.
 
     Args:
@@ -49,13 +52,21 @@ class IPO(PairTermObjective):
         f_alpha_divergence_coef: The alpha of ``alpha_divergence``. TRL default: 0.5.
     """
 
-    term = "ipo"
-
     def __init__(self, tau: float = 0.1, length_normalized: bool = False, f_divergence_type: FDivergence = "reverse_kl",
                  f_alpha_divergence_coef: float = 0.5, **kwargs) -> None:
-        settings = check_settings(self.term, dict(tau=tau, length_normalized=length_normalized,
-                                                  f_divergence_type=f_divergence_type,
-                                                  f_alpha_divergence_coef=f_alpha_divergence_coef))
+        check(tau=tau, f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha_divergence_coef)
         super().__init__(**kwargs)
-        self.use_settings(**settings)
         self.tau = tau
+        self.length_normalized = length_normalized
+        self.f_divergence_type = f_divergence_type
+        self.f_alpha_divergence_coef = f_alpha_divergence_coef
+
+    def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
+        def loss(chosen, rejected):
+            ratios = chosen.policy, rejected.policy, chosen.reference, rejected.reference
+            if self.length_normalized:  # TRL's ipo
+                return length_normalized_ipo_loss(*ratios, chosen.lengths, rejected.lengths, self.tau)
+            return ipo_loss(*ratios, self.tau)
+
+        return with_f_divergence(loss, chosen, rejected, self.f_divergence_type, self.f_alpha_divergence_coef,
+                                 self.tau)

@@ -34,6 +34,17 @@ class KTO(OfflineObjective):
 
     data_columns = {"label": bool}
 
+    @classmethod
+    def reference_need(cls, settings):
+        # kto's reference point scores mismatched rows live; apo_zero_unpaired reads the data rows' log-probs only
+        return "samples" if settings["loss_type"] == "kto" else "data"
+
+    @classmethod
+    def reference_owner(cls, settings):
+        if settings["loss_type"] == "kto":
+            return "KTO's reference point (prompts with mismatched completions)"
+        return "KTO"
+
     def __init__(self, beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
                  loss_type: Literal["kto", "apo_zero_unpaired"] = "kto", **kwargs) -> None:
         if loss_type not in ("kto", "apo_zero_unpaired"):
@@ -44,8 +55,6 @@ class KTO(OfflineObjective):
             raise ValueError(f"the weights must be non-negative, got {desirable_weight}, {undesirable_weight}")
         super().__init__(**kwargs)
         self.loss_type = loss_type
-        if loss_type == "kto":
-            self.policy.reference.require("KTO's reference point (prompts with mismatched completions)", "samples")
         self.beta = beta
         self.desirable_weight = desirable_weight
         self.undesirable_weight = undesirable_weight

@@ -1,15 +1,20 @@
 """The offline pairwise losses that read lengths or per-token log-probs: SimPO, ORPO, length-normalised DPO,
-LD-DPO, WPO and RPO, one thin objective each (terms of ``pair_terms.PAIR_LOSSES``).
+LD-DPO, WPO, RPO and the chosen responses' NLL, one thin objective each (``pair_loss`` calls ``lit_align.losses``).
 """
 
 from __future__ import annotations
 
+import torch
+
+from lit_align import losses as L
+from lit_align.losses import PreferenceLoss
 from lit_align.losses.pairwise import NLLReduction
 from lit_align.losses.preference import FDivergence
-from lit_align.objectives.offline.pair_terms import PairTermObjective, check_settings
+from lit_align.objectives.offline.base import OfflinePairObjective
+from lit_align.objectives.offline.pair_terms import check, check_ld_alpha, with_f_divergence
 
 
-class SimPO(PairTermObjective):
+class SimPO(OfflinePairObjective):
     """SimPO (Meng et al. 2024; TRL ``CPOTrainer`` with ``loss_type: simpo``): a reference-free margin loss on
     length-normalised log-likelihoods, ``-ln s(beta (mean ln pi(y+) - mean ln pi(y-)) - gamma)``.
 
@@ -23,19 +28,23 @@ class SimPO(PairTermObjective):
             1.0 to train as TRL's ``CPOTrainer`` with ``loss_type: simpo`` does by default.
     """
 
-    term = "simpo"
-    default_reference = "none"
-    needs_reference = None
+    needs_reference = None  # no reference term: none is loaded and no reference forward runs
 
     def __init__(self, beta: float = 2.0, gamma: float = 0.5, label_smoothing: float = 0.0, cpo_alpha: float = 0.0,
                  **kwargs) -> None:
-        settings = check_settings(self.term, dict(beta=beta, gamma=gamma, label_smoothing=label_smoothing,
-                                                  cpo_alpha=cpo_alpha))
+        check(beta=beta, label_smoothing=label_smoothing, cpo_alpha=cpo_alpha)
         super().__init__(**kwargs)
-        self.use_settings(**settings)
+        self.beta = beta
+        self.gamma = gamma
+        self.label_smoothing = label_smoothing
+        self.cpo_alpha = cpo_alpha
+
+    def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
+        return L.simpo_loss(chosen.policy, rejected.policy, chosen.lengths, rejected.lengths, self.beta, self.gamma,
+                            self.label_smoothing, self.cpo_alpha)
 
 
-class ORPO(PairTermObjective):
+class ORPO(OfflinePairObjective):
     """ORPO (Hong et al. 2024; TRL ``ORPOTrainer``): SFT on the chosen response plus ``lam`` times an odds-ratio
     loss between the responses' length-normalised likelihoods. Reference-free: none is loaded.
 
@@ -46,17 +55,20 @@ class ORPO(PairTermObjective):
             per-token NLL.
     """
 
-    term = "orpo"
-    default_reference = "none"
     needs_reference = None
 
     def __init__(self, lam: float = 0.1, nll_reduction: NLLReduction = "token", **kwargs) -> None:
-        settings = check_settings(self.term, dict(lam=lam, nll_reduction=nll_reduction))
+        check(lam=lam, nll_reduction=nll_reduction)
         super().__init__(**kwargs)
-        self.use_settings(**settings)
+        self.lam = lam
+        self.nll_reduction = nll_reduction
+
+    def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
+        return L.orpo_loss(chosen.policy, rejected.policy, chosen.lengths, rejected.lengths, self.lam,
+                           self.nll_reduction)
 
 
-class LengthNormalizedDPO(PairTermObjective):
+class LengthNormalizedDPO(OfflinePairObjective):
     """DPO on per-token log-ratios (TRL ``sigmoid_norm``): each log-ratio divided by its response's length.
 
     Args:
@@ -67,18 +79,26 @@ class LengthNormalizedDPO(PairTermObjective):
         f_alpha_divergence_coef: The alpha of ``alpha_divergence``. TRL default: 0.5.
     """
 
-    term = "sigmoid_norm"
-
     def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, f_divergence_type: FDivergence = "reverse_kl",
                  f_alpha_divergence_coef: float = 0.5, **kwargs) -> None:
-        settings = check_settings(self.term, dict(beta=beta, label_smoothing=label_smoothing,
-                                                  f_divergence_type=f_divergence_type,
-                                                  f_alpha_divergence_coef=f_alpha_divergence_coef))
+        check(beta=beta, label_smoothing=label_smoothing, f_divergence_type=f_divergence_type,
+              f_alpha_divergence_coef=f_alpha_divergence_coef)
         super().__init__(**kwargs)
-        self.use_settings(**settings)
+        self.beta = beta
+        self.label_smoothing = label_smoothing
+        self.f_divergence_type = f_divergence_type
+        self.f_alpha_divergence_coef = f_alpha_divergence_coef
+
+    def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
+        def loss(c, r):
+            return L.length_normalized_dpo_loss(c.policy, r.policy, c.reference, r.reference, c.lengths, r.lengths,
+                                                self.beta, self.label_smoothing)
+
+        return with_f_divergence(loss, chosen, rejected, self.f_divergence_type, self.f_alpha_divergence_coef,
+                                 self.beta)
 
 
-class LDDPO(PairTermObjective):
+class LDDPO(OfflinePairObjective):
     """Length-desensitised DPO (Liu et al. 2024; TRL ``ld_alpha``): in every summed log-prob, the policy's and the
     reference's (as TRL), the tokens of the longer response beyond the shorter one's length count ``alpha`` times,
     so length alone moves the margin less. Needs a live reference (``copy`` or ``lora``).
@@ -89,16 +109,26 @@ class LDDPO(PairTermObjective):
             0.5 is a middle value: the paper tunes it per model.
     """
 
-    term = "sigmoid"
+    @classmethod
+    def reference_need(cls, settings):
+        return "samples"  # the reference's per-token log-probs: a live one
+
+    @classmethod
+    def reference_owner(cls, settings):
+        return LD_OWNER
 
     def __init__(self, beta: float = 0.1, alpha: float = 0.5, **kwargs) -> None:
-        settings = check_settings(self.term, dict(beta=beta))
+        check(beta=beta)
+        check_ld_alpha(alpha)
         super().__init__(**kwargs)
-        self.use_settings(**settings)
-        self.use_ld_alpha(alpha)
+        self.beta = beta
+        self.ld_alpha = alpha
+
+    def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
+        return L.dpo_loss(chosen.policy, rejected.policy, chosen.reference, rejected.reference, self.beta)
 
 
-class WPO(PairTermObjective):
+class WPO(OfflinePairObjective):
     """Weighted preference optimisation (Zhou et al. 2024; TRL ``use_weighting``): DPO with each pair weighted by
     the policy's current length-normalised probability of both responses, so off-policy pairs count less.
 
@@ -112,15 +142,21 @@ class WPO(PairTermObjective):
             unadjusted weights of long responses are tiny); False uses them as they are (clamped at 1, as TRL).
     """
 
-    term = "wpo"
-
     def __init__(self, beta: float = 0.1, batch_normalized: bool = True, **kwargs) -> None:
-        settings = check_settings(self.term, dict(beta=beta, batch_normalized=batch_normalized))
+        check(beta=beta)
         super().__init__(**kwargs)
-        self.use_settings(**settings)
+        self.beta = beta
+        self.batch_normalized = batch_normalized
+
+    def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
+        out = L.dpo_loss(chosen.policy, rejected.policy, chosen.reference, rejected.reference, self.beta)
+        weights = L.wpo_weights(chosen.tokens, chosen.mask, rejected.tokens, rejected.mask)
+        if self.batch_normalized:
+            weights = weights / weights.mean().clamp(min=torch.finfo(weights.dtype).tiny)
+        return out._replace(losses=weights * out.losses)
 
 
-class RPO(PairTermObjective):
+class RPO(OfflinePairObjective):
     """RPO (Pang et al. 2024): DPO plus ``alpha`` times the chosen responses' NLL. TRL 1.16 has no ``rpo_alpha``;
     its counterpart is ``loss_type: [sigmoid, sft]`` with ``loss_weights: [1.0, alpha]``.
 
@@ -131,10 +167,41 @@ class RPO(PairTermObjective):
             each example's mean per-token NLL (equal when every chosen response has the same length).
     """
 
-    term = "rpo"
-
     def __init__(self, beta: float = 0.1, alpha: float = 1.0, nll_reduction: NLLReduction = "token",
                  **kwargs) -> None:
-        settings = check_settings(self.term, dict(beta=beta, alpha=alpha, nll_reduction=nll_reduction))
+        check(beta=beta, alpha=alpha, nll_reduction=nll_reduction)
         super().__init__(**kwargs)
-        self.use_settings(**settings)
+        self.beta = beta
+        self.alpha = alpha
+        self.nll_reduction = nll_reduction
+
+    def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
+        return L.rpo_loss(chosen.policy, rejected.policy, chosen.reference, rejected.reference, chosen.lengths,
+                          self.beta, self.alpha, self.nll_reduction)
+
+
+class ChosenNLL(OfflinePairObjective):
+    """The chosen responses' negative log-likelihood on preference pairs (TRL's ``sft`` loss type): SFT as a part
+    of ``CombinedPairLoss``, e.g. MPO's. Its rewards are both responses' mean per-token log-probs. Reference-free.
+
+    Args:
+        nll_reduction: ``token``: the token mean over the batch's chosen completions (TRL's ``sft``); ``example``:
+            each example's mean per-token NLL.
+    """
+
+    needs_reference = None
+
+    def __init__(self, nll_reduction: NLLReduction = "token", **kwargs) -> None:
+        check(nll_reduction=nll_reduction)
+        super().__init__(**kwargs)
+        self.nll_reduction = nll_reduction
+
+    def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
+        # the per-token log-probs as they are (TRL's sft reads them so, also under ld_alpha)
+        nll = L.nll_loss(chosen.tokens.sum(-1), chosen.lengths, self.nll_reduction)
+        return PreferenceLoss(nll, (chosen.policy / chosen.lengths.clamp(min=1)).detach(),
+                              (rejected.policy / rejected.lengths.clamp(min=1)).detach())
+
+
+#: Who needs a live reference under ``ld_alpha``, as a refusal names it.
+LD_OWNER = "ld_alpha (the reference's log-probs desensitised token by token)"

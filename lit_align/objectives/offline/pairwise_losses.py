@@ -1,20 +1,29 @@
 """TRL's offline pairwise ``loss_type``s of summed log-probs against a reference, one thin objective each.
 
-Each class is one term of ``pair_terms.PAIR_LOSSES`` with its settings; the maths is in
-``lit_align/losses/pairwise.py``. Defaults are TRL's ``DPOConfig`` (``beta: 0.1``) unless a paper gives its own.
-Every one also takes TRL's ``ld_alpha`` (``pair_terms.LengthDesensitizable``) through its subclass ``LDDPO`` or
-``CombinedPairLoss``.
+Each class takes its settings and implements ``pair_loss`` as one call into ``lit_align/losses/pairwise.py``,
+where the maths is. Defaults are TRL's ``DPOConfig`` (``beta: 0.1``) unless a paper gives its own. TRL's
+``ld_alpha`` applies to any of them as a part of ``CombinedPairLoss``.
 The length-aware losses (SimPO, ORPO, length-normalised and length-desensitised DPO, WPO, RPO) are in
 ``pairwise_length.py``.
 """
 
 from __future__ import annotations
 
+import torch
+
+from lit_align import losses as L
+from lit_align.losses import PreferenceLoss
 from lit_align.losses.preference import FDivergence
-from lit_align.objectives.offline.pair_terms import PairTermObjective, check_settings
+from lit_align.objectives.offline.base import OfflinePairObjective
+from lit_align.objectives.offline.pair_terms import RunningRewardMean, check, in_range, with_f_divergence
 
 
-class Hinge(PairTermObjective):
+def _ratios(chosen, rejected):
+    """The four summed log-probs a loss of ``lit_align.losses.pairwise`` takes first."""
+    return chosen.policy, rejected.policy, chosen.reference, rejected.reference
+
+
+class Hinge(OfflinePairObjective):
     """Hinge loss on the DPO margin (SLiC, Zhao et al. 2023; RSO, Liu et al. 2023): ``max(0, 1 - beta h)``.
 
     Args:
@@ -26,21 +35,24 @@ class Hinge(PairTermObjective):
         f_alpha_divergence_coef: The alpha of ``alpha_divergence``. TRL default: 0.5.
     """
 
-    term = "hinge"
+    @classmethod
+    def reference_need(cls, settings):
+        return None if settings["reference_free"] else "data"
 
     def __init__(self, beta: float = 0.1, reference_free: bool = False, f_divergence_type: FDivergence = "reverse_kl",
                  f_alpha_divergence_coef: float = 0.5, **kwargs) -> None:
-        settings = check_settings(self.term, dict(beta=beta,
-                                                  f_divergence_type=f_divergence_type,
-                                                  f_alpha_divergence_coef=f_alpha_divergence_coef))
-        if reference_free:
-            self.needs_reference = None
-            self.default_reference = "none"
+        check(beta=beta, f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha_divergence_coef)
         super().__init__(**kwargs)
-        self.use_settings(**settings)
+        self.beta = beta
+        self.f_divergence_type = f_divergence_type
+        self.f_alpha_divergence_coef = f_alpha_divergence_coef
+
+    def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
+        return with_f_divergence(lambda c, r: L.hinge_loss(*_ratios(c, r), self.beta), chosen, rejected,
+                                 self.f_divergence_type, self.f_alpha_divergence_coef, self.beta)
 
 
-class RobustDPO(PairTermObjective):
+class RobustDPO(OfflinePairObjective):
     """Robust DPO (Chowdhury et al. 2024): DPO corrected to be unbiased under labels flipped at rate ``eps``.
 
     Args:
@@ -52,18 +64,22 @@ class RobustDPO(PairTermObjective):
         f_alpha_divergence_coef: The alpha of ``alpha_divergence``. TRL default: 0.5.
     """
 
-    term = "robust"
-
     def __init__(self, beta: float = 0.1, label_smoothing: float = 0.1, f_divergence_type: FDivergence = "reverse_kl",
                  f_alpha_divergence_coef: float = 0.5, **kwargs) -> None:
-        settings = check_settings(self.term, dict(beta=beta, label_smoothing=label_smoothing,
-                                                  f_divergence_type=f_divergence_type,
-                                                  f_alpha_divergence_coef=f_alpha_divergence_coef))
+        check(beta=beta, label_smoothing=label_smoothing, f_divergence_type=f_divergence_type,
+              f_alpha_divergence_coef=f_alpha_divergence_coef)
         super().__init__(**kwargs)
-        self.use_settings(**settings)
+        self.beta = beta
+        self.label_smoothing = label_smoothing
+        self.f_divergence_type = f_divergence_type
+        self.f_alpha_divergence_coef = f_alpha_divergence_coef
+
+    def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
+        return with_f_divergence(lambda c, r: L.robust_dpo_loss(*_ratios(c, r), self.beta, self.label_smoothing),
+                                 chosen, rejected, self.f_divergence_type, self.f_alpha_divergence_coef, self.beta)
 
 
-class BCOPair(PairTermObjective):
+class BCOPair(OfflinePairObjective):
     """BCO on preference pairs (Jung et al. 2024; TRL ``bco_pair``): chosen and rejected told apart by a binary
     classifier whose logit is the implicit reward.
 
@@ -73,15 +89,22 @@ class BCOPair(PairTermObjective):
             checkpointed buffer, summed over ranks). TRL 1.16 applies no shift: False, the default.
     """
 
-    term = "bco_pair"
-
     def __init__(self, beta: float = 0.1, running_mean: bool = False, **kwargs) -> None:
-        settings = check_settings(self.term, dict(beta=beta, running_mean=running_mean))
+        check(beta=beta)
         super().__init__(**kwargs)
-        self.use_settings(**settings)
+        self.beta = beta
+        #: The running mean (a submodule: it follows the device and is checkpointed), or None: no shift.
+        self.term_state = RunningRewardMean() if running_mean else None
+
+    def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
+        shift = 0.0  # TRL 1.16's bco_pair: no shift
+        if self.term_state is not None:
+            rewards = self.beta * torch.cat([chosen.policy - chosen.reference, rejected.policy - rejected.reference])
+            shift = self.term_state(rewards)
+        return L.bco_pair_loss(*_ratios(chosen, rejected), self.beta, shift)
 
 
-class APOZero(PairTermObjective):
+class APOZero(OfflinePairObjective):
     """Anchored preference optimisation, zero variant (D'Oosterlinck et al. 2024; TRL ``apo_zero``): raises the
     chosen and lowers the rejected likelihood, each against the reference (for a model weaker than its data).
 
@@ -89,15 +112,16 @@ class APOZero(PairTermObjective):
         beta: Scale of the log-ratios inside the sigmoids. TRL default 0.1.
     """
 
-    term = "apo_zero"
-
     def __init__(self, beta: float = 0.1, **kwargs) -> None:
-        settings = check_settings(self.term, dict(beta=beta))
+        check(beta=beta)
         super().__init__(**kwargs)
-        self.use_settings(**settings)
+        self.beta = beta
+
+    def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
+        return L.apo_zero_loss(*_ratios(chosen, rejected), self.beta)
 
 
-class APODown(PairTermObjective):
+class APODown(OfflinePairObjective):
     """Anchored preference optimisation, down variant (D'Oosterlinck et al. 2024; TRL ``apo_down``): lowers both
     likelihoods, the rejected one more (for a model already better than its chosen responses).
 
@@ -105,15 +129,16 @@ class APODown(PairTermObjective):
         beta: Scale of the log-ratios inside the sigmoids. TRL default 0.1.
     """
 
-    term = "apo_down"
-
     def __init__(self, beta: float = 0.1, **kwargs) -> None:
-        settings = check_settings(self.term, dict(beta=beta))
+        check(beta=beta)
         super().__init__(**kwargs)
-        self.use_settings(**settings)
+        self.beta = beta
+
+    def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
+        return L.apo_down_loss(*_ratios(chosen, rejected), self.beta)
 
 
-class NCAPair(PairTermObjective):
+class NCAPair(OfflinePairObjective):
     """Noise-contrastive alignment on pairs (Chen et al. 2024; TRL ``nca_pair``): each response's log-ratio is
     classified on its own, which keeps the chosen likelihood from falling as it can under DPO.
 
@@ -121,15 +146,16 @@ class NCAPair(PairTermObjective):
         beta: Scale of the log-ratios. TRL default 0.1.
     """
 
-    term = "nca_pair"
-
     def __init__(self, beta: float = 0.1, **kwargs) -> None:
-        settings = check_settings(self.term, dict(beta=beta))
+        check(beta=beta)
         super().__init__(**kwargs)
-        self.use_settings(**settings)
+        self.beta = beta
+
+    def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
+        return L.nca_pair_loss(*_ratios(chosen, rejected), self.beta)
 
 
-class EXOPair(PairTermObjective):
+class EXOPair(OfflinePairObjective):
     """Efficient exact optimisation on pairs (Ji et al. 2024; TRL ``exo_pair``): the reverse KL from the policy's
     preference probability ``s(beta h)`` to the smoothed label (mode-seeking, where DPO's forward KL is not).
 
@@ -142,18 +168,22 @@ class EXOPair(PairTermObjective):
         f_alpha_divergence_coef: The alpha of ``alpha_divergence``. TRL default: 0.5.
     """
 
-    term = "exo_pair"
-
     def __init__(self, beta: float = 0.1, label_smoothing: float = 1e-3, f_divergence_type: FDivergence = "reverse_kl",
                  f_alpha_divergence_coef: float = 0.5, **kwargs) -> None:
-        settings = check_settings(self.term, dict(beta=beta, label_smoothing=label_smoothing,
-                                                  f_divergence_type=f_divergence_type,
-                                                  f_alpha_divergence_coef=f_alpha_divergence_coef))
+        in_range("label_smoothing", label_smoothing, 0.0, 1.0, closed_low=False)  # the reverse KL's own range
+        check(beta=beta, f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha_divergence_coef)
         super().__init__(**kwargs)
-        self.use_settings(**settings)
+        self.beta = beta
+        self.label_smoothing = label_smoothing
+        self.f_divergence_type = f_divergence_type
+        self.f_alpha_divergence_coef = f_alpha_divergence_coef
+
+    def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
+        return with_f_divergence(lambda c, r: L.exo_pair_loss(*_ratios(c, r), self.beta, self.label_smoothing),
+                                 chosen, rejected, self.f_divergence_type, self.f_alpha_divergence_coef, self.beta)
 
 
-class SPPOHard(PairTermObjective):
+class SPPOHard(OfflinePairObjective):
     """Self-play preference optimisation with hard labels (Wu et al. 2024; TRL ``sppo_hard``): regresses the
     chosen log-ratio onto ``+1 / (2 beta)`` and the rejected onto ``-1 / (2 beta)``.
 
@@ -161,15 +191,16 @@ class SPPOHard(PairTermObjective):
         beta: The inverse of SPPO's step size ``eta``. TRL default 0.1 (targets of +-5 nats).
     """
 
-    term = "sppo_hard"
-
     def __init__(self, beta: float = 0.1, **kwargs) -> None:
-        settings = check_settings(self.term, dict(beta=beta))
+        check(beta=beta)
         super().__init__(**kwargs)
-        self.use_settings(**settings)
+        self.beta = beta
+
+    def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
+        return L.sppo_hard_loss(*_ratios(chosen, rejected), self.beta)
 
 
-class DiscoPOP(PairTermObjective):
+class DiscoPOP(OfflinePairObjective):
     """DiscoPOP, the log-ratio-modulated loss (Lu et al. 2024; TRL ``discopop``): a mix of DPO's logistic loss
     and the exponential loss, weighted by ``s(beta h / tau)``.
 
@@ -181,18 +212,21 @@ class DiscoPOP(PairTermObjective):
         f_alpha_divergence_coef: The alpha of ``alpha_divergence``. TRL default: 0.5.
     """
 
-    term = "discopop"
-
     def __init__(self, beta: float = 0.05, tau: float = 0.05, f_divergence_type: FDivergence = "reverse_kl",
                  f_alpha_divergence_coef: float = 0.5, **kwargs) -> None:
-        settings = check_settings(self.term, dict(beta=beta, tau=tau,
-                                                  f_divergence_type=f_divergence_type,
-                                                  f_alpha_divergence_coef=f_alpha_divergence_coef))
+        check(beta=beta, tau=tau, f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha_divergence_coef)
         super().__init__(**kwargs)
-        self.use_settings(**settings)
+        self.beta = beta
+        self.tau = tau
+        self.f_divergence_type = f_divergence_type
+        self.f_alpha_divergence_coef = f_alpha_divergence_coef
+
+    def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
+        return with_f_divergence(lambda c, r: L.discopop_loss(*_ratios(c, r), self.beta, self.tau), chosen, rejected,
+                                 self.f_divergence_type, self.f_alpha_divergence_coef, self.beta)
 
 
-class AOT(PairTermObjective):
+class AOT(OfflinePairObjective):
     """Alignment via optimal transport (Melnyk et al. 2024; TRL ``aot`` and ``aot_unpaired``): DPO's loss on the
     sorted quantiles of the batch, so that the policy's margins stochastically dominate the reference's.
 
@@ -204,7 +238,11 @@ class AOT(PairTermObjective):
     """
 
     def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, paired: bool = True, **kwargs) -> None:
-        self.term = "aot" if paired else "aot_unpaired"
-        settings = check_settings(self.term, dict(beta=beta, label_smoothing=label_smoothing))
+        check(beta=beta, label_smoothing=label_smoothing)
         super().__init__(**kwargs)
-        self.use_settings(**settings)
+        self.beta = beta
+        self.label_smoothing = label_smoothing
+        self.paired = paired
+
+    def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
+        return L.aot_loss(*_ratios(chosen, rejected), self.beta, self.label_smoothing, paired=self.paired)

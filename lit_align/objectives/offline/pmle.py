@@ -9,7 +9,6 @@ import torch
 from lit_align.losses import pmle_loss, sampled_kl_surrogate, token_kl_surrogate
 from lit_align.objectives.base import Stage
 from lit_align.objectives.offline.base import OfflinePairObjective
-from lit_align.policy.with_reference import PolicyWithReference
 from lit_align.generation.rollout import SamplingConfig
 
 KLEstimator = Literal["loo", "token_full"]
@@ -46,8 +45,15 @@ class PMLE(OfflinePairObjective):
         learning_rate: Peak learning rate of the default AdamW. PAPER TL;DR: 1e-6 (chat: 3e-7).
     """
 
-    default_reference = "none"
-    needs_reference = None  # no reference inside the sigmoid; the KL term (beta > 0) asks for a live one itself
+    uses_reference_logps = False  # no reference inside the sigmoid: the data rows are never scored under pi_0
+
+    @classmethod
+    def reference_need(cls, settings):
+        return "samples" if settings["beta"] > 0 else None  # the KL term scores fresh samples under pi_0
+
+    @classmethod
+    def reference_owner(cls, settings):
+        return "PMLE with beta > 0"
 
     def __init__(
         self,
@@ -69,11 +75,7 @@ class PMLE(OfflinePairObjective):
             raise ValueError(f"kl_estimator={kl_estimator} needs more samples per prompt, got {num_kl_samples}")
         if beta > 0:
             sampling.require_distribution("PMLE with beta > 0")
-        if kwargs.get("policy") is None:
-            kwargs["policy"] = PolicyWithReference(reference="copy" if beta > 0 else "none")
         super().__init__(learning_rate=learning_rate, **kwargs)
-        if beta > 0:
-            self.policy.reference.require("PMLE with beta > 0", "samples")
         self.gamma = gamma
         self.beta = beta
         self.kl_estimator = kl_estimator

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from lit_align.objectives.base import AlignmentModule, Stage
-from lit_align.policy.with_reference import ReferenceMode
 
 
 class SFT(AlignmentModule):
@@ -25,8 +24,6 @@ class SFT(AlignmentModule):
     so that it is exactly the gradient of (sum of token NLLs) / (number of response tokens) over every micro-batch
     and every rank of the step. The logged ``train/loss`` and ``val/loss`` are token-weighted the same way.
     """
-
-    default_reference: ClassVar[ReferenceMode] = "none"
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)

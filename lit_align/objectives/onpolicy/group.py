@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from lit_align.objectives.onpolicy.base import Experience, OnPolicyObjective
-from lit_align.policy.with_reference import PolicyWithReference
 
 
 class GroupObjective(OnPolicyObjective):
@@ -17,23 +16,24 @@ class GroupObjective(OnPolicyObjective):
 
     The reference follows the KL weight (``kl_weight`` given by the subclass): with a weight of 0 the objective
     is reference-free (no pi_0 is loaded when no ``policy`` is given) and with a positive weight it needs a live
-    one (``copy`` or ``lora``), which it asks of the policy itself.
+    one (``copy`` or ``lora``): ``reference_need``.
     """
 
-    default_reference = "none"
-    needs_reference = None  # asked for in __init__ when the KL weight is positive
+    @classmethod
+    def reference_need(cls, settings):
+        return "samples" if settings["kl_weight"] > 0 else None
+
+    @classmethod
+    def reference_owner(cls, settings):
+        return f"{cls.__name__} with a KL weight above 0"
 
     def __init__(self, kl_weight: float, **kwargs: Any) -> None:
         if kl_weight < 0:
             raise ValueError(f"the KL weight must be non-negative, got {kl_weight}")
         if kwargs.setdefault("num_samples", 4) < 2:
             raise ValueError(f"{type(self).__name__} compares the responses to a prompt: num_samples must be >= 2")
-        if kwargs.get("policy") is None:
-            kwargs["policy"] = PolicyWithReference(reference="copy" if kl_weight > 0 else "none")
         super().__init__(**kwargs)
         self.sampling.require_distribution(type(self).__name__)  # ratios of greedy samples are undefined
-        if kl_weight > 0:
-            self.policy.reference.require(f"{type(self).__name__} with a KL weight above 0", "samples")
 
     def groups(self, values: torch.Tensor) -> torch.Tensor:
         """Per-row values (N, ...) as (prompts, k, ...)."""

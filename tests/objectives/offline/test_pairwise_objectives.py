@@ -1,6 +1,6 @@
 """The thin objectives of TRL's pairwise losses and CombinedPairLoss, on the tiny model and the shipped pairs.
 
-Each objective's loss on a batch (its rows packed with a shared prompt) must equal its loss term evaluated on
+Each objective's loss on a batch (its rows packed with a shared prompt) must equal its ``pair_loss`` evaluated on
 log-probs computed here independently, from the unpacked rows' logits of the policy and the reference.
 """
 
@@ -10,17 +10,18 @@ import torch
 from lit_align import PolicyWithReference
 from lit_align.data import PreferenceDataModule
 from lit_align.models.logprobs import completion_token_logprobs
-from lit_align.losses import dpo_loss, length_desensitized_logps
-from lit_align.objectives import DPO, IPO  # noqa: E402  (the sigmoid and ipo terms)
+from lit_align.losses import bco_pair_loss, dpo_loss, length_desensitized_logps
+from lit_align.objectives import DPO, IPO
 from lit_align.objectives import (
     AOT, APODown, APOZero, BCOPair, CombinedPairLoss, DiscoPOP, EXOPair, Hinge, LDDPO, LengthNormalizedDPO,
     NCAPair, ORPO, RPO, RobustDPO, SPPOHard, SimPO, WPO,
 )
 from lit_align.objectives.offline.base import RowLogps
-from lit_align.objectives.offline.pair_terms import PAIR_LOSSES, RunningRewardMean
+from lit_align.objectives.offline.pair_terms import RunningRewardMean
+from lit_align.objectives.offline.pairwise_length import ChosenNLL
 
-CLASSES = [AOT, APODown, APOZero, BCOPair, DiscoPOP, EXOPair, Hinge, LDDPO, LengthNormalizedDPO, NCAPair, ORPO,
-           RPO, RobustDPO, SPPOHard, SimPO, WPO]
+CLASSES = [AOT, APODown, APOZero, BCOPair, ChosenNLL, DiscoPOP, DPO, EXOPair, Hinge, IPO, LDDPO, LengthNormalizedDPO,
+           NCAPair, ORPO, RPO, RobustDPO, SPPOHard, SimPO, WPO]
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +62,13 @@ def _rows(module, batch, ld_alpha=None):
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
-def test_objective_loss_is_its_term_on_independent_logps(cls, batch):
-    module = _moved(cls(policy=PolicyWithReference(model="tiny", reference="none" if cls.needs_reference is None
-                                                   else "copy")))
+def test_objective_loss_is_its_pair_loss_on_independent_logps(cls, batch):
+    module = _moved(cls())
     module.eval()  # BCO's running mean is read, not moved
     with torch.no_grad():
         loss, metrics = module.compute_loss(batch, "val")
-    chosen, rejected = _rows(module, batch, module.ld_alpha)
-    settings = dict(module.settings)
-    expected = PAIR_LOSSES[module.term].term(chosen, rejected, **settings)
+        chosen, rejected = _rows(module, batch, module.ld_alpha)
+        expected = module.pair_loss(chosen, rejected, batch)
     torch.testing.assert_close(loss, expected.losses.mean(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(metrics["rewards/chosen"], expected.chosen_rewards, atol=1e-5, rtol=1e-5)
     assert metrics["rewards/accuracies"].shape == (batch["index"].numel(),)
@@ -79,7 +78,7 @@ def test_objective_loss_is_its_term_on_independent_logps(cls, batch):
                          ids=["SimPO", "ORPO", "Hinge-reference-free"])
 def test_reference_free_objectives_load_no_reference(make, batch):
     module = make()
-    assert module.policy.reference.name == "none" and module.needs_reference is None
+    assert module.policy.reference.name == "none" and module.reference_needed is None
     loss, _ = module.compute_loss(batch, "train")
     loss.backward()
     assert torch.isfinite(loss)
@@ -92,7 +91,7 @@ def test_ld_dpo_with_alpha_one_is_dpo_and_desensitises_the_reference_too(batch):
     plain = dpo_loss(chosen.policy, rejected.policy, chosen.reference, rejected.reference, 0.1).losses
     with torch.no_grad():
         torch.testing.assert_close(module.compute_loss(batch, "val")[1]["loss"], plain, atol=1e-5, rtol=1e-5)
-        module.use_ld_alpha(0.5)
+        module.ld_alpha = 0.5
         desensitised = module.compute_loss(batch, "val")[1]["loss"]
     # alpha < 1: a pair of equal lengths is untouched, an unequal one is not
     same = chosen.lengths == rejected.lengths
@@ -109,10 +108,11 @@ def test_wpo_batch_normalized_weights_average_one(batch):
     module = _moved(WPO())
     chosen, rejected = _rows(module, batch)
     plain = dpo_loss(chosen.policy, rejected.policy, chosen.reference, rejected.reference, 0.1).losses
-    weighted = PAIR_LOSSES["wpo"].term(chosen, rejected).losses
+    weighted = module.pair_loss(chosen, rejected, batch).losses
     weights = weighted / plain
     assert weights.mean().item() == pytest.approx(1.0) and weights.std() > 0
-    raw = PAIR_LOSSES["wpo"].term(chosen, rejected, batch_normalized=False).losses / plain
+    module.batch_normalized = False
+    raw = module.pair_loss(chosen, rejected, batch).losses / plain
     # unnormalised: exp of both responses' mean token log-probs, well below 1 for a random tiny model
     mean_logp = chosen.policy / chosen.lengths + rejected.policy / rejected.lengths
     torch.testing.assert_close(raw, torch.exp(mean_logp).clamp(max=1))
@@ -126,8 +126,9 @@ def test_combined_is_the_weighted_sum_of_its_parts_and_logs_each(batch):
     with torch.no_grad():
         loss, metrics = module.compute_loss(batch, "val")
     chosen, rejected = _rows(module, batch)
-    dpo = PAIR_LOSSES["sigmoid"].term(chosen, rejected, beta=0.1)
-    bco = PAIR_LOSSES["bco_pair"].term(chosen, rejected)  # no shift (TRL 1.16's bco_pair)
+    ratios = chosen.policy, rejected.policy, chosen.reference, rejected.reference
+    dpo = dpo_loss(*ratios, beta=0.1)
+    bco = bco_pair_loss(*ratios, beta=0.1)  # no shift (TRL 1.16's bco_pair)
     nll = -chosen.policy * len(chosen.policy) / chosen.lengths.sum()  # the token mean over the batch (TRL's sft)
     torch.testing.assert_close(loss, (0.8 * dpo.losses + 0.2 * bco.losses + nll).mean(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(metrics["loss/sft"], nll, atol=1e-5, rtol=1e-5)
@@ -174,12 +175,12 @@ def test_invalid_settings_fail_before_loading():
 def test_ipo_part_is_the_papers_by_default_and_trls_when_length_normalized(batch):
     from lit_align.losses import ipo_loss, length_normalized_ipo_loss
 
-    module = _moved(CombinedPairLoss(losses=[{"loss": "ipo"}]))
+    module = _moved(CombinedPairLoss(losses=[{"loss": "ipo"}, {"loss": "ipo", "length_normalized": True}]))
     chosen, rejected = _rows(module, batch)
     args = chosen.policy, rejected.policy, chosen.reference, rejected.reference
-    torch.testing.assert_close(PAIR_LOSSES["ipo"].term(chosen, rejected).losses, ipo_loss(*args).losses)
-    torch.testing.assert_close(PAIR_LOSSES["ipo"].term(chosen, rejected, length_normalized=True).losses,
-                               length_normalized_ipo_loss(*args, chosen.lengths, rejected.lengths).losses)
+    papers, trls = (part.pair_loss(chosen, rejected, batch).losses for part in module.parts)
+    torch.testing.assert_close(papers, ipo_loss(*args).losses)
+    torch.testing.assert_close(trls, length_normalized_ipo_loss(*args, chosen.lengths, rejected.lengths).losses)
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
@@ -203,7 +204,7 @@ def test_every_setting_is_documented_with_the_source_of_its_default(cls):
     ({"loss": "sft", "nll_reduction": "sum"}, "nll_reduction must be one of"),
 ])
 def test_a_combined_part_gets_its_objectives_checks(spec, message):
-    """One check per setting (pair_terms.check_settings), for an objective and a part of a mix alike."""
+    """A part of a mix is its objective, with the objective's checks."""
     with pytest.raises(ValueError, match=message):
         CombinedPairLoss(losses=[spec])
     objective = {"sigmoid": DPO, "ipo": IPO, "robust": RobustDPO, "exo_pair": EXOPair, "sft": RPO}[spec["loss"]]
