@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from lit_align.models.loading import enable_activation_checkpointing
+from lit_align.models.lora_merge import merged_weights
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -150,11 +151,11 @@ def full_policy_state_dict(policy) -> dict[str, torch.Tensor] | None:
         return None if state is None else {k.removeprefix("model."): v for k, v in state.items()}
     if not is_sharded(policy.policy):
         return None
-    state = _full_state_dict(policy.policy)
-    lora = policy.lora_options
-    if lora is None or policy.lora_export == "adapter" or not state:
-        return state
-    return _merge_lora(state, _lora_scalings(policy.policy))
+    if policy.lora_options is None or policy.lora_export == "adapter":
+        return _full_state_dict(policy.policy)
+    # peft's merge on each layer gathered whole, one layer at a time (the same merge as the unsharded export)
+    keep = torch.distributed.get_rank() == 0
+    return {name: tensor.cpu() for name, tensor in merged_weights(policy.policy) if keep}
 
 
 def _full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -162,29 +163,3 @@ def _full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def _lora_scalings(model: nn.Module) -> dict[str, float]:
-    scalings = {}
-    for name, module in model.named_modules():
-        scaling = getattr(module, "scaling", None)
-        if isinstance(scaling, dict) and "default" in scaling:
-            scalings[name] = float(scaling["default"])
-    return scalings
-
-
-def _merge_lora(state: dict[str, torch.Tensor], scalings: dict[str, float]) -> dict[str, torch.Tensor]:
-    """Fold W += scaling * B @ A into each adapted base weight and strip the peft prefixes."""
-    merged = {}
-    for key, value in state.items():
-        if ".lora_" in key:
-            continue
-        if ".base_layer." in key:
-            layer = key.split(".base_layer.")[0]
-            if key.endswith(".base_layer.weight") and f"{layer}.lora_A.default.weight" in state:
-                a = state[f"{layer}.lora_A.default.weight"].float()  # (r, in)
-                b = state[f"{layer}.lora_B.default.weight"].float()  # (out, r)
-                value = (value.float() + scalings[layer] * (b @ a)).to(value.dtype)
-            key = key.replace(".base_layer.", ".")
-        merged[key.removeprefix("base_model.model.")] = value
-    return merged

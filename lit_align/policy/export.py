@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lit_align.models.lora_merge import merged_weights
 from lit_align.runs.outputs import atomic_directory
 
 
@@ -25,23 +26,13 @@ def export_policy(policy, directory: str | Path, state_dict: dict[str, torch.Ten
             policy.policy.save_pretrained(temp, state_dict=state_dict, safe_serialization=True)
         else:
             base = policy.base_model
-            weights = state_dict if state_dict is not None else merged_state_dict(policy.policy, lora is not None)
+            weights = state_dict if state_dict is not None else merged_state_dict(policy.policy)
             base.save_pretrained(temp, state_dict=weights, safe_serialization=True)
         policy.tokenizer.save_pretrained(temp)
     return directory
 
 
-def merged_state_dict(model: nn.Module, is_lora: bool) -> dict[str, torch.Tensor]:
-    """The plain transformers state dict, with LoRA updates folded into the base weights (model unchanged)."""
-    if not is_lora:
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    model.merge_adapter()
-    try:
-        state = {}
-        for key, value in model.get_base_model().state_dict().items():
-            if "lora_" in key:
-                continue
-            state[key.replace(".base_layer.", ".")] = value.detach().cpu().clone()
-        return state
-    finally:
-        model.unmerge_adapter()
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The plain transformers state dict on the CPU, active LoRA adapters merged by peft
+    (``lit_align.models.lora_merge``; the model is not changed)."""
+    return {name: tensor.cpu() for name, tensor in merged_weights(model)}
