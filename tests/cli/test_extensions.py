@@ -1,13 +1,15 @@
-"""Four extensions written as a user writes them (``tests/extensions``), each trained through the command line.
+"""Extensions written as a user writes them (``tests/extensions``), each trained through the command line.
 
-Each subclasses a public base and implements its one hook, without overriding anything private: SimPO as a
-hook on offline rows, KTO on a labelled data file, a reference-free GRPO, and a per-step callback.
+Each subclasses a public base and implements its one hook, without overriding anything private: a new pair loss
+(a loss function, a thin class, a config: the recipe docs/architecture.md shows, checked here to be these very
+files), SimPO as a hook on offline rows, KTO on a labelled data file, a reference-free GRPO, and a per-step callback.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -16,8 +18,11 @@ import torch.nn.functional as F
 from extensions.callback import StepJournal
 from extensions.grpo import GRPO
 from extensions.kto import KTO
+from extensions.margin_dpo import MarginDPO
+from extensions.margin_loss import margin_dpo_loss
 from extensions.simpo import SimPO
 from lit_align.cli.app import build_cli
+from lit_align.losses import dpo_loss
 from lit_align.models.logprobs import sequence_logprobs
 from lit_align.objectives import OfflineObjective, OfflinePairObjective, OnPolicyObjective
 
@@ -31,6 +36,7 @@ def _fit(config: str, *extra: str):
 
 
 @pytest.mark.parametrize("cls, base, hooks", [
+    (MarginDPO, OfflinePairObjective, {"pair_loss"}),
     (SimPO, OfflinePairObjective, {"pair_loss"}),
     (KTO, OfflineObjective, {"rows_loss"}),
     (GRPO, OnPolicyObjective, {"experience_loss"}),
@@ -39,6 +45,34 @@ def test_each_extension_is_one_hook_on_a_public_base(cls, base, hooks):
     defined = {name for name, value in vars(cls).items() if callable(value) and name != "__init__"}
     assert issubclass(cls, base) and defined == hooks
     assert not [name for name in vars(cls) if name.startswith("_") and not name.startswith("__")]
+
+
+def test_a_new_pair_loss_trains_from_its_config(run_dir):
+    cli = _fit("margin_dpo.yaml")
+    module = cli.model
+    assert cli.trainer.global_step == 4 and module.policy.reference.name == "copy"  # its pair_loss reads pi_0
+    batch = next(iter(cli.datamodule.train_dataloader()))
+    with torch.no_grad():
+        loss, metrics = module.compute_loss(batch, "val")
+        rows = module.row_logps(batch).blocks(2)
+        reference = module.row_logps(batch, "reference").blocks(2)
+    logps = rows[0].policy, rows[1].policy, reference[0].policy, reference[1].policy
+    dpo = dpo_loss(*logps, beta=0.1)
+    torch.testing.assert_close(margin_dpo_loss(*logps, beta=0.1, margin=0.0).losses, dpo.losses)
+    expected = -F.logsigmoid(dpo.chosen_rewards - dpo.rejected_rewards - 1.0)
+    torch.testing.assert_close(loss, expected.mean(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(metrics["rewards/chosen"], dpo.chosen_rewards, atol=1e-5, rtol=1e-5)
+
+
+def test_the_architecture_doc_shows_these_very_files():
+    """Every block of docs/architecture.md headed ``# tests/extensions/<file>`` is that file, as it is trained here."""
+    doc = open(os.path.join(os.path.dirname(HERE), os.pardir, "docs", "architecture.md")).read()
+    shown = re.findall(r"^```\w*\n# (tests/extensions/[\w.]+)\n(.*?)^```", doc, flags=re.S | re.M)
+    assert {"tests/extensions/margin_loss.py", "tests/extensions/margin_dpo.py",
+            "tests/extensions/margin_dpo.yaml"} <= {path for path, _ in shown}
+    for path, body in shown:
+        with open(os.path.join(os.path.dirname(HERE), os.pardir, path)) as f:
+            assert f.read() == body, f"docs/architecture.md shows another {path} than the one tested"
 
 
 def test_simpo_trains_from_its_own_module_with_no_reference(run_dir):
@@ -90,9 +124,9 @@ def test_grpo_runs_without_any_reference(run_dir, monkeypatch):
     batch = next(iter(cli.datamodule.train_dataloader()))
     monkeypatch.setattr(module.policy, "reference_logits", lambda *a, **k: pytest.fail("a reference forward ran"))
     exp = module.make_experience(batch)
-    assert "ref_logps" not in exp and exp["input_ids"].shape[0] == 4 * batch["index"].numel()
-    expected_scores = ((exp["input_ids"] == 10) & exp["attention_mask"].bool()).float().sum(-1)
-    torch.testing.assert_close(exp["scores"], expected_scores)
+    assert exp.ref_logps is None and exp.input_ids.shape[0] == 4 * batch["index"].numel()
+    expected_scores = ((exp.input_ids == 10) & exp.attention_mask.bool()).float().sum(-1)
+    torch.testing.assert_close(exp.scores, expected_scores)
     loss, metrics = module.experience_loss(exp)
     assert torch.isfinite(loss) and "objective/kl" not in module.experience_metrics(exp)
 
