@@ -5,15 +5,16 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lit_align.data.collate import CompletionCollator
-from lit_align.data.columns import Column, check_columns_present, merge_columns
+from lit_align.data.columns import Column, check_columns_present, merge_columns, normalise_columns
 from lit_align.data.formats import Example, Format, RowEncoder
 from lit_align.data.loader import ResumableDataLoader, ResumableSampler
 from lit_align.data.presets import find_preset, layout_hint, load_source
@@ -22,6 +23,21 @@ from lit_align.models.loading import load_tokenizer
 from lit_align.runs.seeds import resolve_seed
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    """What an objective asks of its data, handed to the DataModule by ``TextDataModule.connect``.
+
+    Attributes:
+        tokenizer: The tokenizer rows are tokenised with (its chat template renders conversations): the policy's.
+            A DataModule whose own ``tokenizer`` setting names one uses that instead.
+        columns: Columns of the user's data the objective reads besides prompt and completions, e.g.
+            ``{"label": bool}`` (``lit_align.data.columns``), each put in ``batch[name]``.
+    """
+
+    tokenizer: Any = None
+    columns: Mapping[str, Column | type] = field(default_factory=dict)
 
 
 class TextDataModule(L.LightningDataModule):
@@ -56,15 +72,21 @@ class TextDataModule(L.LightningDataModule):
         seed: Seed of the shuffling and of the validation hold-out; by default the run's ``seed_everything``
             (``lit_align.runs.seeds``).
         limit_rows: Use only the first N training rows (quick experiments).
-        tokenizer: Tokenizer to use; by default the one of the model being trained.
+        tokenizer: Tokenizer to use; by default the objective's (``connect``).
         pad_to_multiple_of: Round padded lengths up (e.g. 8 for tensor cores).
         preset: Read ``path`` (e.g. a local copy) in the layout of this preset; by default the preset ``path``
             names, if any; ``none`` turns presets off.
 
+    The DataModule is told what the objective reads, never reaches for it: ``connect`` hands it a ``DataRequest``
+    (the objective's tokenizer and columns) before ``setup``. An ``AlignmentModule`` does so when a Trainer attaches
+    it (``fit``, ``validate``, ``test``, ``predict``, the CLI and ``lit-align evaluate`` alike); without a Trainer,
+    call ``datamodule.connect(objective.data_request())`` yourself. Used untold, it refuses in one line unless
+    its own ``tokenizer`` is set, and then reads no objective's columns.
+
     Columns besides prompt and completions (a label, a score, a weight: ``lit_align.data.columns``) are read when
-    the objective asks for them: ``setup`` takes the ``data_columns`` of the Trainer's objective, and
-    ``require_columns`` adds more (the way to ask without a Trainer). Each reaches the batch as ``batch[name]``, one
-    value per example; a row missing one, or holding a bad value, is an invalid row (``invalid_rows``).
+    the objective asks for them (the request's ``columns``); ``require_columns`` adds more. Each reaches the batch
+    as ``batch[name]``, one value per example; a row missing one, or holding a bad value, is an invalid row
+    (``invalid_rows``).
     """
 
     #: Which columns hold completions; ``None`` lets the data decide (pairs, one completion or prompts only).
@@ -110,40 +132,51 @@ class TextDataModule(L.LightningDataModule):
         self.train_examples: list[Example] = []
         self.val_examples: list[Example] = []
         self.test_examples: list[Example] = []
-        self._tokenizer = None
+        self._tokenizer = None  # resolved from the ``tokenizer`` setting or the request, once
+        self._request: DataRequest | None = None  # what the objective reads (``connect``)
         self._train_loader: ResumableDataLoader | None = None
         self._pending_loader_state: dict | None = None  # a resumed run's data position, until the loader exists
         self._required_columns: dict[str, Column] = {}
-        self._encoded_columns: dict[str, Column] = {}  # the columns the encoded examples hold values of
+        self._encoded_for: tuple[Any, dict[str, Column]] | None = None  # tokenizer and columns of the examples
 
     # -- set-up ------------------------------------------------------------------------------------------------
 
+    def connect(self, request: DataRequest) -> None:
+        """Be told what the objective reads: its tokenizer and its columns.
+
+        ``AlignmentModule`` calls it when a Trainer attaches the two, before this DataModule's ``setup``; call it
+        yourself to use the DataModule without a Trainer: ``datamodule.connect(objective.data_request())``.
+        Examples encoded for another request are encoded again at the next ``setup``.
+        """
+        self._request = DataRequest(request.tokenizer, normalise_columns(request.columns))
+        if self.hparams.get("tokenizer") is None:
+            self._tokenizer = request.tokenizer
+
     @property
     def tokenizer(self):
+        """The ``tokenizer`` setting's, else the objective's (``connect``); refuses in one line when neither."""
         if self._tokenizer is None:
-            module = self.trainer.lightning_module if self.trainer is not None else None
-            if self.hparams.tokenizer is not None:
+            if self.hparams.get("tokenizer") is not None:
                 self._tokenizer = load_tokenizer(self.hparams.tokenizer)
-            elif module is not None and getattr(module, "tokenizer", None) is not None:
-                self._tokenizer = module.tokenizer
             else:
-                raise RuntimeError("no tokenizer: attach the data module to a Trainer or set `tokenizer`")
+                raise DataError(
+                    f"{type(self).__name__} was not told what the objective reads: call "
+                    "datamodule.connect(objective.data_request()) before setup (a Trainer does it for an "
+                    "AlignmentModule), or set the data module's tokenizer"
+                )
         return self._tokenizer
 
     def require_columns(self, columns: Mapping[str, Column | type]) -> None:
         """Read these columns of every row too, e.g. ``{"label": bool}``, into ``batch[name]``.
 
-        For use without a Trainer, or for columns the objective does not declare; adds to the objective's own
-        ``data_columns``, which ``setup`` reads by itself. Examples encoded before are encoded again at the next
-        ``setup``.
+        For columns the objective does not declare, or data read with no objective; adds to the columns of the
+        request (``connect``). Examples encoded before are encoded again at the next ``setup``.
         """
         self._required_columns = merge_columns(self._required_columns, columns)
 
     def declared_columns(self) -> dict[str, Column]:
-        """The columns read into each example: those of ``require_columns`` and the objective's ``data_columns``."""
-        trainer = self.trainer
-        module = trainer.lightning_module if trainer is not None else None
-        return merge_columns(self._required_columns, getattr(module, "data_columns", None) or {})
+        """The columns read into each example: those of ``require_columns`` and of the objective's request."""
+        return merge_columns(self._required_columns, self._request.columns if self._request is not None else {})
 
     def encoder(
         self, completion_fields: tuple[str, ...], data_columns: Mapping[str, Column] | None = None
@@ -157,17 +190,18 @@ class TextDataModule(L.LightningDataModule):
             h.prompt_delimiter, h.invalid_rows, self.declared_columns() if data_columns is None else data_columns,
         )
 
-    def _forget_examples_of_other_columns(self) -> None:
-        """Drop encoded examples whose values are not those of the columns declared now (another objective, or
+    def _forget_examples_encoded_otherwise(self) -> None:
+        """Drop encoded examples of another tokenizer or other columns than those of now (another objective, or
         ``require_columns`` after a ``setup``), so that ``setup`` encodes them again."""
-        columns = self.declared_columns()
-        if columns != self._encoded_columns:
+        tokenizer, columns = self.tokenizer, self.declared_columns()
+        encoded = self._encoded_for
+        if encoded is None or encoded[0] is not tokenizer or encoded[1] != columns:
             self.train_examples, self.val_examples, self.test_examples = [], [], []
-            self._encoded_columns = columns
+            self._encoded_for = (tokenizer, columns)
 
     def setup(self, stage: str | None = None) -> None:
         h = self.hparams
-        self._forget_examples_of_other_columns()
+        self._forget_examples_encoded_otherwise()
         if stage == "test":  # test needs its own rows only
             if not self.test_examples:
                 test = self._role_rows("test", h.test_path, h.test_split)

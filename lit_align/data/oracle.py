@@ -203,7 +203,7 @@ class OracleDataModule(TextDataModule):
         return CompletionCollator(self.tokenizer.pad_token_id)
 
     def setup(self, stage: str | None = None) -> None:
-        self._forget_examples_of_other_columns()
+        self._forget_examples_encoded_otherwise()
         if self.train_examples:
             return
         task = self.build_task()

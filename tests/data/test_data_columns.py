@@ -15,6 +15,7 @@ from lit_align.data import (
     Column, DataError, OracleDataModule, PreferenceDataModule, PromptDataModule, RowEncoder,
     UnpairedPreferenceDataModule,
 )
+from lit_align.data.base import DataRequest
 from lit_align.data.collate import CompletionCollator, PromptCollator
 from lit_align.data.columns import convert, merge_columns, normalise_columns
 from lit_align.data.formats import Example
@@ -88,9 +89,7 @@ def test_values_that_are_not_of_the_type_are_refused(dtype, raw):
 
 
 class Recorder(L.LightningModule):
-    """The smallest objective that declares columns: it keeps the batches it is given."""
-
-    data_columns = {"label": bool, "score": Column(float), "count": int, "weight": Column(float, default=1.0)}
+    """The smallest module a Trainer fits: it keeps the batches it is given (no objective: the data is told by hand)."""
 
     def __init__(self):
         super().__init__()
@@ -105,9 +104,11 @@ class Recorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_the_objectives_columns_reach_the_batch_typed(tmp_path):
+def test_the_requested_columns_reach_the_batch_typed(tmp_path):
     path = _write_jsonl(tmp_path / "scored.jsonl", PAIRS)
     dm = PreferenceDataModule(path=str(path), tokenizer="tiny", batch_size=3, **SIZES)
+    dm.connect(DataRequest(columns={"label": bool, "score": Column(float), "count": int,
+                                    "weight": Column(float, default=1.0)}))
     objective = Recorder()
     trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
