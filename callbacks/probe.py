@@ -140,7 +140,7 @@ class PolicyProbe(L.Callback):
         if not all_ranks(trainer, bool(examples)):
             return None
         batch = CompletionCollator(pl_module.tokenizer.pad_token_id)(examples)
-        return {k: v.to(pl_module.device) for k, v in batch.items()}
+        return {k: v.to(pl_module.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     @staticmethod
     def gather_rows(trainer: L.Trainer, rows: torch.Tensor, pad_value: int = 0) -> torch.Tensor:

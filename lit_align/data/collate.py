@@ -4,9 +4,15 @@ Pairs are laid out for one concatenated forward pass: rows ``0..B-1`` are prompt
 prompt + rejected, right-padded to the longest sequence in the batch (dynamic padding). Prompts alone are
 left-padded, ready for generation. The values of the columns an objective declared (``Example.values``) come as
 one (B,) tensor per column, ``batch[name]``, one value per example whatever the number of completions.
+
+Every batch also carries ``prompt_messages``: a Python list (not a tensor) with one entry per example, the prompt's
+chat messages or None for a plain-text prompt (``Example.prompt_messages``). Code that moves a batch to a device
+moves its tensors only (Lightning's ``move_data_to_device`` leaves the list as it is).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -32,7 +38,7 @@ class CompletionCollator:
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
 
-    def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: list[Example]) -> dict[str, Any]:
         prompts = {**left_padded_prompts(examples, self.pad_token_id), **value_tensors(examples)}
         if not examples[0].completion_ids:
             return prompts
@@ -57,24 +63,25 @@ class CompletionCollator:
 
 
 class PromptCollator:
-    """Left-padded prompts ``prompt_ids``/``prompt_mask`` (B, P), ready for generation, ``index`` (B,), and each
-    declared column's values (B,)."""
+    """Left-padded prompts ``prompt_ids``/``prompt_mask`` (B, P), ready for generation, ``index`` (B,), the prompts'
+    ``prompt_messages`` (a list of B entries) and each declared column's values (B,)."""
 
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = pad_token_id
 
-    def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: list[Example]) -> dict[str, Any]:
         return {**left_padded_prompts(examples, self.pad_token_id), **value_tensors(examples)}
 
 
-def left_padded_prompts(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tensor]:
+def left_padded_prompts(examples: list[Example], pad_token_id: int) -> dict[str, Any]:
     length = max(len(ex.prompt_ids) for ex in examples)
     prompt_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
     prompt_mask = torch.zeros((len(examples), length), dtype=torch.long)
     for row, ex in enumerate(examples):
         prompt_ids[row, length - len(ex.prompt_ids) :] = torch.tensor(ex.prompt_ids)
         prompt_mask[row, length - len(ex.prompt_ids) :] = 1
-    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "index": torch.tensor([ex.index for ex in examples])}
+    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "index": torch.tensor([ex.index for ex in examples]),
+            "prompt_messages": [ex.prompt_messages for ex in examples]}
 
 
 def value_tensors(examples: list[Example]) -> dict[str, torch.Tensor]:

@@ -58,13 +58,17 @@ class LengthSettingError(UserError, ValueError):
 
 @dataclass
 class Example:
-    """One tokenised row: prompt ids and the completion ids (chosen first), with the row's index, and the values
-    of the columns the objective declared (``lit_align.data.columns``), converted to their types."""
+    """One tokenised row: prompt ids and the completion ids (chosen first), with the row's index, the values
+    of the columns the objective declared (``lit_align.data.columns``), converted to their types, and the prompt's
+    chat messages (``{role, content}`` dicts) when it was a conversation rendered with the chat template (None for a
+    plain-text prompt): what a reward model with another tokenizer renders with its own template. They are the
+    prompt as the row gave it, before ``max_prompt_length`` cut its ids."""
 
     index: int
     prompt_ids: list[int]
     completion_ids: list[list[int]]
     values: dict[str, ColumnValue] = field(default_factory=dict)
+    prompt_messages: list[dict[str, str]] | None = None
 
 
 @dataclass
@@ -143,7 +147,7 @@ class RowEncoder:
 
     def encode_all(self, rows, source: str) -> tuple[list[Example], FormatStats]:
         stats = FormatStats()
-        texts: list[tuple[int, str, list[RenderedCompletion], dict[str, ColumnValue]]] = []
+        texts: list[tuple[int, str, list[RenderedCompletion], dict[str, ColumnValue], list[dict] | None]] = []
         fmt = self.fmt
         for index, raw in enumerate(rows):
             stats.rows += 1
@@ -162,7 +166,8 @@ class RowEncoder:
                     raise
                 stats.invalid += 1
                 continue
-            texts.append((index, *rendered, values))
+            messages = [dict(m) for m in prompt] if isinstance(prompt, list) else None
+            texts.append((index, *rendered, values, messages))
         examples = self._tokenize(texts, stats)
         stats.kept = len(examples)
         if not examples:
@@ -267,12 +272,12 @@ class RowEncoder:
     def _tokenize(self, texts: list, stats: FormatStats) -> list[Example]:
         if not texts:
             return []  # every row dropped: encode_all reports it (tokenizers fail on an empty batch)
-        prompts = self.tokenizer([p for _, p, _, _ in texts], add_special_tokens=False).input_ids
-        flat = [c for _, _, cs, _ in texts for c in cs]
+        prompts = self.tokenizer([p for _, p, *_ in texts], add_special_tokens=False).input_ids
+        flat = [c for _, _, cs, *_ in texts for c in cs]
         flat_ids = self.tokenizer([c.text for c in flat], add_special_tokens=False).input_ids if flat else []
         eos, bos = self.tokenizer.eos_token_id, self.tokenizer.bos_token_id
         examples, cursor = [], 0
-        for (index, _, completions, values), prompt_ids in zip(texts, prompts):
+        for (index, _, completions, values, messages), prompt_ids in zip(texts, prompts):
             outs = []
             for completion, ids in zip(flat[cursor : cursor + len(completions)], flat_ids[cursor:]):
                 if not completion.closed and eos is not None and ids[-1:] != [eos]:
@@ -296,7 +301,7 @@ class RowEncoder:
                 continue
             stats.truncated_prompts += cut_prompt
             stats.truncated_completions += cut_completions
-            examples.append(Example(index, prompt_ids, outs, values))
+            examples.append(Example(index, prompt_ids, outs, values, messages))
         return examples
 
     def _keep_prompt_end(self, prompt_ids: list[int], bos: int | None) -> list[int]:

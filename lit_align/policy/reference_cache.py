@@ -246,7 +246,7 @@ def _compute(module, datamodule, examples, model, split) -> torch.Tensor:
     module.eval()
     for number, start in enumerate(starts, 1):
         batch = collate(shard[start : start + batch_size])
-        batch = {k: v.to(module.device) for k, v in batch.items()}
+        batch = {k: v.to(module.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         # the precision context of the training step (autocast under bf16-mixed, bfloat16 default under
         # bf16-true), so the cached values are those the live reference would give in the step
         with trainer.precision_plugin.forward_context():

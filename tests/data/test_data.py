@@ -6,8 +6,11 @@ import json
 
 import datasets
 import pytest
+import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from lit_align.data import DataError, PreferenceDataModule, RowEncoder
+from lit_align.data.collate import PromptCollator
 from lit_align.data.loader import ResumableSampler
 from lit_align.data.sources import load_rows
 
@@ -96,6 +99,21 @@ def test_conversational_tiny_chat_rendered_with_the_chat_template(tokenizer):
     dm = PreferenceDataModule(path="tiny-chat", tokenizer="tiny", max_length=96, max_prompt_length=64)
     dm.setup("fit")
     assert len(dm.train_examples) == 64
+
+
+def test_prompt_messages_reach_the_batch(tokenizer):
+    """A conversation's prompt keeps its messages, whole even when its ids are cut (what a reward model of another
+    tokenizer renders with its own template); a plain-text prompt has none. Every collator lists them per example."""
+    chat_rows = load_rows("tiny-chat").select(range(2))
+    chat, _ = _encode(tokenizer, chat_rows, max_length=24, max_prompt_length=4)
+    plain, _ = _encode(tokenizer, ROWS[:2])
+    prompts = [row["prompt"] for row in chat_rows]
+    assert [ex.prompt_messages for ex in chat] == prompts and all(len(ex.prompt_ids) == 4 for ex in chat)
+    for collate in (PreferenceDataModule(tokenizer="tiny").collator(), PromptCollator(tokenizer.pad_token_id)):
+        assert collate(chat)["prompt_messages"] == prompts
+        assert collate(plain)["prompt_messages"] == [None, None]
+    batch = move_data_to_device(collate(chat), torch.device("cpu"))  # Lightning's transfer leaves the list be
+    assert batch["prompt_messages"] == prompts
 
 
 def test_implicit_prompt_hh_transcripts(tmp_path, tokenizer):

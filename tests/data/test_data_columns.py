@@ -127,7 +127,8 @@ def test_no_declared_columns_no_values_and_no_extra_batch_keys(tmp_path):
     dm = _setup(PreferenceDataModule, _write_jsonl(tmp_path / "scored.jsonl", PAIRS))
     assert all(ex.values == {} for ex in dm.train_examples)
     batch = dm.collator()(dm.train_examples)
-    assert set(batch) == {"input_ids", "attention_mask", "completion_mask", "prompt_ids", "prompt_mask", "index"}
+    assert set(batch) == {"input_ids", "attention_mask", "completion_mask", "prompt_ids", "prompt_mask", "index",
+                          "prompt_messages"}
 
 
 def test_renames_map_the_users_column_onto_the_declared_one(tmp_path):
