@@ -179,6 +179,7 @@ def run_lit_align(args) -> dict:
     from lit_align.objectives import REBEL, RLHF, PreferenceDistillation
     from lit_align.policy.with_reference import PolicyWithReference
     from lit_align.generation.rollout import SamplingConfig
+    from lit_align.rewards.dispatch import RetokenizedReward
 
     rss_imports = current_rss_mb()
     clock = BatchClock(args.breakdown)
@@ -193,7 +194,7 @@ def run_lit_align(args) -> dict:
         module = REBEL(epochs_per_batch=1, kl_coef=KL_COEF, **common)
     else:
         module = PreferenceDistillation(epochs_per_batch=UPDATES["distill"], beta=KL_COEF, **common)
-    if module._retokenized_reward is not None:
+    if isinstance(module.reward, RetokenizedReward):
         raise RuntimeError("the reward model should read the policy's ids as they are (same tokenizer)")
     data = PromptDataModule(path=args.data, batch_size=PROMPTS_PER_BATCH, max_length=2 * PROMPT_TOKENS + NEW_TOKENS,
                             max_prompt_length=2 * PROMPT_TOKENS, val_fraction=0.0, seed=0)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lit_align.rewards.inputs import ChatTemplateUse, PolicyTextDecoder, Prompt, reads_policy_ids, reward_inputs_of
+from lit_align.rewards.dispatch import ModelReward, build_reward
+from lit_align.rewards.inputs import ChatTemplateUse, Prompt, reward_inputs_of
 
 
 @dataclass
@@ -36,13 +37,20 @@ class Judge:
 
     Nothing is loaded when a judge is built (configs parse without downloads); ``setup`` is called once before the
     first comparison, with the device the policy runs on.
+
+    A prompt is the policy's text (its chat template's special tokens included, as ``lit-align predict`` writes
+    it); a judge that sets ``reads_messages`` is given a conversation's prompt as its chat messages instead (a
+    list of ``{role, content}`` dicts), where the data had them.
     """
+
+    #: Whether prompts of conversational data come as their chat messages rather than as rendered text.
+    reads_messages: bool = False
 
     def setup(self, device: torch.device) -> None:
         """Load what the judge needs onto ``device``."""
 
     def read_prompts_with(self, policy_tokenizer) -> None:
-        """The prompts it will be given were rendered by ``policy_tokenizer`` (with its chat template, if any)."""
+        """The prompts it will be given as text were written by ``policy_tokenizer``."""
 
     def compare(self, prompt: str, response: str, reference: str) -> Verdict:
         """Judge one response against its reference."""
@@ -57,12 +65,13 @@ class RewardModelJudge(Judge):
     """Scores response and reference with a reward model; the response wins with probability
     sigma(R(x, response) - R(x, reference)) (Bradley-Terry).
 
-    The texts are tokenised with the reward model's own tokenizer, as the on-policy objectives do
-    (``lit_align.rewards.inputs.RewardInputs``): a plain-text prompt with BOS once, then the response, then EOS, where
-    a lit-align reward model reads its score (the data encoder appends EOS to every completion the reward model was
-    trained on); a prompt given as messages is rendered with the reward model's chat template. Prompts that are
-    conversations rendered by the evaluated policy's template become messages again once
-    ``read_prompts_with(policy_tokenizer)`` has been called.
+    The texts are tokenised with the reward model's own tokenizer, through the reward dispatch the on-policy
+    objectives use (``lit_align.rewards.dispatch``, ``lit_align.rewards.inputs.RewardInputs``): a plain-text prompt
+    with BOS once, then the response, then EOS, where a lit-align reward model reads its score (the data encoder
+    appends EOS to every completion the reward model was trained on); a prompt given as messages (it
+    ``reads_messages``) is rendered with the reward model's chat template, the response as the assistant's turn.
+    Once ``read_prompts_with(policy_tokenizer)`` has been called, a reward model with another tokenizer than the
+    policy's reads a text prompt without the policy's special tokens.
 
     Args:
         reward_model: A lit-align ``RewardModeling`` checkpoint (``.ckpt``), a directory or hub id of any Hugging Face
@@ -76,6 +85,8 @@ class RewardModelJudge(Judge):
         chat_template: When the reward model's chat template renders the text: ``auto`` (conversations),
             ``always`` (plain-text prompts too, as one user turn) or ``never``.
     """
+
+    reads_messages = True
 
     def __init__(
         self,
@@ -95,12 +106,12 @@ class RewardModelJudge(Judge):
         self.max_length = max_length
         self.chat_template = chat_template
         self._scorer: nn.Module | None = reward_model if isinstance(reward_model, nn.Module) else None
-        self._prompt_decoder: PolicyTextDecoder | None = None
+        self._policy_tokenizer = None
+        self._reward: ModelReward | None = None
 
     def read_prompts_with(self, policy_tokenizer) -> None:
-        """Prompts are text rendered by ``policy_tokenizer`` (its chat template): a reward model with another
-        tokenizer then gets the recovered conversation rendered with its own template."""
-        self._prompt_decoder = PolicyTextDecoder(policy_tokenizer)
+        self._policy_tokenizer = policy_tokenizer
+        self._reward = None
 
     def setup(self, device: torch.device) -> None:
         if self._scorer is None:
@@ -115,18 +126,23 @@ class RewardModelJudge(Judge):
             self.setup(torch.device("cpu"))
         return self._scorer
 
+    @property
+    def reward(self) -> ModelReward:
+        """The reward model as the reward dispatch makes it for the policy's tokenizer, with this judge's input
+        settings."""
+        if self._reward is None:
+            scorer = self.scorer
+            inputs = reward_inputs_of(scorer, max_length=self.max_length, chat_template=self.chat_template,
+                                      append_eos=self.append_eos)
+            self._reward = build_reward(scorer, self._policy_tokenizer, inputs=inputs, batch_size=self.batch_size)
+        return self._reward
+
     @torch.no_grad()
     def rewards(self, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
         """(N,) float32 rewards of the responses to the prompts (text, or lists of messages)."""
-        scorer = self.scorer
-        decoder = self._prompt_decoder
-        if decoder is not None and not reads_policy_ids(scorer.tokenizer, decoder.tokenizer):
-            prompts = [decoder.text_prompt(p) if isinstance(p, str) else p for p in prompts]
-        inputs = reward_inputs_of(scorer, max_length=self.max_length, chat_template=self.chat_template,
-                                  append_eos=self.append_eos)
-        return inputs.score(scorer, prompts, responses, self.batch_size).cpu()
+        return self.reward.score_texts(prompts, responses).cpu()
 
-    def compare_batch(self, prompts: list[str], responses: list[str], references: list[str]) -> list[Verdict]:
+    def compare_batch(self, prompts: list[Prompt], responses: list[str], references: list[str]) -> list[Verdict]:
         n = len(prompts)
         scores = self.rewards(prompts + prompts, responses + references)  # one pass over both halves
         reward, reference_reward = scores[:n], scores[n:]

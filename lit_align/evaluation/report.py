@@ -101,7 +101,7 @@ class EvaluationReport(L.Callback):
                     "`completion` (or `chosen`) column, e.g. the tldr-sft preset's test split"
                 )
             verdicts = self.judge.compare_batch(
-                [r["prompt"] for r in rows], [r["response"] for r in rows], [r["reference"] for r in rows]
+                judge_prompts(self.judge, rows, outputs), [r["response"] for r in rows], [r["reference"] for r in rows]
             )
             for row, verdict in zip(rows, verdicts):
                 row.update(win=verdict.win, reward=verdict.reward, reference_reward=verdict.reference_reward)
@@ -139,6 +139,15 @@ class EvaluationReport(L.Callback):
         ref_logps, _ = policy.completion_logps(ids, mask, completion, temperature, reference=self._reference is None,
                                                model=self._reference)
         return (logps - ref_logps).sum(-1).float().cpu()  # (N,)
+
+
+def judge_prompts(judge: Judge, rows: list[dict[str, Any]], prediction: dict[str, Any]) -> list:
+    """The prompt of each row as the judge reads it: the policy's text, or the prompt's chat messages for a judge
+    that ``reads_messages`` (where the data had them)."""
+    messages = prediction["batch"].get("prompt_messages") if judge.reads_messages else None
+    if messages is None:
+        return [r["prompt"] for r in rows]
+    return [messages[i] or r["prompt"] for r, i in zip(rows, prediction["rollout"].prompt_index.tolist())]
 
 
 def summarise(rows: list[dict[str, Any]], method: str) -> dict[str, Any]:

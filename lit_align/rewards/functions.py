@@ -10,8 +10,8 @@ A function whose parameters name ``completions`` is called TRL's way, by keyword
 name), ``log_extra`` (ignored: no completions table), as many as it accepts; TRL's dataset columns are not passed):
 copied from TRL's docs, it runs unchanged. Its completions are plain strings, or with ``conversational: true``
 (``RewardFunction``) TRL's conversational form: each completion ``[{"role": "assistant", "content": text}]`` and
-each prompt ``[{"role": "user", "content": text}]`` (the prompt's text as decoded, its chat template's markup
-included).
+each prompt its chat messages as the data gave them (conversational data), or ``[{"role": "user", "content":
+text}]`` with the prompt's decoded text (plain-text data).
 
 and is named in a config by its import path, wherever an on-policy objective takes its ``reward_model``::
 
@@ -21,11 +21,12 @@ and is named in a config by its import path, wherever an on-policy objective tak
       - {class_path: lit_align.rewards.functions.RewardFunction, init_args: {path: my_module.correct, weight: 2.0}}
       - {class_path: lit_align.rewards.functions.RewardFunction, init_args: {path: my_module.short, weight: 0.5}}
 
-Rows are decoded with the policy's tokenizer, special tokens skipped: the prompt is every real token before the
-response, the response the tokens of ``completion_mask``. A function may return ``None`` for a row it has no
-opinion on: the row's reward is then the weighted sum of the other functions' (0 when none has one; TRL gives
-such a row no advantage instead). Each function's rewards are logged as ``rewards/<name>/mean`` and
-``rewards/<name>/std`` (TRL's names; ``<name>`` the function's own), beside the objective's total.
+Rows are decoded with the policy's tokenizer, special tokens skipped (``lit_align.rewards.dispatch``): the prompt
+is every real token before the response, the response the tokens of ``completion_mask``. A function may return
+``None`` for a row it has no opinion on: the row's reward is then the weighted sum of the other functions' (0 when
+none has one; TRL gives such a row no advantage instead). Each function's rewards are logged as
+``rewards/<name>/mean`` and ``rewards/<name>/std`` (TRL's names; ``<name>`` the function's own), beside the
+objective's total.
 """
 
 from __future__ import annotations
@@ -93,21 +94,23 @@ class RewardFunction(nn.Module):
         return cls(function, weight, conversational)
 
     def call(self, prompts: list[str], responses: list[str], completion_ids: list[list[int]] | None = None,
-             **context):
+             prompt_messages: list[list[dict] | None] | None = None, **context):
         """The function's values for the rows, called its own way (lit-align's positional or TRL's keywords, with
-        TRL's ``trainer_state``, ``log_metric`` and ``log_extra`` in ``context``)."""
+        TRL's ``trainer_state``, ``log_metric`` and ``log_extra`` in ``context``). In TRL's conversational form a
+        prompt is its chat messages where ``prompt_messages`` has them, else its text as one user turn."""
         if not self.trl_style:
             return self.function(prompts, responses)
         if self.conversational:
-            prompts = [[{"role": "user", "content": p}] for p in prompts]
+            messages = prompt_messages or [None] * len(prompts)
+            prompts = [m if m is not None else [{"role": "user", "content": p}] for p, m in zip(prompts, messages)]
             responses = [[{"role": "assistant", "content": r}] for r in responses]
         arguments = {"prompts": prompts, "completions": responses, "completion_ids": completion_ids, **context}
         return self.function(**{k: v for k, v in arguments.items() if self.accepts is None or k in self.accepts})
 
-    def forward(self, prompts: list[str], responses: list[str],
-                completion_ids: list[list[int]] | None = None, **context) -> torch.Tensor:
+    def forward(self, prompts: list[str], responses: list[str], completion_ids: list[list[int]] | None = None,
+                prompt_messages: list[list[dict] | None] | None = None, **context) -> torch.Tensor:
         """(N,) float32 rewards; NaN where the function returned None."""
-        values = list(self.call(prompts, responses, completion_ids, **context))
+        values = list(self.call(prompts, responses, completion_ids, prompt_messages, **context))
         if len(values) != len(responses):
             raise ValueError(f"reward function {self.path!r} returned {len(values)} rewards for {len(responses)} "
                              "responses")
@@ -115,8 +118,8 @@ class RewardFunction(nn.Module):
 
 
 class RewardFunctions(nn.Module):
-    """The weighted sum of reward functions, scoring rows of policy token ids by their decoded text; what an
-    on-policy objective holds as its ``reward_model`` when it is given functions.
+    """The weighted sum of reward functions of the rows' text; what an on-policy objective holds as its
+    ``reward_model`` when it is given functions (``lit_align.rewards.dispatch.FunctionReward`` decodes the rows).
 
     Args:
         functions: The reward functions (``RewardFunction``, or import paths with weight 1).
@@ -132,44 +135,25 @@ class RewardFunctions(nn.Module):
                 raise TypeError(f"a list of rewards holds reward functions (import paths or RewardFunction), not a "
                                 f"{type(f).__name__}: give a reward model on its own")
         self.functions = nn.ModuleList(f if isinstance(f, RewardFunction) else RewardFunction(f) for f in functions)
-        self.tokenizer = None  # the policy's, set by bind(): reads the policy's own ids
         names = [f.name for f in self.functions]
         self.names = [f"{n}_{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
         self.last: dict[str, torch.Tensor] = {}  # each function's rewards of the last rows scored (unweighted)
         self.logged: dict[str, list[float]] = {}  # what TRL-style functions logged with log_metric since then
-        #: What TRL-style functions receive as ``trainer_state`` (the objective sets it before scoring).
-        self.trainer_state: SimpleNamespace | None = None
 
-    def bind(self, tokenizer) -> None:
-        """Decode rows with ``tokenizer`` (the policy's)."""
-        self.tokenizer = tokenizer
-
-    def decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-               completion_mask: torch.Tensor) -> tuple[list[str], list[str]]:
-        """Prompt and response text of every row, special tokens skipped."""
-        if self.tokenizer is None:
-            raise RuntimeError("RewardFunctions.bind(tokenizer) must be called before scoring")
-        ids = input_ids.cpu()
-        response = completion_mask.cpu().bool()
-        prompt = attention_mask.cpu().bool() & ~response
-        decode = self.tokenizer.decode
-        return ([decode(ids[i][prompt[i]].tolist(), skip_special_tokens=True) for i in range(ids.shape[0])],
-                [decode(ids[i][response[i]].tolist(), skip_special_tokens=True) for i in range(ids.shape[0])])
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                completion_mask: torch.Tensor) -> torch.Tensor:
-        """(N,) float32 weighted sum of the functions' rewards of the rows, on the rows' device."""
-        prompts, responses = self.decode(input_ids, attention_mask, completion_mask)
-        ids, keep = input_ids.cpu(), completion_mask.cpu().bool()  # one device-to-host copy each, not one per row
-        completion_ids = [row[kept].tolist() for row, kept in zip(ids, keep)]
+    def forward(self, prompts: list[str], responses: list[str], completion_ids: list[list[int]] | None = None,
+                prompt_messages: list[list[dict] | None] | None = None,
+                trainer_state: SimpleNamespace | None = None) -> torch.Tensor:
+        """(N,) float32 weighted sum of the functions' rewards of the rows (prompt and response text, the
+        response's token ids, the prompt's chat messages where the data had them); ``trainer_state`` is what
+        TRL-style functions receive as theirs."""
         self.logged = {}
-        context = {"trainer_state": self.trainer_state,
+        context = {"trainer_state": trainer_state,
                    "log_metric": lambda name, value: self.logged.setdefault(name, []).append(float(value)),
                    "log_extra": lambda column, values: None}  # TRL's completions table: none here
-        values = [f(prompts, responses, completion_ids, **context) for f in self.functions]
+        values = [f(prompts, responses, completion_ids, prompt_messages, **context) for f in self.functions]
         self.last = dict(zip(self.names, values))
         rewards = torch.stack([f.weight * v for f, v in zip(self.functions, values)])  # (functions, N)
-        return rewards.nansum(0).to(input_ids.device)
+        return rewards.nansum(0)
 
     def metrics(self) -> dict[str, torch.Tensor]:
         """TRL's per-function diagnostics of the last rows scored: ``rewards/<name>/mean`` as the rows' values

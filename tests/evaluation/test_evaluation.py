@@ -15,14 +15,28 @@ from torch import nn
 
 from support.judge_server import FakeJudgeServer, _candidates
 from lit_align.cli.app import build_cli
-from lit_align.evaluation import LLMJudge, RewardModelJudge, Verdict
-from lit_align.evaluation.report import markdown_table, summarise, update_report
+from lit_align.evaluation import Judge, LLMJudge, RewardModelJudge, Verdict
+from lit_align.evaluation.report import judge_prompts, markdown_table, summarise, update_report
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "sk-test-4f1c9e0d"
 
 
 # -- the table -------------------------------------------------------------------------------------------------
+
+
+def test_a_judge_that_reads_messages_gets_the_prompts_messages():
+    """Rows of a conversation reach a reward-model judge as the data's messages; other judges, and plain-text
+    prompts, get the text the policy was given."""
+    from types import SimpleNamespace
+
+    chat = [{"role": "user", "content": "hi"}]
+    rows = [{"prompt": "<|user|>\nhi"}, {"prompt": "<|user|>\nhi"}, {"prompt": "plain"}]
+    prediction = {"batch": {"prompt_messages": [chat, None]},
+                  "rollout": SimpleNamespace(prompt_index=torch.tensor([0, 0, 1]))}
+    assert RewardModelJudge.reads_messages and not LLMJudge.reads_messages
+    assert judge_prompts(RewardModelJudge(), rows, prediction) == [chat, chat, "plain"]
+    assert judge_prompts(Judge(), rows, prediction) == ["<|user|>\nhi", "<|user|>\nhi", "plain"]
 
 
 def test_summarise_hand_worked():

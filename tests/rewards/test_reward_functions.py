@@ -11,8 +11,9 @@ from support.cli import fit_args
 
 from lit_align.cli.app import build_cli
 from lit_align.objectives import GRPO
+from lit_align.rewards.dispatch import FunctionReward
 from lit_align.rewards.functions import RewardFunction, RewardFunctions, is_function_path, reward_functions_of
-from lit_align.generation.rollout import SamplingConfig
+from lit_align.generation.rollout import Rollout, SamplingConfig
 
 CALLS: list[tuple[list[str], list[str]]] = []
 
@@ -46,8 +47,8 @@ def stepped(completions, trainer_state=None, log_metric=None, **kwargs):
     return [float(trainer_state.global_step)] * len(completions)
 
 
-def rows(tokenizer, pairs):
-    """Right-padded prompt + response rows with their masks, as the experience holds them."""
+def rows(tokenizer, pairs) -> Rollout:
+    """Right-padded prompt + response rows with their masks, one prompt each."""
     encoded = [(tokenizer(p, add_special_tokens=False).input_ids, tokenizer(r, add_special_tokens=False).input_ids
                 + [tokenizer.eos_token_id]) for p, r in pairs]
     length = max(len(p) + len(r) for p, r in encoded)
@@ -58,7 +59,7 @@ def rows(tokenizer, pairs):
         ids[i, :len(p) + len(r)] = torch.tensor(p + r)
         attention[i, :len(p) + len(r)] = 1
         completion[i, len(p):len(p) + len(r)] = 1
-    return ids, attention, completion
+    return Rollout(ids, attention, completion, 0, torch.ones(len(pairs), dtype=torch.bool), torch.arange(len(pairs)))
 
 
 def test_which_sources_are_function_paths(tmp_path):
@@ -72,12 +73,11 @@ def test_which_sources_are_function_paths(tmp_path):
 
 
 def test_weighted_sum_of_functions_on_decoded_text(tokenizer):
-    ids, attention, completion = rows(tokenizer, [("Tell me:", " the sea"), ("Hi", " eee")])
+    sampled = rows(tokenizer, [("Tell me:", " the sea"), ("Hi", " eee")])
     functions = RewardFunctions([RewardFunction("test_reward_functions.letter_e", weight=2.0),
                                  "test_reward_functions.prompt_length"])
-    functions.bind(tokenizer)
     CALLS.clear()
-    rewards = functions(ids, attention, completion)
+    rewards = FunctionReward(functions, tokenizer)(sampled)
     (prompts, responses), = CALLS
     assert prompts == ["Tell me:", "Hi"] and responses == [" the sea", " eee"]  # EOS skipped
     # 2 * count('e') + len(prompt): 2 * 2 + 8 = 12 and 2 * 3 + 2 = 8
@@ -86,13 +86,12 @@ def test_weighted_sum_of_functions_on_decoded_text(tokenizer):
 
 def test_trl_signature_plain_and_conversational_with_per_function_metrics(tokenizer):
     answer = "<think>x</think><answer>4</answer>"
-    ids, attention, completion = rows(tokenizer, [("Q:", answer), ("Q:", " no tags here")])
+    sampled = rows(tokenizer, [("Q:", answer), ("Q:", " no tags here")])
     functions = RewardFunctions([RewardFunction("test_reward_functions.reward_len"),
                                  RewardFunction("test_reward_functions.format_reward_func", weight=2.0,
                                                 conversational=True)])
-    functions.bind(tokenizer)
     lengths = [-abs(20 - len(answer)), -abs(20 - len(" no tags here"))]
-    torch.testing.assert_close(functions(ids, attention, completion),
+    torch.testing.assert_close(FunctionReward(functions, tokenizer)(sampled),
                                torch.tensor([lengths[0] + 2.0, float(lengths[1])]))
     metrics = functions.metrics()
     assert set(metrics) == {"rewards/reward_len/mean", "rewards/reward_len/std", "rewards/format_reward_func/mean",
@@ -101,22 +100,19 @@ def test_trl_signature_plain_and_conversational_with_per_function_metrics(tokeni
     torch.testing.assert_close(metrics["rewards/reward_len/std"], torch.tensor(lengths, dtype=torch.float32).std())
     # TRL's trainer_state and log_metric
     hooks = RewardFunctions([stepped])
-    hooks.bind(tokenizer)
-    hooks.trainer_state = SimpleNamespace(global_step=3, epoch=0, max_steps=10)
-    torch.testing.assert_close(hooks(ids, attention, completion), torch.tensor([3.0, 3.0]))
+    owner = SimpleNamespace(global_step=3, current_epoch=0, _trainer=SimpleNamespace(max_steps=10))
+    torch.testing.assert_close(FunctionReward(hooks, tokenizer, owner)(sampled), torch.tensor([3.0, 3.0]))
     assert hooks.metrics()["stepped/longest"].tolist() == [float(len(answer))]
     # a callable given in code (as TRL's reward_funcs=[reward_len]) is the same function
     in_code = RewardFunctions([reward_len])
-    in_code.bind(tokenizer)
-    torch.testing.assert_close(in_code(ids, attention, completion), torch.tensor(lengths, dtype=torch.float32))
+    torch.testing.assert_close(FunctionReward(in_code, tokenizer)(sampled), torch.tensor(lengths, dtype=torch.float32))
 
 
 def test_none_leaves_the_other_functions_reward(tokenizer):
-    ids, attention, completion = rows(tokenizer, [("Hi", "")])
-    completion[:] = 0  # no response tokens at all
+    sampled = rows(tokenizer, [("Hi", "")])
+    sampled.completion_mask[:] = 0  # no response tokens at all
     functions = RewardFunctions(["test_reward_functions.letter_e", "test_reward_functions.prompt_length"])
-    functions.bind(tokenizer)
-    torch.testing.assert_close(functions(ids, attention, completion), torch.tensor([0.0]))  # 0 + (None)
+    torch.testing.assert_close(FunctionReward(functions, tokenizer)(sampled), torch.tensor([0.0]))  # 0 + (None)
 
 
 def test_a_wrong_path_or_length_is_named():

@@ -1,4 +1,5 @@
-"""A reward model with its own tokenizer and chat template scores the policy's responses (lit_align/reward_inputs.py).
+"""A reward model with its own tokenizer and chat template scores the policy's responses (lit_align/rewards/dispatch.py
+and lit_align/rewards/inputs.py): the data's messages and the decoded response, rendered by its own template.
 
 Two tokenizers are built offline: the reward model's is a byte-level BPE trained here on the shipped text, with
 other ids than the policy's and a Llama-3.1-style chat template (a default system block with a date); the policies
@@ -18,7 +19,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassifi
 from support.cli import fit_args, run_main
 from lit_align.evaluation import RewardModelJudge
 from lit_align.objectives import PreferenceDistillation
-from lit_align.rewards.inputs import ChatTemplateReader, RewardInputs, reads_policy_ids
+from lit_align.generation.rollout import Rollout
+from lit_align.rewards.dispatch import rollout_texts
+from lit_align.rewards.inputs import RewardInputs, reads_policy_ids
 from lit_align.rewards.model import PretrainedRewardModel, RewardScorer, load_reward_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,8 +109,9 @@ class Recorder(torch.nn.Module):
         return self.scorer(input_ids, attention_mask)
 
 
-def rollout_rows(tokenizer, prompts: list[list[int]], responses: list[str]):
-    """The rollout layout: left-padded prompt ids, then the response ids + EOS right-padded; (N, T) tensors."""
+def rollout_rows(tokenizer, prompts: list[list[int]], responses: list[str], messages=None) -> Rollout:
+    """The rollout layout: left-padded prompt ids, then the response ids + EOS right-padded, one row per prompt;
+    ``messages``: the prompts' chat messages, as the data gives them."""
     response_ids = [tokenizer(r, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for r in responses]
     width_p, width_r = max(map(len, prompts)), max(map(len, response_ids))
     n, pad = len(prompts), tokenizer.pad_token_id
@@ -118,7 +122,8 @@ def rollout_rows(tokenizer, prompts: list[list[int]], responses: list[str]):
         ids[row, width_p: width_p + len(r)] = torch.tensor(r)
         mask[row, width_p - len(p): width_p + len(r)] = 1
         completion[row, width_p: width_p + len(r)] = 1
-    return ids, mask, completion
+    return Rollout(ids, mask, completion, width_p, torch.ones(n, dtype=torch.bool), torch.arange(n),
+                   prompt_messages=messages)
 
 
 def own_reward(scorer: RewardScorer, ids: list[int]) -> float:
@@ -141,8 +146,7 @@ def test_plain_text_reward_equals_the_reward_models_own_tokenisation(reward_dir,
     assert not reads_policy_ids(scorer.tokenizer, tokenizer)
     module = objective(scorer)
     prompts, responses = ["Describe the rain.", "Write a short line about a quiet village."], [" wet", " calm and old"]
-    ids, mask, completion = rollout_rows(tokenizer, [tokenizer(p).input_ids for p in prompts], responses)
-    scores = module.score(ids, mask, completion)
+    scores = module.score(rollout_rows(tokenizer, [tokenizer(p).input_ids for p in prompts], responses))
     rm = scorer.tokenizer
     for row, (prompt, response) in enumerate(zip(prompts, responses)):
         own = rm(prompt).input_ids + rm(response, add_special_tokens=False).input_ids + [rm.eos_token_id]
@@ -157,10 +161,9 @@ def test_same_tokenizer_keeps_the_fast_path(tokenizer):
 
     recorder = Recorder(build_reward_scorer("tiny"))
     module = objective(recorder)
-    ids, mask, completion = rollout_rows(tokenizer, [tokenizer("Describe the rain.").input_ids], [" wet"])
-    module.score(ids, mask, completion)
-    assert torch.equal(recorder.seen[0][0], ids) and torch.equal(recorder.seen[0][1], mask)
-    assert module.score(ids, mask).shape == (1,)  # no completion_mask needed there
+    rows = rollout_rows(tokenizer, [tokenizer("Describe the rain.").input_ids], [" wet"])
+    assert module.score(rows).shape == (1,)
+    assert torch.equal(recorder.seen[0][0], rows.input_ids) and torch.equal(recorder.seen[0][1], rows.attention_mask)
 
 
 # -- (b) conversations: the reward model's chat template --------------------------------------------------------
@@ -168,9 +171,9 @@ def test_same_tokenizer_keeps_the_fast_path(tokenizer):
 
 @pytest.mark.parametrize("policy", ["tiny", "llama3"])
 def test_chat_template_rendering_is_what_gets_scored(policy, reward_dir, llama3_policy_dir):
-    """The prompt rendered by the policy's template is read back into messages and rendered, with the response as
-    the assistant turn, by the reward model's template: the scorer sees exactly that rendering and gives what it
-    gives on its own tokenisation of it."""
+    """The prompt's messages (kept from the data) are rendered, with the decoded response as the assistant turn,
+    by the reward model's template: the scorer sees exactly that rendering and gives what it gives on its own
+    tokenisation of it."""
     from lit_align.models.loading import load_tokenizer
 
     policy_model = "tiny" if policy == "tiny" else str(llama3_policy_dir)
@@ -179,8 +182,7 @@ def test_chat_template_rendering_is_what_gets_scored(policy, reward_dir, llama3_
     module = objective(recorder, policy_model)
     prompt_ids = policy_tok(policy_tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True),
                             add_special_tokens=False).input_ids
-    ids, mask, completion = rollout_rows(policy_tok, [prompt_ids], ["It falls softly."])
-    score = module.score(ids, mask, completion)
+    score = module.score(rollout_rows(policy_tok, [prompt_ids], ["It falls softly."], messages=[CHAT]))
     rm = recorder.tokenizer
     expected = rm.apply_chat_template(CHAT + [{"role": "assistant", "content": "It falls softly."}], tokenize=True,
                                       return_dict=False)
@@ -191,27 +193,6 @@ def test_chat_template_rendering_is_what_gets_scored(policy, reward_dir, llama3_
     assert "Answer in one line.<|eot_id|><|start_header_id|>user" in rendering
     assert rendering.endswith("<|start_header_id|>assistant<|end_header_id|>\n\nIt falls softly.<|eot_id|>")
     assert score.item() == pytest.approx(own_reward(recorder.scorer, expected), abs=1e-5)
-
-
-@pytest.mark.parametrize("template", ["tiny", LLAMA3_TEMPLATE, LLAMA31_TEMPLATE])
-def test_template_reader_round_trips_and_reads_prompts_cut_at_their_start(template, tokenizer):
-    """Whole renderings come back as their messages; a prompt cut at its start (the data's max_prompt_length keeps
-    the end) keeps the turns after the cut (a fragment of a system message or reply is dropped, one of a user
-    turn kept); text that is no rendering is not read."""
-    policy_tok = tokenizer if template == "tiny" else bpe_tokenizer(380, template)
-    reader = ChatTemplateReader(policy_tok)
-    turns = CHAT + [{"role": "assistant", "content": "Wet."}, {"role": "user", "content": "And snow?"}]
-    for messages in (CHAT[1:], CHAT, turns):
-        text = policy_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        assert reader.messages(text) == messages
-        if not text.startswith(policy_tok.bos_token):  # the data encoder adds BOS where the template does not
-            assert reader.messages(policy_tok.bos_token + text) == messages
-    single = policy_tok.apply_chat_template(CHAT[1:], tokenize=False, add_generation_prompt=True)
-    assert reader.messages(single[single.index("Describe") + 3:]) == [{"role": "user", "content": "cribe the rain."}]
-    text = policy_tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-    assert reader.messages(text[text.index("Answer") + 3:]) == turns[1:]
-    assert reader.messages(text[text.index("Wet.") + 1:]) == turns[-1:]
-    assert reader.messages("Describe the rain.") is None
 
 
 def test_truncation_keeps_bos_the_prompts_end_and_the_responses_start(reward_dir):
@@ -231,19 +212,22 @@ def test_truncation_keeps_bos_the_prompts_end_and_the_responses_start(reward_dir
 
 
 def test_judge_scores_like_the_objective(reward_dir, tokenizer):
-    """RewardModelJudge and the on-policy objective make the same reward-model ids from the same texts; with the
-    policy's tokenizer the judge reads rendered conversation prompts back into messages too."""
+    """RewardModelJudge and the on-policy objective make the same reward-model ids from the same prompt: its
+    messages, or, without them, its text read without the policy's special tokens."""
     judge = RewardModelJudge(str(reward_dir))
     judge.setup(torch.device("cpu"))
     module = objective(judge.scorer)
     prompt = tokenizer.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
-    ids, mask, completion = rollout_rows(tokenizer, [tokenizer(prompt, add_special_tokens=False).input_ids], [" Wet."])
-    from_objective = module.score(ids, mask, completion).item()
-    as_text = judge.rewards([prompt], ["Wet."]).item()  # without the policy's tokenizer: markup read as text
+    ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    rows = rollout_rows(tokenizer, [ids], [" Wet."], messages=[CHAT])
+    (response,) = rollout_texts(rows, tokenizer)[1]
+    from_objective = module.score(rows).item()
+    as_text = judge.rewards([prompt], [response]).item()  # without the policy's tokenizer: markup read as text
     judge.read_prompts_with(tokenizer)
-    assert judge.rewards([prompt], ["Wet."]).item() == pytest.approx(from_objective, abs=1e-5)
-    assert judge.rewards([CHAT], ["Wet."]).item() == pytest.approx(from_objective, abs=1e-5)
-    assert as_text != pytest.approx(from_objective, abs=1e-5)
+    assert judge.rewards([CHAT], [response]).item() == pytest.approx(from_objective, abs=1e-5)
+    without_messages = module.score(rollout_rows(tokenizer, [ids], [" Wet."])).item()
+    assert judge.rewards([prompt], [response]).item() == pytest.approx(without_messages, abs=1e-5)
+    assert as_text != pytest.approx(without_messages, abs=1e-5)
 
 
 def test_pretrained_reward_model_takes_its_input_settings(reward_dir):
@@ -311,7 +295,7 @@ def test_ultrafeedback_config_with_llama_family_stand_ins(reward_dir, llama3_pol
     assert code == 0
     assert (run_dir / "runs" / "test" / "checkpoints" / "last.ckpt").is_file()
     questions = {r["chosen"][0]["content"] for r in rows}
-    for prompts, ids, inputs in encoded:  # the user turn, read back from the Llama-3 rendering
+    for prompts, ids, inputs in encoded:  # the user turn, as the data gave it
         assert all(p[-1]["role"] == "user" and p[-1]["content"] in questions for p in prompts)
         assert all(inputs.tokenizer.decode(row).startswith("<|begin_of_text|><|start_header_id|>system") for row in ids)
     assert len(encoded) == 2
@@ -319,7 +303,7 @@ def test_ultrafeedback_config_with_llama_family_stand_ins(reward_dir, llama3_pol
 
 def test_evaluation_tells_the_judge_which_tokenizer_rendered_the_prompts():
     """``lit-align evaluate`` hands the judge the policy's tokenizer before the first comparison, so a reward-model
-    judge with another tokenizer re-renders the conversation instead of reading the policy's markup as text."""
+    judge with another tokenizer reads a text prompt without the policy's markup."""
     from types import SimpleNamespace
 
     from lit_align.evaluation import EvaluationReport, Judge

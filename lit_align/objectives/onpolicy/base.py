@@ -42,7 +42,6 @@ import dataclasses
 import math
 import warnings
 from contextlib import contextmanager
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -52,10 +51,9 @@ from torch import nn
 from lit_align.policy.frozen import drop_frozen, restore_frozen
 from lit_align.objectives.base import AlignmentModule, Stage
 from lit_align.objectives.onpolicy.reward_stage import RewardStage
-from lit_align.rewards.functions import RewardFunction, RewardFunctions, reward_functions_of
-from lit_align.rewards.inputs import RetokenizedReward, reads_policy_ids
-from lit_align.rewards.model import load_reward_model
-from lit_align.generation.rollout import SamplingConfig
+from lit_align.rewards.dispatch import Reward, build_reward
+from lit_align.rewards.functions import RewardFunction
+from lit_align.generation.rollout import Rollout, SamplingConfig
 
 Experience = dict[str, torch.Tensor]
 
@@ -75,11 +73,12 @@ class OnPolicyObjective(AlignmentModule):
         reward_model: The reward model: a local Hugging Face directory or hub id of a sequence-classification
             model, a lit-align ``RewardModeling`` checkpoint (``.ckpt``), or any module with
             ``forward(input_ids, attention_mask) -> (B,)`` rewards. Its tokenizer and chat template may differ
-            from the policy's: responses are then re-encoded for it (``attach_reward_model``); name it as a
+            from the policy's: it then reads the data's messages and the decoded responses rendered by its own
+            template (``lit_align.rewards.dispatch``); name it as a
             ``lit_align.rewards.model.PretrainedRewardModel`` to set its input length and template use. Or reward
             functions of the decoded text, ``fn(prompts, responses) -> list[float]``, named by import path
             (``my_module.my_reward``), as a list (summed), or as ``lit_align.rewards.functions.RewardFunction``
-            entries with weights (``lit_align/reward_functions.py``). When omitted, ``reward_stage`` trains one on
+            entries with weights (``lit_align/rewards/functions.py``). When omitted, ``reward_stage`` trains one on
             the preference pairs of the training data at the start of ``fit``.
         sampling: How responses are sampled (max/min new tokens, temperature > 0, top-p, top-k); every log-prob
             of training is taken at this temperature. PAPER TL;DR: temperature 0.7, 53 new tokens (TRL's GRPO and
@@ -133,29 +132,18 @@ class OnPolicyObjective(AlignmentModule):
         self._held = HeldForward()
         self.reward_stage = reward_stage
         self.reward_model: nn.Module | None = None
-        functions = reward_functions_of(reward_model)
-        reward_model = functions if functions is not None else reward_model
-        if isinstance(reward_model, str):
-            reward_model = load_reward_model(reward_model)
+        self.reward: Reward | None = None
         if reward_model is not None:
             self.attach_reward_model(reward_model)
 
     # -- the reward model --------------------------------------------------------------------------------------
 
-    def attach_reward_model(self, reward_model: nn.Module) -> None:
-        """Register ``reward_model`` frozen and in eval mode (a submodule, so it follows the policy's device).
-
-        A reward model whose ``tokenizer`` differs from the policy's (vocabulary, chat template, BOS or EOS) gets
-        each response decoded and re-encoded with its own tokenizer and template (``lit_align.rewards.inputs``);
-        one with the policy's tokenizer, or without a ``tokenizer``, reads the policy's token ids as they are.
-        """
-        reward_model.requires_grad_(False)
-        reward_model.eval()
-        self.reward_model = reward_model
-        if isinstance(reward_model, RewardFunctions):
-            reward_model.bind(self.tokenizer)  # they read the text of the policy's own ids
-        same_ids = reads_policy_ids(getattr(reward_model, "tokenizer", None), self.tokenizer)
-        self._retokenized_reward = None if same_ids else RetokenizedReward(reward_model, self.tokenizer)
+    def attach_reward_model(self, reward_model: Any) -> None:
+        """Score with ``reward_model``: ``lit_align.rewards.dispatch.build_reward`` makes it the one ``Reward``
+        (a reward model of the policy's tokenizer or of another, reward functions, or a judge); the module it holds
+        is registered frozen and in eval mode (a submodule, so it follows the policy's device)."""
+        self.reward = build_reward(reward_model, self.tokenizer, owner=self)
+        self.reward_model = self.reward.module
 
     def setup(self, stage: str) -> None:
         if self.reward_model is None and stage != "predict":  # generating needs no reward model
@@ -168,23 +156,9 @@ class OnPolicyObjective(AlignmentModule):
         return self
 
     @torch.no_grad()
-    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-              completion_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Reward of every row (N,) in float32. A reward model with another tokenizer reads the decoded prompt and
-        response (``completion_mask`` marks the response) re-encoded with its own tokenizer; reward functions read
-        them as text."""
-        text = isinstance(self.reward_model, RewardFunctions)
-        if text:  # what TRL-style reward functions read as trainer_state
-            self.reward_model.trainer_state = SimpleNamespace(
-                global_step=self.global_step, epoch=self.current_epoch,
-                max_steps=self.trainer.max_steps if self._trainer is not None else -1)
-        if self._retokenized_reward is None and not text:
-            return self.reward_model(input_ids, attention_mask).float().reshape(-1)
-        if completion_mask is None:
-            raise ValueError("the reward model has another tokenizer than the policy, or is a reward function: "
-                             "score() needs the completion_mask that tells the response from the prompt")
-        scorer = self.reward_model if text else self._retokenized_reward
-        return scorer(input_ids, attention_mask, completion_mask).float().reshape(-1)
+    def score(self, rollout: Rollout) -> torch.Tensor:
+        """Reward of every row (N,) in float32 (``lit_align.rewards.dispatch``)."""
+        return self.reward(rollout)
 
     # -- experience --------------------------------------------------------------------------------------------
 
@@ -210,7 +184,8 @@ class OnPolicyObjective(AlignmentModule):
     def make_experience(self, batch: dict[str, torch.Tensor]) -> Experience:
         """Responses, their scores, and per-token sampling-policy and reference log-probs (see module doc)."""
         exp = self.sample_responses(batch)
-        scores = self.score(exp["input_ids"], exp["attention_mask"], exp["completion_mask"])
+        scores = self.score(Rollout(exp["input_ids"], exp["attention_mask"], exp["completion_mask"], 0, exp["ended"],
+                                    exp["prompt_index"], prompt_messages=batch.get("prompt_messages")))
         if self.missing_eos_penalty is not None:
             scores = torch.where(exp["ended"], scores, torch.full_like(scores, self.missing_eos_penalty))
             if not exp["ended"].any() and not self._warned_no_stop:
@@ -263,8 +238,7 @@ class OnPolicyObjective(AlignmentModule):
         }
         if "ref_logps" in exp:
             metrics["objective/kl"] = old - exp["ref_logps"].sum(-1)  # estimates KL(pi_T || pi0_T), both tempered
-        if isinstance(self.reward_model, RewardFunctions):
-            metrics.update(self.reward_model.metrics())  # TRL's rewards/<name>/mean and /std, per function
+        metrics.update(self.reward.metrics())  # reward functions': TRL's rewards/<name>/mean and /std, per function
         return metrics
 
     def policy_token_logps(self, mb: Experience) -> torch.Tensor:

@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 import torch
 
-from lit_align.generation.records import prompt_text
 from lit_align.evaluation.judges import Judge
 from lit_align.losses import dpo_loss, ipo_loss
 from lit_align.objectives.metrics import preference_metrics
@@ -47,33 +46,14 @@ class OnlineDPO(SampledPairObjective):
         self.beta = beta
         self.loss_type = loss_type
         self.judge = judge
-        self._judge_ready = False
+        if judge is not None:
+            self.attach_reward_model(judge)  # the reward dispatch's judge kind (lit_align.rewards.dispatch)
 
     # -- the preference: a reward model's scores, or a judge's verdicts ----------------------------------------
 
     def setup(self, stage: str) -> None:
         if self.judge is None:
             super().setup(stage)  # the reward model (trained by the reward stage when none is given)
-
-    @torch.no_grad()
-    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-              completion_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """With a judge: P(a1 beats a2) for the a1 row of each pair and its complement for the a2 row (N,)."""
-        if self.judge is None:
-            return super().score(input_ids, attention_mask, completion_mask)
-        if not self._judge_ready:
-            self.judge.setup(input_ids.device)
-            self.judge.read_prompts_with(self.tokenizer)
-            self._judge_ready = True
-        ids = input_ids.cpu()
-        response = completion_mask.cpu().bool()
-        prompt = attention_mask.cpu().bool() & ~response
-        prompts = [prompt_text(ids[i][prompt[i]].tolist(), self.tokenizer) for i in range(0, ids.shape[0], 2)]
-        responses = [self.tokenizer.decode(ids[i][response[i]].tolist(), skip_special_tokens=True)
-                     for i in range(ids.shape[0])]
-        verdicts = self.judge.compare_batch(prompts, responses[0::2], responses[1::2])
-        first_wins = torch.tensor([v.win for v in verdicts], dtype=torch.float32)
-        return torch.stack([first_wins, 1 - first_wins], 1).reshape(-1).to(input_ids.device)
 
     # -- the loss ----------------------------------------------------------------------------------------------
 
