@@ -7,7 +7,9 @@ loss and a dict of per-example (or scalar) diagnostics; the base logs them as ``
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
+from types import FrameType
 from typing import Any, ClassVar, Literal
 
 import lightning as L
@@ -43,6 +45,24 @@ def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
         torch.distributed.all_reduce(local, group=sharded[0].device_mesh.get_group())
         squares = squares + local
     return squares.sqrt()
+
+
+def init_arguments(module: torch.nn.Module, frame: FrameType | None) -> dict[str, Any]:
+    """The arguments of the ``__init__`` calls of ``module`` running from ``frame`` outward (a subclass's calls its
+    base's), each as its call holds it now, its ``**kwargs`` included; where two calls name the same argument, the
+    outer one's value (the subclass's, as the user gave it) wins. Read from the calls themselves, so it is the same
+    whether the objective is built in Python or by the command line."""
+    calls: list[dict[str, Any]] = []
+    while frame is not None and frame.f_code.co_name == "__init__" and frame.f_locals.get("self") is module:
+        code, values = frame.f_code, frame.f_locals
+        named = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
+        arguments = {name: values[name] for name in named if name != "self" and name in values}
+        if code.co_flags & inspect.CO_VARKEYWORDS:
+            rest = code.co_varnames[len(named) + bool(code.co_flags & inspect.CO_VARARGS)]
+            arguments = {**values.get(rest, {}), **arguments}
+        calls.append(arguments)
+        frame = frame.f_back
+    return {name: value for arguments in calls for name, value in arguments.items()}
 
 
 class AlignmentModule(L.LightningModule):
@@ -93,11 +113,12 @@ class AlignmentModule(L.LightningModule):
             raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm}")
         self.max_grad_norm = max_grad_norm
         self.save_hyperparameters(ignore=["policy", "optimizer", "lr_scheduler"])
+        settings = init_arguments(self, inspect.currentframe())
         #: What this objective needs of pi_0 with its settings: the one decision (``reference_need``).
-        self.reference_needed: Need | None = self.reference_need(self.hparams)
+        self.reference_needed: Need | None = self.reference_need(settings)
         self.policy = policy if policy is not None else PolicyWithReference(reference=held_for(self.reference_needed))
         if self.reference_needed is not None:  # a policy given with another reference: refused in one line
-            self.policy.reference.require(self.reference_owner(self.hparams), self.reference_needed)
+            self.policy.reference.require(self.reference_owner(settings), self.reference_needed)
         self.tokenizer = self.policy.tokenizer
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -107,7 +128,8 @@ class AlignmentModule(L.LightningModule):
 
     @classmethod
     def reference_need(cls, settings: Mapping[str, Any]) -> Need | None:
-        """What the objective needs of pi_0 with ``settings`` (its ``__init__`` arguments, ``hparams``).
+        """What the objective needs of pi_0 with ``settings``: the arguments of its classes' ``__init__`` calls
+        (``init_arguments``), defaults included.
 
         ``AlignmentModule.__init__`` asks once, before the policy exists: with no ``policy`` given it loads the
         reference this answer needs (``held_for``: a frozen ``copy``, or ``none``), and a given policy whose

@@ -2,9 +2,12 @@
 when it is built: with no ``policy`` given the reference it needs is loaded (a frozen copy, or none at all), and a
 given policy whose reference cannot serve it is refused in one line naming who needs it."""
 
+import json
+
 import pytest
 
 from lit_align import PolicyWithReference
+from lit_align.cli.app import build_cli
 from lit_align.objectives import (
     DPO, GRPO, KTO, LDDPO, ORPO, PMLE, RLHF, RLOO, SFT, CombinedPairLoss, Hinge, SimPO,
 )
@@ -56,6 +59,8 @@ def policies(tmp_path_factory):
 def test_the_reference_follows_from_the_settings(cls, settings, loaded, refused, policies):
     module = cls(**settings)
     assert module.policy.reference.name == loaded
+    # decided by the class (needs_reference) or computed (reference_need), never written on the instance
+    assert "needs_reference" not in vars(module) and "default_reference" not in vars(module)
     assert module.reference_needed == cls.reference_need(module.hparams)
     assert (module.reference_needed is None) == (loaded == "none")
     if refused is not None:
@@ -64,13 +69,20 @@ def test_the_reference_follows_from_the_settings(cls, settings, loaded, refused,
             cls(policy=policies[mode], **settings)
 
 
+@pytest.mark.parametrize("cls, settings, loaded, data", [
+    (GRPO, {"beta": 0.0}, "none", "PromptDataModule"),
+    (CombinedPairLoss, {"losses": [{"loss": "hinge", "reference_free": True}]}, "none", "PreferenceDataModule"),
+], ids=["GRPO-beta=0", "CombinedPairLoss-reference-free-hinge"])
+def test_the_command_line_decides_the_same(cls, settings, loaded, data, tmp_path, monkeypatch):
+    """Built by the command line (which hands Lightning the config's own arguments, not a base's), the settings
+    that decide are the same: a base's argument set by a subclass (GRPO's beta as the KL weight) and a mix's
+    parts included."""
+    monkeypatch.chdir(tmp_path)
+    args = [f"--model=lit_align.objectives.{cls.__name__}", f"--data=lit_align.data.{data}", "--data.path=tiny"]
+    args += [f"--model.{name}={json.dumps(value)}" for name, value in settings.items()]
+    assert build_cli(args, run=False).model.policy.reference.name == loaded
+
+
 def test_a_given_policy_wins_when_it_can_serve():
     given = PolicyWithReference(reference="lora")
     assert DPO(policy=given).policy is given and GRPO(beta=0.0, policy=given).policy.reference.name == "lora"
-
-
-def test_no_objective_sets_the_reference_on_its_instance():
-    """The need is the class's (``needs_reference``) or computed (``reference_need``): never written on an instance."""
-    for cls, settings, _, _ in CASES:
-        module = cls(**settings)
-        assert "needs_reference" not in vars(module) and "default_reference" not in vars(module)
