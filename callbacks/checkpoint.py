@@ -7,12 +7,12 @@ from typing import Any, Literal
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lit_align.runs.checkpoint_io import AtomicCheckpointIO, shown_path
+from lit_align.runs.checkpoint_io import shown_path, watch_loads
 from lit_align.runs.fingerprints import datamodule_digest
-from lit_align.runs.manifest import MANIFEST_KEY, build_manifest, check_objective, check_resume
+from lit_align.runs.manifest import MANIFEST_KEY, build_manifest, check_objective, check_resumed
 from lit_align.runs.folder import (LOG_RECORD_NAME, RECORD_NAME, check_fresh_fit, read_record, run_record,
                                   write_record)
 from lit_align.runs.seeds import describe_seeds
@@ -70,14 +70,10 @@ class AlignCheckpoint(ModelCheckpoint):
             self._data_digest = datamodule_digest(datamodule) if datamodule is not None else {}
             self._resume_checked = False
             self._start_run(trainer, pl_module)
-            io = getattr(trainer.strategy, "checkpoint_io", None)
-            if isinstance(io, AtomicCheckpointIO):
-                # checked as the file is read, before the weights are loaded into a possibly different objective
-                io.on_load = lambda checkpoint, path: self._check_resume_once(trainer, pl_module, checkpoint, path)
+            # checked as the file is read, before the weights are loaded into a possibly different objective
+            watch_loads(trainer, lambda ckpt, path: self._check_resume_once(trainer, pl_module, ckpt, path))
         else:  # validate, test, predict, evaluate: the checkpoint must come from this objective
-            io = getattr(trainer.strategy, "checkpoint_io", None)
-            if isinstance(io, AtomicCheckpointIO):
-                io.on_load = lambda checkpoint, path: check_objective(checkpoint, pl_module, shown_path(path))
+            watch_loads(trainer, lambda checkpoint, path: check_objective(checkpoint, pl_module, path))
 
     def _start_run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Say the seeds, refuse a fresh fit over another run, and mark the logger's folder with this run."""
@@ -112,9 +108,7 @@ class AlignCheckpoint(ModelCheckpoint):
             self._check_fresh_fit(trainer, resuming=trainer.ckpt_path is not None)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        io = getattr(trainer.strategy, "checkpoint_io", None)
-        if isinstance(io, AtomicCheckpointIO):
-            io.on_load = None
+        watch_loads(trainer, None)
         super().teardown(trainer, pl_module, stage)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
@@ -132,23 +126,11 @@ class AlignCheckpoint(ModelCheckpoint):
         if self._resume_checked:
             return
         self._resume_checked = True
-        raw_path, ckpt_path = ckpt_path, shown_path(ckpt_path)
-        self.latest_saved = (int(checkpoint.get("global_step", 0)), ckpt_path)
+        self.latest_saved = (int(checkpoint.get("global_step", 0)), shown_path(ckpt_path))
         current = build_manifest(trainer, pl_module, self._data_digest)
-        comparison = check_resume(checkpoint, current, ckpt_path, self.resume_changes == "allow",
-                                  getattr(pl_module, "hparams", None))
-        self._continue_run(trainer, raw_path)
-        if comparison is None:
-            rank_zero_warn(f"{ckpt_path} has no run manifest (written before lit-align recorded one): resuming "
-                           "without checking that it comes from this run's objective, data and batching")
-            return
-        if comparison.refusals:
-            rank_zero_warn(f"resuming {ckpt_path} although it comes from a different run "
-                           f"(checkpoint.resume_changes=allow): {', '.join(comparison.refusals)}")
-        if comparison.warnings:
-            rank_zero_warn(f"resuming {ckpt_path}: {', '.join(comparison.warnings)}")
-        if comparison.notes:
-            rank_zero_info(f"resuming {ckpt_path}: {', '.join(comparison.notes)}")
+        check_resumed(checkpoint, current, ckpt_path, self.resume_changes == "allow",
+                      getattr(pl_module, "hparams", None))
+        self._continue_run(trainer, ckpt_path)
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)

@@ -6,7 +6,7 @@ for a genuine bug (whose traceback is then shown):
 - Lightning's refusal of a setting combination (``MisconfigurationException``) at any point of the run;
 - a checkpoint whose weights do not fit the objective (``predict --ckpt_path`` on another objective's checkpoint):
   answered with the checkpoint's run manifest, which names the objective that wrote it
-  (``lit_align.runs.manifest.check_objective``), or else with what differs (missing and unexpected weights).
+  (``lit_align.runs.manifest.objective_mismatch``), or else with what differs (missing and unexpected weights).
 """
 
 from __future__ import annotations
@@ -37,15 +37,13 @@ def mapped_error(err: BaseException, model=None, ckpt_path: str | None = None) -
 
 def _state_dict_error(err: RuntimeError, model, ckpt_path: str | None) -> UserError:
     """The manifest's one line when the checkpoint names another objective, else the weights that differ."""
-    from lit_align.runs.checkpoint_io import load_checkpoint_file, shown_path
-    from lit_align.runs.manifest import check_objective
+    from lit_align.runs.checkpoint_io import shown_path
+    from lit_align.runs.manifest import objective_mismatch
 
     where = shown_path(ckpt_path) if ckpt_path else "the checkpoint"
-    if ckpt_path and model is not None:
-        try:
-            check_objective(load_checkpoint_file(ckpt_path), model, where)
-        except UserError as mismatch:
-            return mismatch
+    mismatch = objective_mismatch(ckpt_path, model) if ckpt_path and model is not None else None
+    if mismatch is not None:
+        return mismatch
     text = str(err)
     missing = re.findall(r'"([^"]+)"', text.split("Missing key(s) in state_dict:", 1)[-1].split("Unexpected", 1)[0]) \
         if "Missing key(s)" in text else []

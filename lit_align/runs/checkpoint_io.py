@@ -2,13 +2,14 @@
 
 ``AtomicCheckpointIO`` (the CLI installs it by default) streams the checkpoint into a temporary file in the
 target's own directory, fsyncs it, and renames it over the target with ``os.replace``, which is atomic on POSIX
-file systems (``lit_align.runs.atomic``, the one atomic writer of lit-align): a process killed at any moment leaves either the previous ``last.ckpt`` or the new one, never a
-truncated file. Lightning's own ``TorchCheckpointIO`` serialises the whole checkpoint into memory first and moves
-it from the system temporary directory, which is a copy (not a rename) when that directory is on another file
-system, and it never fsyncs.
+file systems (``lit_align.runs.atomic``, the one atomic writer of lit-align): a process killed at any moment leaves
+either the previous ``last.ckpt`` or the new one, never a truncated file. Lightning's own ``TorchCheckpointIO``
+serialises the whole checkpoint into memory first and moves it from the system temporary directory, which is a copy
+(not a rename) when that directory is on another file system, and it never fsyncs.
 
 Loading is ``torch.load(..., weights_only=True)``: tensors, containers and primitive values only, so a checkpoint
-from someone else cannot execute code. lit-align's own configuration dataclasses are allow-listed. A file that
+from someone else cannot execute code. lit-align's own configuration dataclasses are allow-listed, under their
+module paths of today and of earlier versions (``lit_align._moved``). A file that
 pickles anything else is refused, and so is an unreadable one; neither is ever retried with unpickling.
 
 Every checkpoint written here carries a checksum under ``CHECKSUM_KEY``: a digest of every tensor's dtype, shape
@@ -34,6 +35,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lit_align._moved import old_names
 from lit_align.errors import UserError
 from lit_align.runs.atomic import WRITE_DELAY_ENV, atomic_file  # noqa: F401  (the tests' write-delay hook)
 
@@ -78,6 +80,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if self.on_load is not None:
             self.on_load(checkpoint, str(path))
         return checkpoint
+
+
+def watch_loads(trainer, check: Callable[[dict[str, Any], str], None] | None) -> None:
+    """Have ``check(checkpoint, path)`` run on every checkpoint file the trainer reads, before Lightning restores
+    anything from it (``None``: stop). Only ``AtomicCheckpointIO`` (the CLI's) reads through such a hook; the
+    strategies that read checkpoints themselves (FSDP2's sharded folders) leave it to ``on_load_checkpoint``."""
+    io = getattr(trainer.strategy, "checkpoint_io", None)
+    if isinstance(io, AtomicCheckpointIO):
+        io.on_load = check
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -212,7 +223,8 @@ def _others(path: str | os.PathLike) -> str:
 
 def _safe_globals() -> list:
     # The plain configuration dataclasses of lit-align (SamplingConfig, ...) that objectives take as
-    # arguments and Lightning stores in `hyper_parameters`; they hold values only, never code.
+    # arguments and Lightning stores in `hyper_parameters`; they hold values only, never code. Each is allowed
+    # under its path now and under the paths of earlier versions (lit_align._moved), which older checkpoints name.
     found = {}
     for name, module in list(sys.modules.items()):
         if not name.startswith("lit_align") or module is None:
@@ -220,4 +232,6 @@ def _safe_globals() -> list:
         for value in vars(module).values():
             if isinstance(value, type) and dataclasses.is_dataclass(value) and value.__module__ == name:
                 found[f"{name}.{value.__qualname__}"] = value
+                for old in old_names(name):
+                    found[f"{old}.{value.__qualname__}"] = (value, f"{old}.{value.__qualname__}")
     return list(found.values())

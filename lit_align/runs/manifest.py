@@ -30,7 +30,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from lit_align._moved import MOVED
 from lit_align.errors import UserError
+from lit_align.runs.checkpoint_io import load_checkpoint_file, shown_path
 from lit_align.runs.fingerprints import datamodule_digest
 from lit_align.runs.identity import short, source_digest
 from lit_align.runs.seeds import effective_seeds
@@ -59,7 +63,7 @@ def build_manifest(trainer, pl_module, data_digest: Mapping[str, object] | None 
     reference = getattr(getattr(pl_module, "policy", None), "reference", None)
     reward_source = getattr(getattr(pl_module, "reward_model", None), "source", None)
     return {
-        "objective": f"{cls.__module__}.{cls.__qualname__}",
+        "objective": class_path(cls),
         "data": dict(data_digest),
         "seeds": effective_seeds(pl_module, datamodule),
         "reference": getattr(reference, "digest", None),
@@ -98,7 +102,8 @@ class ManifestComparison:
             if key in saved and old != new:
                 into.append(f"{label} {old} -> {new}")
 
-        changed("objective", "objective", self.refusals)
+        if "objective" in saved and current_class_path(saved["objective"]) != current.get("objective"):
+            self.refusals.append(f"objective {saved['objective']} -> {current.get('objective')}")
         self._compare_data(saved.get("data") or {}, current.get("data") or {})
         self._compare_seeds(saved.get("seeds"), current.get("seeds") or {})
         old_reward, new_reward = saved.get("reward_model"), current.get("reward_model")
@@ -153,16 +158,56 @@ def check_resume(checkpoint: Mapping[str, Any], current: Mapping[str, Any], wher
     return comparison
 
 
-def check_objective(checkpoint: Mapping[str, Any], pl_module, where: str) -> None:
-    """Refuse, in one line, a checkpoint that ``validate``/``test``/``predict``/``evaluate`` would load into another
-    objective than the one that wrote it (its weights would not fit, or would mean something else)."""
+def check_resumed(checkpoint: Mapping[str, Any], current: Mapping[str, Any], path: str, allow_changes: bool,
+                  current_hparams: Mapping[str, Any] | None = None) -> None:
+    """Check the checkpoint a fit resumes from (read from ``path``) against the run starting now (``current``):
+    raise ``ResumeMismatchError`` on a refused difference unless ``allow_changes``, else say what differs."""
+    where = shown_path(path)
+    comparison = check_resume(checkpoint, current, where, allow_changes, current_hparams)
+    if comparison is None:
+        rank_zero_warn(f"{where} has no run manifest (written before lit-align recorded one): resuming "
+                       "without checking that it comes from this run's objective, data and batching")
+        return
+    if comparison.refusals:
+        rank_zero_warn(f"resuming {where} although it comes from a different run "
+                       f"(checkpoint.resume_changes=allow): {', '.join(comparison.refusals)}")
+    if comparison.warnings:
+        rank_zero_warn(f"resuming {where}: {', '.join(comparison.warnings)}")
+    if comparison.notes:
+        rank_zero_info(f"resuming {where}: {', '.join(comparison.notes)}")
+
+
+def check_objective(checkpoint: Mapping[str, Any], pl_module, path: str) -> None:
+    """Refuse, in one line, a checkpoint (read from ``path``) that ``validate``/``test``/``predict``/``evaluate``
+    would load into another objective than the one that wrote it (its weights would not fit, or would mean
+    something else). A class path of an earlier version names the class it moved to."""
     saved = checkpoint.get(MANIFEST_KEY)
     objective = saved.get("objective") if isinstance(saved, Mapping) else None
-    cls = type(pl_module)
-    current = f"{cls.__module__}.{cls.__qualname__}"
-    if objective is not None and objective != current:
-        raise ResumeMismatchError(f"{where} was written by {objective}, not {current}: load it with the config "
-                                  "that trained it (or the objective it names)")
+    current = class_path(type(pl_module))
+    if objective is not None and current_class_path(objective) != current:
+        raise ResumeMismatchError(f"{shown_path(path)} was written by {objective}, not {current}: load it with the "
+                                  "config that trained it (or the objective it names)")
+
+
+def objective_mismatch(path: str, pl_module) -> UserError | None:
+    """Why the checkpoint file at ``path`` cannot be loaded into ``pl_module`` (unreadable, refused, or written by
+    another objective), as the one-line error to show; None when nothing in it says so."""
+    try:
+        check_objective(load_checkpoint_file(path), pl_module, path)
+    except UserError as refusal:
+        return refusal
+    return None
+
+
+def class_path(cls: type) -> str:
+    """``module.QualifiedName`` of a class, as a manifest records it."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def current_class_path(path: str) -> str:
+    """A class path recorded by any lit-align version, with the module it has now (``lit_align._moved``)."""
+    module, _, name = path.rpartition(".")
+    return f"{MOVED.get(module, module)}.{name}"
 
 
 def _hparam_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

@@ -1,11 +1,11 @@
 """Run outputs that never lie: a folder appears whole or not at all, and a full disk is one line.
 
 ``atomic_directory(target)`` hands out an empty temporary folder next to ``target`` (the same file system, so the
-final move is a rename; ``lit_align.runs.atomic.atomic_folder``). Only once everything is written is the previous ``target`` moved aside and the new
-folder renamed into its place. A process killed while writing leaves the previous complete folder and a
-temporary that the next write on this host removes; killed between the two renames, it leaves the previous
-folder under a hidden ``.old`` name, which the next write puts back. Never a folder with weights but no
-tokenizer.
+final move is a rename; ``lit_align.runs.atomic.atomic_folder``). Only once everything is written is the previous
+``target`` moved aside and the new folder renamed into its place. A process killed while writing leaves the
+previous complete folder and a temporary that the next write on this host removes; killed between the two renames,
+it leaves the previous folder under a hidden ``.old`` name, which the next write puts back. Never a folder with
+weights but no tokenizer.
 
 ``disk_errors(path)`` turns the write failures a user fixes on their side (no space, no permission, a read-only
 file system, a quota) into ``DiskWriteError``, whose one line names the file and the fix; ``lit-align`` treats
