@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from lit_align.losses import PreferenceLoss, dpo_loss, ipo_loss, length_normalized_ipo_loss
-from lit_align.losses.preference import FDivergence
+from lit_align.losses.preference import FDivergence as FDivergenceType
 from lit_align.objectives.offline.base import OfflinePairObjective
-from lit_align.objectives.offline.pair_terms import check, with_f_divergence
+from lit_align.objectives.offline.pair_terms import FDivergence, check
 
 
 class DPO(OfflinePairObjective):
@@ -23,19 +23,17 @@ class DPO(OfflinePairObjective):
         f_alpha_divergence_coef: The alpha of ``alpha_divergence``. TRL default: 0.5.
     """
 
-    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, f_divergence_type: FDivergence = "reverse_kl",
-                 f_alpha_divergence_coef: float = 0.5, **kwargs) -> None:
-        check(beta=beta, label_smoothing=label_smoothing, f_divergence_type=f_divergence_type,
-              f_alpha_divergence_coef=f_alpha_divergence_coef)
+    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0,
+                 f_divergence_type: FDivergenceType = "reverse_kl", f_alpha_divergence_coef: float = 0.5,
+                 **kwargs) -> None:
+        f_divergence = FDivergence(f_divergence_type, f_alpha_divergence_coef)
+        check(beta=beta, label_smoothing=label_smoothing)
         super().__init__(**kwargs)
-        self.beta = beta
-        self.label_smoothing = label_smoothing
-        self.f_divergence_type = f_divergence_type
-        self.f_alpha_divergence_coef = f_alpha_divergence_coef
+        self.beta, self.label_smoothing, self.f_divergence = beta, label_smoothing, f_divergence
 
     def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
         return dpo_loss(chosen.policy, rejected.policy, chosen.reference, rejected.reference, self.beta,
-                        self.label_smoothing, self.f_divergence_type, self.f_alpha_divergence_coef)
+                        self.label_smoothing, self.f_divergence.kind, self.f_divergence.alpha)
 
 
 class IPO(OfflinePairObjective):
@@ -52,14 +50,13 @@ class IPO(OfflinePairObjective):
         f_alpha_divergence_coef: The alpha of ``alpha_divergence``. TRL default: 0.5.
     """
 
-    def __init__(self, tau: float = 0.1, length_normalized: bool = False, f_divergence_type: FDivergence = "reverse_kl",
-                 f_alpha_divergence_coef: float = 0.5, **kwargs) -> None:
-        check(tau=tau, f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha_divergence_coef)
+    def __init__(self, tau: float = 0.1, length_normalized: bool = False,
+                 f_divergence_type: FDivergenceType = "reverse_kl", f_alpha_divergence_coef: float = 0.5,
+                 **kwargs) -> None:
+        f_divergence = FDivergence(f_divergence_type, f_alpha_divergence_coef)
+        check(tau=tau)
         super().__init__(**kwargs)
-        self.tau = tau
-        self.length_normalized = length_normalized
-        self.f_divergence_type = f_divergence_type
-        self.f_alpha_divergence_coef = f_alpha_divergence_coef
+        self.tau, self.length_normalized, self.f_divergence = tau, length_normalized, f_divergence
 
     def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
         def loss(chosen, rejected):
@@ -68,5 +65,4 @@ class IPO(OfflinePairObjective):
                 return length_normalized_ipo_loss(*ratios, chosen.lengths, rejected.lengths, self.tau)
             return ipo_loss(*ratios, self.tau)
 
-        return with_f_divergence(loss, chosen, rejected, self.f_divergence_type, self.f_alpha_divergence_coef,
-                                 self.tau)
+        return self.f_divergence.apply(loss, chosen, rejected, self.tau)

@@ -8,7 +8,7 @@ Every pair objective is one thin ``OfflinePairObjective`` whose ``pair_loss`` ca
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import get_args
 
 import torch
@@ -53,19 +53,31 @@ class RunningRewardMean(torch.nn.Module):
         return (self.total / self.count).to(rewards.dtype)
 
 
-def with_f_divergence(loss: Callable[[RowLogps, RowLogps], PreferenceLoss], chosen: RowLogps, rejected: RowLogps,
-                      divergence: L.FDivergence, alpha: float, scale: float) -> PreferenceLoss:
-    """``loss(chosen, rejected)`` under TRL's ``f_divergence_type``: each response's log-ratio replaced by
-    ``f'(pi/pi0)`` (``lit_align.losses.f_divergence_scores``) before the loss, as TRL's DPOTrainer does for
-    ``hinge``, ``ipo``, ``exo_pair``, ``robust``, ``discopop`` and ``sigmoid_norm``; the rewards stay ``scale``
-    times the log-ratios. ``reverse_kl`` is the loss as it is."""
-    if divergence == "reverse_kl":
-        return loss(chosen, rejected)
-    ratios = [r.policy if r.reference is None else r.policy - r.reference for r in (chosen, rejected)]
-    rows = [replace(r, policy=L.f_divergence_scores(ratio, divergence, alpha), reference=torch.zeros_like(ratio))
-            for r, ratio in zip((chosen, rejected), ratios)]
-    out = loss(*rows)
-    return out._replace(chosen_rewards=scale * ratios[0].detach(), rejected_rewards=scale * ratios[1].detach())
+@dataclass(frozen=True)
+class FDivergence:
+    """TRL's f-divergence regulariser of a pair loss, checked when made: ``kind`` (its ``f_divergence_type``:
+    ``reverse_kl``, ``forward_kl``, ``js_divergence``, ``alpha_divergence``) and ``alpha`` (its
+    ``f_alpha_divergence_coef``, the alpha of ``alpha_divergence``)."""
+
+    kind: L.FDivergence = "reverse_kl"
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        check(f_divergence_type=self.kind, f_alpha_divergence_coef=self.alpha)
+
+    def apply(self, loss: Callable[[RowLogps, RowLogps], PreferenceLoss], chosen: RowLogps, rejected: RowLogps,
+              scale: float) -> PreferenceLoss:
+        """``loss(chosen, rejected)`` with each response's log-ratio replaced by ``f'(pi/pi0)``
+        (``lit_align.losses.f_divergence_scores``) first, as TRL's DPOTrainer does for ``hinge``, ``ipo``,
+        ``exo_pair``, ``robust``, ``discopop`` and ``sigmoid_norm``; the rewards stay ``scale`` times the
+        log-ratios. ``reverse_kl`` is the loss as it is."""
+        if self.kind == "reverse_kl":
+            return loss(chosen, rejected)
+        ratios = [r.policy if r.reference is None else r.policy - r.reference for r in (chosen, rejected)]
+        rows = [replace(r, policy=L.f_divergence_scores(ratio, self.kind, self.alpha),
+                        reference=torch.zeros_like(ratio)) for r, ratio in zip((chosen, rejected), ratios)]
+        out = loss(*rows)
+        return out._replace(chosen_rewards=scale * ratios[0].detach(), rejected_rewards=scale * ratios[1].detach())
 
 
 # -- the checks of the settings, one per setting name, shared by every objective ----------------------------------

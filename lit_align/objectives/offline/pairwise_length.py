@@ -9,9 +9,9 @@ import torch
 from lit_align import losses as L
 from lit_align.losses import PreferenceLoss
 from lit_align.losses.pairwise import NLLReduction
-from lit_align.losses.preference import FDivergence
+from lit_align.losses.preference import FDivergence as FDivergenceType
 from lit_align.objectives.offline.base import OfflinePairObjective
-from lit_align.objectives.offline.pair_terms import check, check_ld_alpha, with_f_divergence
+from lit_align.objectives.offline.pair_terms import FDivergence, check, check_ld_alpha
 
 
 class SimPO(OfflinePairObjective):
@@ -79,23 +79,20 @@ class LengthNormalizedDPO(OfflinePairObjective):
         f_alpha_divergence_coef: The alpha of ``alpha_divergence``. TRL default: 0.5.
     """
 
-    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, f_divergence_type: FDivergence = "reverse_kl",
-                 f_alpha_divergence_coef: float = 0.5, **kwargs) -> None:
-        check(beta=beta, label_smoothing=label_smoothing, f_divergence_type=f_divergence_type,
-              f_alpha_divergence_coef=f_alpha_divergence_coef)
+    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0,
+                 f_divergence_type: FDivergenceType = "reverse_kl", f_alpha_divergence_coef: float = 0.5,
+                 **kwargs) -> None:
+        f_divergence = FDivergence(f_divergence_type, f_alpha_divergence_coef)
+        check(beta=beta, label_smoothing=label_smoothing)
         super().__init__(**kwargs)
-        self.beta = beta
-        self.label_smoothing = label_smoothing
-        self.f_divergence_type = f_divergence_type
-        self.f_alpha_divergence_coef = f_alpha_divergence_coef
+        self.beta, self.label_smoothing, self.f_divergence = beta, label_smoothing, f_divergence
 
     def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
         def loss(c, r):
             return L.length_normalized_dpo_loss(c.policy, r.policy, c.reference, r.reference, c.lengths, r.lengths,
                                                 self.beta, self.label_smoothing)
 
-        return with_f_divergence(loss, chosen, rejected, self.f_divergence_type, self.f_alpha_divergence_coef,
-                                 self.beta)
+        return self.f_divergence.apply(loss, chosen, rejected, self.beta)
 
 
 class LDDPO(OfflinePairObjective):

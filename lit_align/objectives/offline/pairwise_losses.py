@@ -13,9 +13,9 @@ import torch
 
 from lit_align import losses as L
 from lit_align.losses import PreferenceLoss
-from lit_align.losses.preference import FDivergence
+from lit_align.losses.preference import FDivergence as FDivergenceType
 from lit_align.objectives.offline.base import OfflinePairObjective
-from lit_align.objectives.offline.pair_terms import RunningRewardMean, check, in_range, with_f_divergence
+from lit_align.objectives.offline.pair_terms import FDivergence, RunningRewardMean, check, in_range
 
 
 def _ratios(chosen, rejected):
@@ -39,17 +39,17 @@ class Hinge(OfflinePairObjective):
     def reference_need(cls, settings):
         return None if settings["reference_free"] else "data"
 
-    def __init__(self, beta: float = 0.1, reference_free: bool = False, f_divergence_type: FDivergence = "reverse_kl",
-                 f_alpha_divergence_coef: float = 0.5, **kwargs) -> None:
-        check(beta=beta, f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha_divergence_coef)
+    def __init__(self, beta: float = 0.1, reference_free: bool = False,
+                 f_divergence_type: FDivergenceType = "reverse_kl", f_alpha_divergence_coef: float = 0.5,
+                 **kwargs) -> None:
+        f_divergence = FDivergence(f_divergence_type, f_alpha_divergence_coef)
+        check(beta=beta)
         super().__init__(**kwargs)
-        self.beta = beta
-        self.f_divergence_type = f_divergence_type
-        self.f_alpha_divergence_coef = f_alpha_divergence_coef
+        self.beta, self.f_divergence = beta, f_divergence
 
     def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
-        return with_f_divergence(lambda c, r: L.hinge_loss(*_ratios(c, r), self.beta), chosen, rejected,
-                                 self.f_divergence_type, self.f_alpha_divergence_coef, self.beta)
+        return self.f_divergence.apply(lambda c, r: L.hinge_loss(*_ratios(c, r), self.beta), chosen, rejected,
+                                       self.beta)
 
 
 class RobustDPO(OfflinePairObjective):
@@ -64,19 +64,27 @@ class RobustDPO(OfflinePairObjective):
         f_alpha_divergence_coef: The alpha of ``alpha_divergence``. TRL default: 0.5.
     """
 
-    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.1, f_divergence_type: FDivergence = "reverse_kl",
-                 f_alpha_divergence_coef: float = 0.5, **kwargs) -> None:
-        check(beta=beta, label_smoothing=label_smoothing, f_divergence_type=f_divergence_type,
-              f_alpha_divergence_coef=f_alpha_divergence_coef)
+    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.1,
+                 f_divergence_type: FDivergenceType = "reverse_kl", f_alpha_divergence_coef: float = 0.5,
+                 **kwargs) -> None:
+        f_divergence = FDivergence(f_divergence_type, f_alpha_divergence_coef)
+        check(beta=beta, label_smoothing=label_smoothing)
         super().__init__(**kwargs)
-        self.beta = beta
-        self.label_smoothing = label_smoothing
-        self.f_divergence_type = f_divergence_type
-        self.f_alpha_divergence_coef = f_alpha_divergence_coef
+        self.beta, self.label_smoothing, self.f_divergence = beta, label_smoothing, f_divergence
 
     def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
-        return with_f_divergence(lambda c, r: L.robust_dpo_loss(*_ratios(c, r), self.beta, self.label_smoothing),
-                                 chosen, rejected, self.f_divergence_type, self.f_alpha_divergence_coef, self.beta)
+        return self.f_divergence.apply(lambda c, r: L.robust_dpo_loss(*_ratios(c, r), self.beta, self.label_smoothing),
+                                       chosen, rejected, self.beta)
+
+
+class BetaPairObjective(OfflinePairObjective):
+    """The base of the pair objectives whose one setting is ``beta``, the scale of the log-ratios (TRL default
+    0.1): APO, NCA and SPPO. A subclass implements ``pair_loss``."""
+
+    def __init__(self, beta: float = 0.1, **kwargs) -> None:
+        check(beta=beta)
+        super().__init__(**kwargs)
+        self.beta = beta
 
 
 class BCOPair(OfflinePairObjective):
@@ -104,7 +112,7 @@ class BCOPair(OfflinePairObjective):
         return L.bco_pair_loss(*_ratios(chosen, rejected), self.beta, shift)
 
 
-class APOZero(OfflinePairObjective):
+class APOZero(BetaPairObjective):
     """Anchored preference optimisation, zero variant (D'Oosterlinck et al. 2024; TRL ``apo_zero``): raises the
     chosen and lowers the rejected likelihood, each against the reference (for a model weaker than its data).
 
@@ -112,16 +120,11 @@ class APOZero(OfflinePairObjective):
         beta: Scale of the log-ratios inside the sigmoids. TRL default 0.1.
     """
 
-    def __init__(self, beta: float = 0.1, **kwargs) -> None:
-        check(beta=beta)
-        super().__init__(**kwargs)
-        self.beta = beta
-
     def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
         return L.apo_zero_loss(*_ratios(chosen, rejected), self.beta)
 
 
-class APODown(OfflinePairObjective):
+class APODown(BetaPairObjective):
     """Anchored preference optimisation, down variant (D'Oosterlinck et al. 2024; TRL ``apo_down``): lowers both
     likelihoods, the rejected one more (for a model already better than its chosen responses).
 
@@ -129,27 +132,17 @@ class APODown(OfflinePairObjective):
         beta: Scale of the log-ratios inside the sigmoids. TRL default 0.1.
     """
 
-    def __init__(self, beta: float = 0.1, **kwargs) -> None:
-        check(beta=beta)
-        super().__init__(**kwargs)
-        self.beta = beta
-
     def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
         return L.apo_down_loss(*_ratios(chosen, rejected), self.beta)
 
 
-class NCAPair(OfflinePairObjective):
+class NCAPair(BetaPairObjective):
     """Noise-contrastive alignment on pairs (Chen et al. 2024; TRL ``nca_pair``): each response's log-ratio is
     classified on its own, which keeps the chosen likelihood from falling as it can under DPO.
 
     Args:
         beta: Scale of the log-ratios. TRL default 0.1.
     """
-
-    def __init__(self, beta: float = 0.1, **kwargs) -> None:
-        check(beta=beta)
-        super().__init__(**kwargs)
-        self.beta = beta
 
     def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
         return L.nca_pair_loss(*_ratios(chosen, rejected), self.beta)
@@ -168,33 +161,27 @@ class EXOPair(OfflinePairObjective):
         f_alpha_divergence_coef: The alpha of ``alpha_divergence``. TRL default: 0.5.
     """
 
-    def __init__(self, beta: float = 0.1, label_smoothing: float = 1e-3, f_divergence_type: FDivergence = "reverse_kl",
-                 f_alpha_divergence_coef: float = 0.5, **kwargs) -> None:
+    def __init__(self, beta: float = 0.1, label_smoothing: float = 1e-3,
+                 f_divergence_type: FDivergenceType = "reverse_kl", f_alpha_divergence_coef: float = 0.5,
+                 **kwargs) -> None:
+        f_divergence = FDivergence(f_divergence_type, f_alpha_divergence_coef)
         in_range("label_smoothing", label_smoothing, 0.0, 1.0, closed_low=False)  # the reverse KL's own range
-        check(beta=beta, f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha_divergence_coef)
+        check(beta=beta)
         super().__init__(**kwargs)
-        self.beta = beta
-        self.label_smoothing = label_smoothing
-        self.f_divergence_type = f_divergence_type
-        self.f_alpha_divergence_coef = f_alpha_divergence_coef
+        self.beta, self.label_smoothing, self.f_divergence = beta, label_smoothing, f_divergence
 
     def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
-        return with_f_divergence(lambda c, r: L.exo_pair_loss(*_ratios(c, r), self.beta, self.label_smoothing),
-                                 chosen, rejected, self.f_divergence_type, self.f_alpha_divergence_coef, self.beta)
+        return self.f_divergence.apply(lambda c, r: L.exo_pair_loss(*_ratios(c, r), self.beta, self.label_smoothing),
+                                       chosen, rejected, self.beta)
 
 
-class SPPOHard(OfflinePairObjective):
+class SPPOHard(BetaPairObjective):
     """Self-play preference optimisation with hard labels (Wu et al. 2024; TRL ``sppo_hard``): regresses the
     chosen log-ratio onto ``+1 / (2 beta)`` and the rejected onto ``-1 / (2 beta)``.
 
     Args:
         beta: The inverse of SPPO's step size ``eta``. TRL default 0.1 (targets of +-5 nats).
     """
-
-    def __init__(self, beta: float = 0.1, **kwargs) -> None:
-        check(beta=beta)
-        super().__init__(**kwargs)
-        self.beta = beta
 
     def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
         return L.sppo_hard_loss(*_ratios(chosen, rejected), self.beta)
@@ -212,18 +199,16 @@ class DiscoPOP(OfflinePairObjective):
         f_alpha_divergence_coef: The alpha of ``alpha_divergence``. TRL default: 0.5.
     """
 
-    def __init__(self, beta: float = 0.05, tau: float = 0.05, f_divergence_type: FDivergence = "reverse_kl",
+    def __init__(self, beta: float = 0.05, tau: float = 0.05, f_divergence_type: FDivergenceType = "reverse_kl",
                  f_alpha_divergence_coef: float = 0.5, **kwargs) -> None:
-        check(beta=beta, tau=tau, f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha_divergence_coef)
+        f_divergence = FDivergence(f_divergence_type, f_alpha_divergence_coef)
+        check(beta=beta, tau=tau)
         super().__init__(**kwargs)
-        self.beta = beta
-        self.tau = tau
-        self.f_divergence_type = f_divergence_type
-        self.f_alpha_divergence_coef = f_alpha_divergence_coef
+        self.beta, self.tau, self.f_divergence = beta, tau, f_divergence
 
     def pair_loss(self, chosen, rejected, batch) -> PreferenceLoss:
-        return with_f_divergence(lambda c, r: L.discopop_loss(*_ratios(c, r), self.beta, self.tau), chosen, rejected,
-                                 self.f_divergence_type, self.f_alpha_divergence_coef, self.beta)
+        return self.f_divergence.apply(lambda c, r: L.discopop_loss(*_ratios(c, r), self.beta, self.tau), chosen,
+                                       rejected, self.beta)
 
 
 class AOT(OfflinePairObjective):
