@@ -10,7 +10,8 @@ import torch
 
 from lit_align.callbacks.probe import PolicyProbe, Totals
 from lit_align.data.formats import Example
-from lit_align.generation.rollout import SamplingConfig
+from lit_align.generation.records import decode_rows
+from lit_align.generation.rollout import Rollout, SamplingConfig
 
 
 class SampleLogger(PolicyProbe):
@@ -38,27 +39,21 @@ class SampleLogger(PolicyProbe):
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, examples: list[Example]) -> Totals:
         rollout = self.sample(trainer, pl_module, examples)
-        tokenizer = pl_module.tokenizer
-        ids, mask = self.padded_responses(rollout)
-        prompt_ids = rollout.input_ids[:, : rollout.prompt_length]
-        prompt_mask = rollout.attention_mask[:, : rollout.prompt_length]
-        ended = rollout.ended.long()
-        gathered = [self.gather_rows(trainer, t.contiguous()) for t in (ids, mask, prompt_ids, prompt_mask, ended)]
+        # every rank's rows (padded on the right to the widest rank's: the masks tell prompt from response)
+        ids, attention, completion = (self.gather_rows(trainer, t.contiguous()) for t in
+                                      (rollout.input_ids, rollout.attention_mask, rollout.completion_mask))
+        ended = self.gather_rows(trainer, rollout.ended.long()).bool()
+        gathered = Rollout(ids, attention, completion, 0, ended, torch.arange(ids.shape[0], device=ids.device))
         # ``trainer.log_dir`` broadcasts from rank 0, a collective: every rank must ask, not only the writer.
         directory = trainer.log_dir or trainer.default_root_dir
         if trainer.is_global_zero:
-            self._write(trainer, tokenizer, directory, *gathered)
+            self._write(trainer, decode_rows(gathered, pl_module.tokenizer, prompt_special_tokens=False), directory)
         return {"sample_length": (rollout.lengths.sum().float(), torch.tensor(float(len(rollout.lengths))))}
 
-    def _write(self, trainer, tokenizer, directory, ids, mask, prompt_ids, prompt_mask, ended) -> None:
+    def _write(self, trainer, texts, directory) -> None:
         step = trainer.global_step
-        rows = []
-        for i in range(ids.shape[0]):
-            prompt = tokenizer.decode(prompt_ids[i][prompt_mask[i].bool()].tolist(), skip_special_tokens=True)
-            response = ids[i][mask[i].bool()].tolist()
-            text = tokenizer.decode(response, skip_special_tokens=True)
-            rows.append({"step": step, "prompt": prompt, "response": text, "length": len(response),
-                         "ended": bool(ended[i])})
+        rows = [{"step": step, "prompt": text.prompt, "response": text.response, "length": text.length,
+                 "ended": text.ended} for text in texts]
         os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, self.filename)
         with open(self.path, "a", encoding="utf-8") as handle:

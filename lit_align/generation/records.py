@@ -1,10 +1,12 @@
-"""Rollout rows as text: the records ``predict`` writes and ``evaluate`` reads, one JSON object per sampled
-response, and the JSON-lines file that holds them."""
+"""Rollout rows as text: ``decode_rows``, the one decoder of sampled rows back to text (predictions, the sample
+table, reward functions and judges read it); the records ``predict`` writes and ``evaluate`` reads, one JSON
+object per sampled response; and the JSON-lines file that holds them."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,25 +16,58 @@ import torch
 from lit_align.runs.atomic import atomic_file
 
 
+@dataclass(frozen=True)
+class RowText:
+    """One rollout row as text.
+
+    Attributes:
+        prompt: the prompt's tokens (attended, not in the completion mask) as text.
+        response: the response's tokens (the completion mask) as text, special tokens (the stop token) skipped.
+        ended: whether the response ended with a stop token.
+        length: the response's length in tokens.
+    """
+
+    prompt: str
+    response: str
+    ended: bool
+    length: int
+
+
+def decode_rows(rollout, tokenizer, prompt_special_tokens: bool = True) -> list[RowText]:
+    """Every row of a ``Rollout`` (or anything with its ``input_ids``, ``attention_mask``, ``completion_mask`` and
+    ``ended``) as text, told apart by the masks alone, so left-padded samples and right-padded data rows decode
+    alike. With ``prompt_special_tokens`` the prompt keeps its chat template's special tokens and drops a leading
+    BOS (``prompt_text``: text that re-tokenises to the same ids); without, they are skipped (text to read)."""
+    ids = rollout.input_ids.cpu()
+    response = rollout.completion_mask.cpu().bool()
+    prompt = rollout.attention_mask.cpu().bool() & ~response
+    ended = rollout.ended.cpu().tolist()
+    rows = []
+    for row in range(ids.shape[0]):
+        prompt_ids = ids[row][prompt[row]].tolist()
+        prompt_str = (prompt_text(prompt_ids, tokenizer) if prompt_special_tokens
+                      else tokenizer.decode(prompt_ids, skip_special_tokens=True))
+        response_ids = ids[row][response[row]].tolist()
+        rows.append(RowText(prompt_str, tokenizer.decode(response_ids, skip_special_tokens=True), bool(ended[row]),
+                            len(response_ids)))
+    return rows
+
+
 def prediction_records(prediction: dict[str, Any], tokenizer) -> list[dict[str, Any]]:
     """One JSON-ready dict per sampled response of a ``predict_step`` output."""
     rollout, batch = prediction["rollout"], prediction["batch"]
     sampling = dataclasses.asdict(prediction["sampling"])
-    prompt_ids = rollout.input_ids[:, : rollout.prompt_length].cpu()
-    prompt_mask = rollout.attention_mask[:, : rollout.prompt_length].cpu()
-    response_ids, response_mask = rollout.response_ids.cpu(), rollout.response_mask.cpu()
+    sampling.pop("logprobs", None)  # what the engine reported, not how the responses were drawn
     references = reference_texts(batch, tokenizer)
     records = []
-    for row in range(rollout.input_ids.shape[0]):
+    for row, text in enumerate(decode_rows(rollout, tokenizer)):
         record = {
             "index": int(prediction["index"][row]),
             "sample": int(prediction["sample"][row]),
-            "prompt": prompt_text(prompt_ids[row][prompt_mask[row].bool()].tolist(), tokenizer),
-            "response": tokenizer.decode(
-                response_ids[row][response_mask[row].bool()].tolist(), skip_special_tokens=True
-            ),
-            "ended": bool(rollout.ended[row]),
-            "length": int(response_mask[row].sum()),
+            "prompt": text.prompt,
+            "response": text.response,
+            "ended": text.ended,
+            "length": text.length,
         }
         if references is not None:
             record["reference"] = references[int(rollout.prompt_index[row])]

@@ -16,7 +16,8 @@ from torch import nn
 from lit_align.models.logprobs import completion_token_logprobs
 from lit_align.models.loading import load_causal_lm
 from lit_align.policy.with_reference import run_causal_lm
-from lit_align.generation.rollout import SamplingConfig, sample
+from lit_align.generation.records import RowText, decode_rows, prompt_text
+from lit_align.generation.rollout import Rollout, SamplingConfig, sample
 
 EOS, PAD = 2, 0
 
@@ -190,3 +191,34 @@ def test_greedy_is_refused_where_samples_are_scored():
     SamplingConfig(temperature=0.5).require_distribution("RLHF")  # fine
     with pytest.raises(UserError, match=r"^RLHF: sampling.temperature=0 is greedy decoding.*temperature > 0"):
         SamplingConfig(temperature=0.0).require_distribution("RLHF")
+
+
+def test_one_decoder_reads_sampled_and_data_rows_alike(tokenizer):
+    """decode_rows tells prompt from response by the masks: a left-padded sampled row and the same text as a
+    right-padded data row decode to the same prompt and response; the stop token is not response text."""
+    prompt, response = tokenizer("Tell me")["input_ids"], tokenizer(" the sea", add_special_tokens=False)["input_ids"]
+    p, r = len(prompt), len(response) + 1
+    left = torch.tensor([[PAD, PAD] + prompt + response + [EOS]])  # two pad columns before the prompt
+    left_attention = torch.tensor([[0, 0] + [1] * (p + r)])
+    left_completion = torch.tensor([[0] * (2 + p) + [1] * r])
+    right = torch.tensor([prompt + response + [EOS] + [PAD] * 2])
+    right_attention = torch.tensor([[1] * (p + r) + [0, 0]])
+    right_completion = torch.tensor([[0] * p + [1] * r + [0, 0]])
+    rows = [decode_rows(Rollout(ids, attention, completion, 2 + p, torch.tensor([True]), torch.tensor([0])), tokenizer)
+            for ids, attention, completion in ((left, left_attention, left_completion),
+                                               (right, right_attention, right_completion))]
+    assert rows[0] == rows[1] == [RowText(prompt_text(prompt, tokenizer), " the sea", True, r)]
+    readable = decode_rows(Rollout(left, left_attention, left_completion, 2 + p, torch.tensor([False]),
+                                   torch.tensor([0])), tokenizer, prompt_special_tokens=False)
+    assert readable == [RowText(tokenizer.decode(prompt, skip_special_tokens=True), " the sea", False, r)]
+
+
+def test_rollout_rows_slice_every_per_row_field():
+    rollout = Rollout(torch.arange(12).view(3, 4), torch.ones(3, 4), torch.zeros(3, 4), 2, torch.tensor([1, 0, 1]),
+                      torch.tensor([0, 1, 2]), sampling=SamplingConfig(), prompt_messages=[[], [], []],
+                      engine_logps=torch.arange(12.0).view(3, 4), version=5)
+    part = rollout.rows(torch.tensor([2, 0]))
+    assert torch.equal(part.input_ids, rollout.input_ids[[2, 0]])
+    assert torch.equal(part.engine_logps, rollout.engine_logps[[2, 0]])
+    assert torch.equal(part.prompt_index, torch.tensor([2, 0])) and part.prompt_messages is rollout.prompt_messages
+    assert (part.prompt_length, part.version, part.sampling, part.policy_mask) == (2, 5, rollout.sampling, None)
