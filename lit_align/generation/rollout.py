@@ -9,7 +9,9 @@ mode afterwards. The result concatenates each left-padded prompt with its right-
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,6 +47,11 @@ class SamplingConfig:
             itself).
         top_p: Nucleus sampling threshold (1 disables it, the default; see above).
         top_k: Keep only the k most likely tokens (0 disables it, the default; see above).
+        logprobs: Have the engine report the log-probability of each sampled token under the distribution it
+            drew from (after temperature, top-k, top-p and min_new_tokens: ``Rollout.engine_logps``), as vLLM's
+            ``logprobs``. An objective with an ``importance_correction`` turns it on. Default false (Hugging Face
+            ``generate``'s ``output_scores``: the Hugging Face backend then keeps one (rows, vocabulary) score
+            tensor per new token until the batch ends).
     """
 
     max_new_tokens: int = 32
@@ -52,6 +59,7 @@ class SamplingConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    logprobs: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.min_new_tokens < 0 or self.min_new_tokens > self.max_new_tokens:
@@ -78,7 +86,7 @@ class Rollout:
         ended: (N,) whether the response ended with EOS within ``max_new_tokens``.
         prompt_index: (N,) which prompt of the batch each row answers.
         sampling: the settings the responses were drawn with (their temperature is the one every score of these
-            samples uses); None only for rows that were not sampled (a data response).
+            samples uses); None only where nothing set it (a rollout built by hand).
         prompt_messages: the chat messages of each prompt (one list per prompt of the batch, row ``i`` answers
             ``prompt_messages[prompt_index[i]]``), when the data had them: a reward model of another tokenizer
             renders these instead of decoding the policy's tokens.
@@ -114,6 +122,30 @@ class Rollout:
     def lengths(self) -> torch.Tensor:
         return self.response_mask.sum(-1)
 
+    @property
+    def trained_mask(self) -> torch.Tensor:
+        """(N, P + L) the tokens a loss trains on: ``policy_mask``, else ``completion_mask``."""
+        return self.completion_mask if self.policy_mask is None else self.policy_mask
+
+    def rows(self, index: torch.Tensor) -> Rollout:
+        """The rollout restricted to the rows ``index`` (``select_rows``)."""
+        return select_rows(self, index)
+
+
+def select_rows(value: Any, index: torch.Tensor) -> Any:
+    """``value`` at the rows ``index``: a tensor with a first dimension is indexed, a tuple or a dataclass is taken
+    field by field (``dataclasses.fields``), anything else (an int, a 0-dim tensor, a setting, a per-prompt list,
+    None) is kept as it is. The one way rows of a rollout, an experience or a forward's output are sliced."""
+    if isinstance(value, torch.Tensor):
+        return value[index] if value.dim() else value
+    if isinstance(value, tuple):
+        return type(value)(*(select_rows(v, index) for v in value)) if hasattr(value, "_fields") else \
+            tuple(select_rows(v, index) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: select_rows(getattr(value, f.name), index)
+                                             for f in dataclasses.fields(value) if f.init})
+    return value
+
 
 @torch.no_grad()
 def sample(
@@ -139,6 +171,7 @@ def sample(
         prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
         prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
         greedy = config.temperature == 0
+        scored = config.logprobs and not greedy  # greedy decoding draws from no distribution
         output = model.generate(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
@@ -152,10 +185,27 @@ def sample(
             pad_token_id=pad_token_id,
             use_cache=True,
             synced_gpus=synced_gpus,
+            output_scores=scored,
+            return_dict_in_generate=True,
         )
-        return _layout(output, prompt_mask, eos_token_id, pad_token_id, num_samples)
+        rollout = _layout(output.sequences, prompt_mask, eos_token_id, pad_token_id, num_samples)
+        rollout.sampling = config
+        if scored:
+            rollout.engine_logps = _sampled_logps(output.scores, rollout)
+        return rollout
     finally:
         model.train(was_training)
+
+
+def _sampled_logps(scores: tuple[torch.Tensor, ...], rollout: Rollout) -> torch.Tensor:
+    """(N, P + L) log-prob of each sampled response token under the scores it was drawn from (``generate``'s
+    processed scores: after temperature, top-k, top-p and the other logits processors), 0 off the response."""
+    width = rollout.prompt_length
+    logps = torch.zeros(rollout.input_ids.shape, dtype=torch.float32, device=rollout.input_ids.device)
+    for step, step_scores in enumerate(scores[: rollout.input_ids.shape[1] - width]):
+        token = rollout.input_ids[:, width + step, None]  # (N, 1)
+        logps[:, width + step] = step_scores.float().log_softmax(-1).gather(-1, token).squeeze(-1)
+    return logps.masked_fill(~rollout.completion_mask.bool(), 0.0)
 
 
 def _layout(output: torch.Tensor, prompt_mask: torch.Tensor, eos: int | list[int], pad: int,

@@ -42,17 +42,17 @@ class VLLMBackend:
             ``max_model_len`` fitting the first call's prompts and responses, and on a GPU
             ``gpu_memory_utilization: 0.3`` so training keeps most of the memory), plus lit-align's own:
             ``cpu_kv_cache_gib`` (KV cache on CPU in whole GiB, vLLM's ``VLLM_CPU_KVCACHE_SPACE``; default 1) and
-            ``sleep`` (offload the engine between calls on a GPU; default true) and ``logprob_gap`` (also ask the
-            engine for the sampled tokens' log-probs and keep the mean per-token gap, engine minus trainer, in
-            ``last_logprob_gap``: ``lit_align.callbacks.GenerationGapMonitor`` logs it; default false).
-        scorer: Per-token log-probs of the trainer (``PolicyWithReference.completion_logps``), for the gap.
+            ``sleep`` (offload the engine between calls on a GPU; default true) and ``logprob_gap`` (always ask the
+            engine for the sampled tokens' log-probs, ``Rollout.engine_logps``, as ``sampling.logprobs`` does, so
+            that ``lit_align.callbacks.GenerationGapMonitor`` can log the gap; default false).
+        scorer: Unused (the trainer's log-probs of the same samples are the objective's own ``old_logps``); kept so
+            that existing callers construct the backend unchanged.
     """
 
     def __init__(self, options: dict[str, Any] | None = None, scorer: Callable | None = None) -> None:
         self.options = dict(options or {})
         self.scorer = scorer
-        self.logprob_gap = bool(self.options.get("logprob_gap", False)) and scorer is not None
-        self.last_logprob_gap: float | None = None  # engine minus trainer, mean over the last call's tokens
+        self.logprob_gap = bool(self.options.get("logprob_gap", False))
         self.llm = None
         self.max_model_len: int | None = None
         self._pushed: Any = None  # weights_version of what the engine holds
@@ -66,6 +66,7 @@ class VLLMBackend:
                  synced_gpus: bool = False) -> Rollout:
         longest = int(prompt_mask.sum(-1).max())  # the padding is not sent
         needed = longest + config.max_new_tokens
+        logprobs = self.logprob_gap or (config.logprobs and config.temperature > 0)
         if self.llm is None:
             self.llm = self._build(model, needed)
         if needed > self.max_model_len:
@@ -77,29 +78,16 @@ class VLLMBackend:
             self.sync_weights(model)
             prompts = _prompts(prompt_ids, prompt_mask, num_samples)
             stops = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-            params = _sampling_params(config, stops, len(prompts), logprobs=0 if self.logprob_gap else None)
+            params = _sampling_params(config, stops, len(prompts), logprobs=0 if logprobs else None)
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
         finally:
             self._sleep()
         responses = [list(output.outputs[0].token_ids) for output in outputs]
         rollout = _rollout(prompt_ids, prompt_mask, responses, stops, pad_token_id, num_samples)
-        if self.logprob_gap:
-            self.last_logprob_gap = self._gap(model, rollout, config, outputs)
+        rollout.sampling = config
+        if logprobs:
+            rollout.engine_logps = engine_logps(rollout, [output.outputs[0].logprobs for output in outputs])
         return rollout
-
-    def _gap(self, model: nn.Module, rollout: Rollout, config: SamplingConfig, outputs) -> float:
-        """Mean over the response tokens of the engine's log-prob minus the trainer's, same weights, same
-        temperature (the engine's processed log-probs, after temperature; with top_p or top_k set they are those of the
-        truncated distribution, the trainer's of the untruncated one, so the gap includes the mass cut away)."""
-        trainer, mask = self.scorer(rollout.input_ids, rollout.attention_mask, rollout.completion_mask,
-                                    temperature=config.temperature or 1.0, model=model)  # (N, T-1)
-        engine = torch.zeros_like(trainer)
-        start = rollout.prompt_length - 1  # position t of the (T-1) layout predicts token t + 1
-        for row, output in enumerate(outputs):
-            sample = output.outputs[0]
-            for step, (token, logprobs) in enumerate(zip(sample.token_ids, sample.logprobs)):
-                engine[row, start + step] = logprobs[token].logprob
-        return float(((engine - trainer) * mask).sum() / mask.sum().clamp(min=1))
 
     def sync_weights(self, model: nn.Module) -> bool:
         """Push ``model``'s weights into the engine if they changed since the last push; whether they did."""
@@ -127,8 +115,8 @@ class VLLMBackend:
         kwargs.setdefault("max_model_len", min(limit, max(needed, 256)))
         kwargs.setdefault("dtype", str(next(hf_model.parameters()).dtype).removeprefix("torch."))
         kwargs.setdefault("enforce_eager", True)
-        if self.logprob_gap:  # log-probs of the distribution sampled from (tempered), as the trainer scores
-            kwargs.setdefault("logprobs_mode", "processed_logprobs")
+        # log-probs, when asked for, of the distribution sampled from (after temperature, top-k, top-p)
+        kwargs.setdefault("logprobs_mode", "processed_logprobs")
         if torch.cuda.is_available():
             kwargs.setdefault("gpu_memory_utilization", 0.3)
             kwargs.setdefault("enable_sleep_mode", self.sleeps)
@@ -190,6 +178,21 @@ def _sampling_params(config: SamplingConfig, stops: list[int], count: int, logpr
         logprobs=logprobs,
         seed=seed,
     ) for seed in seeds]
+
+
+def engine_logps(rollout: Rollout, sampled: list) -> torch.Tensor:
+    """(N, P + L) the engine's log-prob of each sampled token (``sampled[row]``: vLLM's per-step
+    ``{token: Logprob}``), at the token's position, 0 off the response."""
+    logps = torch.zeros(rollout.input_ids.shape, dtype=torch.float32)
+    ids = rollout.input_ids.cpu()
+    start = rollout.prompt_length
+    for row, steps in enumerate(sampled):
+        for step, candidates in enumerate(steps[: ids.shape[1] - start]):
+            token = int(ids[row, start + step])
+            if token in candidates:
+                logps[row, start + step] = candidates[token].logprob
+    logps = logps.to(rollout.input_ids.device)
+    return logps.masked_fill(~rollout.completion_mask.bool(), 0.0)
 
 
 def _rollout(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, responses: list[list[int]], stops: list[int],

@@ -16,7 +16,6 @@ class GRPO(OnPolicyObjective):
         clip_range: PPO-style clip of the importance ratio.
     """
 
-    default_reference = "none"
     needs_reference = None  # reference-free: no pi_0 is loaded and no reference forward runs
 
     def __init__(self, clip_range: float = 0.2, **kwargs) -> None:
@@ -25,13 +24,13 @@ class GRPO(OnPolicyObjective):
         self.clip_range = clip_range
 
     def experience_loss(self, mb):
-        groups = mb["scores"].view(-1, self.num_samples)  # rows are laid out prompt-major
+        groups = mb.scores.view(-1, self.num_samples)  # rows are laid out prompt-major
         advantages = ((groups - groups.mean(-1, keepdim=True)) / (groups.std(-1, keepdim=True) + 1e-4)).view(-1, 1)
         logps = self.policy_token_logps(mb)
-        ratio = (logps - mb["old_logps"]).exp()
+        ratio = (logps - mb.old_logps).exp()
         clipped = ratio.clamp(1 - self.clip_range, 1 + self.clip_range)
         per_token = -torch.minimum(ratio * advantages, clipped * advantages)
-        loss = masked_mean(per_token, mb["response_mask"])
+        loss = masked_mean(per_token, mb.response_mask)
         return loss, {"grpo/advantage_abs": advantages.abs().squeeze(-1)}
 
 

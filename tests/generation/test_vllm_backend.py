@@ -184,22 +184,34 @@ def test_pdistill_fits_with_vllm_generation(run_dir, model_dir):
     assert backend.pushes >= 2, f"the updated weights were never pushed ({backend.pushes} push)"
 
 
-def test_logprob_gap_is_logged_and_near_zero_on_the_same_weights(run_dir, model_dir):
-    """With ``logprob_gap`` the engine's log-probs of the sampled tokens are compared with the trainer's: on the
-    weights just pushed they agree to rounding, and ``GenerationGapMonitor`` logs ``generation/logprob_gap``."""
+def test_engine_logprobs_travel_with_the_samples_and_match_the_trainer(run_dir, model_dir):
+    """With ``sampling.logprobs`` the engine's log-probs of the sampled tokens come back in ``Rollout.engine_logps``:
+    on the weights just pushed they agree with the trainer's to rounding, at the sampling temperature."""
+    policy = PolicyWithReference(model=model_dir, generation="vllm", vllm_options=OPTIONS)
+    ids, mask = _prompts(policy.tokenizer)
+    rollout = policy.generate(ids, mask, SamplingConfig(max_new_tokens=12, temperature=0.7, logprobs=True),
+                              num_samples=2)
+    assert rollout.engine_logps is not None and rollout.engine_logps.shape == rollout.input_ids.shape
+    trainer, response = policy.completion_logps(rollout.input_ids, rollout.attention_mask, rollout.completion_mask,
+                                                temperature=0.7)
+    engine = rollout.engine_logps[:, 1:]
+    assert (engine[~response] == 0).all() and (engine[response] < 0).all()
+    assert ((engine - trainer) * response).abs().max() < 1e-3
+
+
+def test_importance_correction_with_the_engine_is_near_one_and_logged(run_dir, model_dir):
+    """An objective with ``importance_correction`` on the vllm backend: the ratio of trainer to engine is 1 to
+    rounding on the same weights, and the gap monitor logs the gap of the same numbers."""
     from support.cli import fit_args
 
     from lit_align.cli.app import build_cli
 
-    policy = PolicyWithReference(model=model_dir, generation="vllm", vllm_options=OPTIONS | {"logprob_gap": True})
-    ids, mask = _prompts(policy.tokenizer)
-    policy.generate(ids, mask, SamplingConfig(max_new_tokens=12, temperature=0.7), num_samples=2)
-    assert abs(policy.generation_backend.last_logprob_gap) < 1e-3
-    cli = build_cli(fit_args("pdistill.yaml", "--model.reward_model=tiny", "--data.limit_rows=16",
-                             "--data.batch_size=4", "--model.sampling.max_new_tokens=6",
-                             "--model.epochs_per_batch=1", f"--model.policy.init_args.model={model_dir}",
+    cli = build_cli(fit_args("grpo.yaml", "--data.limit_rows=16", "--data.batch_size=4",
+                             "--model.sampling.max_new_tokens=6", f"--model.policy.init_args.model={model_dir}",
                              "--model.policy.init_args.generation=vllm",
-                             "--model.policy.init_args.vllm_options={cpu_kv_cache_gib: 1, logprob_gap: true}",
+                             "--model.policy.init_args.vllm_options={cpu_kv_cache_gib: 1}",
+                             "--model.importance_correction={mode: token_truncate, clip_max: 2.0}",
                              "--trainer.callbacks+=lit_align.callbacks.GenerationGapMonitor", steps=2))
-    gap = cli.trainer.logged_metrics["generation/logprob_gap"]
-    assert abs(float(gap)) < 1e-3
+    logged = cli.trainer.logged_metrics
+    assert abs(float(logged["generation/logprob_gap"])) < 1e-3
+    assert abs(float(logged["generation/is_ratio/mean"]) - 1) < 1e-3

@@ -123,7 +123,10 @@ def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 def _reverse_kl(small_lm, temperature, rows, **kwargs) -> ReverseKL:
     module = ReverseKL(reward_model=TableReward(), policy=_policy(small_lm), vf_coef=0.0, gae_lambda=1.0,
                        sampling=SamplingConfig(max_new_tokens=2, temperature=temperature), **kwargs)
-    module.sample_responses = lambda batch: {k: v.clone() for k, v in rows.items()}  # every response
+    width = rows["input_ids"].shape[1] - 2
+    module.sample_responses = lambda batch: Rollout(  # every response
+        rows["input_ids"].clone(), rows["attention_mask"].clone(), rows["completion_mask"].clone(), width,
+        rows["ended"].clone(), rows["prompt_index"].clone(), sampling=module.sampling)
     return module
 
 
@@ -144,8 +147,8 @@ def test_ppo_expected_gradient_is_the_gradient_of_the_tempered_objective(small_l
     with torch.no_grad():
         weight = _tempered_logps(module.policy, rows, temperature).exp().float() / len(PROMPTS)  # (N,)
     assert weight.sum().item() == pytest.approx(1.0, abs=1e-5)  # every response enumerated
-    tokens = exp["response_mask"].sum()
-    exp["advantages"] = exp["advantages"] * (tokens * weight)[:, None]
+    tokens = exp.response_mask.sum()
+    exp.advantages = exp.advantages * (tokens * weight)[:, None]
     params = module.policy.trainable_parameters()
     loss, _ = module.experience_loss(exp)
     expected = _flat_grad(loss, params)
@@ -210,7 +213,7 @@ def test_reverse_kl_bonus_mode_expected_gradient_with_whitening_on_two_token_res
         weight = _tempered_logps(module.policy, rows, temperature).exp().float() / len(PROMPTS)
     assert weight.sum().item() == pytest.approx(1.0, abs=1e-5)
     params = module.policy.trainable_parameters()
-    total = sum(weight[i] * module.experience_loss({k: v[[i]] for k, v in exp.items()})[0]
+    total = sum(weight[i] * module.experience_loss(exp.rows(torch.tensor([i])))[0]
                 for i in range(len(weight)))
     expected = _flat_grad(2 * total, params)  # x2: each row's loss is the mean over its two tokens
     exact = _flat_grad(-_exact_objective(module, rows, beta, gamma, temperature), params)
@@ -219,5 +222,5 @@ def test_reverse_kl_bonus_mode_expected_gradient_with_whitening_on_two_token_res
     assert scale > 0
     error = _relative_error(expected, scale * exact)
     assert error < 1e-3, f"bonus-mode expected gradient is {error:.1%} away from the direction of -grad J_T"
-    if "advantage_scale" in exp:  # the factor the objective applied to its bonus is that of the advantages
-        assert scale.item() == pytest.approx(exp["advantage_scale"][0].item(), rel=1e-3)
+    if hasattr(exp, "advantage_scale"):  # the factor the objective applied to its bonus is that of the advantages
+        assert scale.item() == pytest.approx(exp.advantage_scale[0].item(), rel=1e-3)

@@ -18,9 +18,11 @@ pytestmark = pytest.mark.extended
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer  # noqa: E402
 from trl.trainer.utils import nanstd  # noqa: E402
 
+from support.onpolicy import fake_experience  # noqa: E402
 from support.trl_parity import DTYPE, assert_close, config, token_logps, trainer, trl_metrics  # noqa: E402
 from lit_align.losses import entropy_token_mask, group_advantages, normalized_advantages, rloo_advantages  # noqa: E402
 from lit_align.objectives import GRPO, RLOO  # noqa: E402
+from lit_align.objectives.onpolicy.group import GroupExperience  # noqa: E402
 from lit_align.generation.rollout import SamplingConfig  # noqa: E402
 
 LENGTHS = [3, 5, 2, 4, 6, 1, 4, 4]  # 8 responses: 2 prompts x 4, or 4 prompts x 2
@@ -93,9 +95,12 @@ def _lit_grpo(settings, mask, old, drift, reference, advantages, entropies):
     module = GRPO(num_samples=4, sampling=SamplingConfig(max_new_tokens=WIDTH, temperature=1.0), **kwargs)
     leaf, logps = _leaf(old, drift, mask)
     module.policy_token_logps = lambda mb: logps
-    mb = {"response_mask": mask.bool(), "old_logps": old, "advantages": advantages, "ref_logps": reference}
+    token_mask = None
     if module.top_entropy_quantile < 1:
-        mb["token_mask"] = entropy_token_mask(entropies, mask.bool(), module.top_entropy_quantile)
+        token_mask = entropy_token_mask(entropies, mask.bool(), module.top_entropy_quantile)
+    mb = fake_experience(torch.zeros(mask.shape[0]), old, reference, cls=GroupExperience, advantages=advantages,
+                         token_mask=token_mask)
+    mb.response_mask = mask.bool()
     loss, metrics = module.experience_loss(mb)
     loss.backward()
     return loss.detach(), leaf.grad, {k: v.item() for k, v in metrics.items()}
@@ -150,8 +155,9 @@ def test_rloo_trainer_loss(settings):
                   epsilon_high=settings.get("epsilon_high"))
     leaf, logps = _leaf(old, drift * 0.3, mask)
     module.policy_token_logps = lambda mb: logps
-    mb = {"response_mask": mask.bool(), "old_logps": old, "advantages": advantages,
-          "rlhf_reward": advantages, "baseline": torch.zeros_like(advantages)}
+    mb = fake_experience(torch.zeros(mask.shape[0]), old, None, cls=GroupExperience, advantages=advantages,
+                         rlhf_reward=advantages, baseline=torch.zeros_like(advantages))
+    mb.response_mask = mask.bool()
     loss, _ = module.experience_loss(mb)
     loss.backward()
     assert_close(loss.detach(), trl_loss, "loss")
@@ -198,7 +204,8 @@ def test_online_dpo_training_step(loss_type):
     order = torch.stack([torch.arange(prompts), torch.arange(prompts) + prompts], 1).reshape(-1)  # a1, a2 per prompt
     lit_leaf, lit_logps = _leaf(old, drift, mask)
     module.policy_token_logps = lambda mb: lit_logps[order]
-    mb = {"scores": rewards[order], "ref_logps": (reference * mask)[order], "response_mask": mask[order].bool()}
+    mb = fake_experience(rewards[order], old[order], (reference * mask)[order])
+    mb.response_mask = mask[order].bool()
     loss, metrics = module.experience_loss(mb)
     loss.backward()
     assert_close(loss.detach(), trl_loss, "loss")

@@ -139,9 +139,9 @@ def test_objective_scores_its_samples_with_the_function(tokenizer):
     exp = module.make_experience({"prompt_ids": torch.tensor([ids]), "prompt_mask": torch.ones(1, len(ids),
                                                                                                dtype=torch.long),
                                   "index": torch.tensor([0])})
-    responses = [tokenizer.decode(exp["input_ids"][i][exp["completion_mask"][i].bool()], skip_special_tokens=True)
+    responses = [tokenizer.decode(exp.input_ids[i][exp.completion_mask[i].bool()], skip_special_tokens=True)
                  for i in range(2)]
-    torch.testing.assert_close(exp["scores"], torch.tensor([float(r.count("e")) for r in responses]))
+    torch.testing.assert_close(exp.scores, torch.tensor([float(r.count("e")) for r in responses]))
 
 
 WEIGHTED = ('[{"class_path": "lit_align.rewards.functions.RewardFunction", "init_args": {"path": '

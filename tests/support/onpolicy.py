@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from lit_align.data import PromptDataModule
 from lit_align.objectives import PreferenceDistillation
-from lit_align.generation.rollout import SamplingConfig
+from lit_align.generation.rollout import Rollout, SamplingConfig
+from lit_align.objectives.onpolicy.experience import Experience
 from lit_align.models.loading import load_causal_lm
 
 
@@ -48,13 +49,26 @@ def prompt_batch(module, n: int = 3) -> dict[str, torch.Tensor]:
     return data.collator()(data.train_examples[:n])
 
 
-def fake_experience() -> dict[str, torch.Tensor]:
-    """Two pairs; per-token log-probs over 2 positions (sums: old -3, -5, -2, -6; ref -4, -4, -2, -7)."""
-    return {
-        "scores": torch.tensor([1.0, 0.5, -0.5, 0.25]),
-        "old_logps": torch.tensor([[-1.0, -2.0], [-2.0, -3.0], [-1.0, -1.0], [-3.0, -3.0]]),
-        "ref_logps": torch.tensor([[-2.0, -2.0], [-1.0, -3.0], [-1.5, -0.5], [-4.0, -3.0]]),
-    }
+def fake_rollout(rows: int, width: int, temperature: float = 1.0) -> Rollout:
+    """``rows`` one-token prompts with ``width`` response tokens each (ids 1, ...), two rows per prompt."""
+    ids = torch.arange(1, width + 2).repeat(rows, 1)
+    mask = torch.ones_like(ids)
+    completion = torch.cat([torch.zeros(rows, 1, dtype=torch.long), torch.ones(rows, width, dtype=torch.long)], 1)
+    return Rollout(ids, mask, completion, 1, torch.ones(rows, dtype=torch.bool), torch.arange(rows) // 2,
+                   sampling=SamplingConfig(max_new_tokens=width, temperature=temperature))
+
+
+def fake_experience(scores: torch.Tensor | None = None, old_logps: torch.Tensor | None = None,
+                    ref_logps: torch.Tensor | None = None, cls: type[Experience] = Experience, **fields) -> Experience:
+    """An experience of given values on a stand-in rollout of matching shape. By default two pairs, per-token
+    log-probs over 2 positions (sums: old -3, -5, -2, -6; ref -4, -4, -2, -7)."""
+    if scores is None:
+        scores = torch.tensor([1.0, 0.5, -0.5, 0.25])
+        old_logps = torch.tensor([[-1.0, -2.0], [-2.0, -3.0], [-1.0, -1.0], [-3.0, -3.0]])
+        ref_logps = torch.tensor([[-2.0, -2.0], [-1.0, -3.0], [-1.5, -0.5], [-4.0, -3.0]])
+    rows, width = old_logps.shape
+    return cls(rollout=fake_rollout(rows, width), scores=scores, old_logps=old_logps,
+               response_mask=torch.ones(rows, width, dtype=torch.bool), ref_logps=ref_logps, **fields)
 
 
 def state(module) -> dict[str, torch.Tensor]:

@@ -18,17 +18,21 @@ is saved (TRL's RLOO/GRPO run both). The ratio of the first update is then exact
 Hooks a subclass uses:
 
 - ``experience_loss(mb) -> (scalar loss, {name: per-row or scalar diagnostics})`` (required). ``mb`` is the
-  experience dict restricted to the rows of one mini-batch; ``self.policy_token_logps(mb)`` gives the current
-  policy's per-token log-probs with gradient.
-- ``make_experience(batch)`` (extend by calling ``super()``, e.g. to add values and advantages): every value of
-  the returned dict must be a per-row tensor (first dimension N, one row per response) so it can be sliced.
+  ``Experience`` of the rows of one mini-batch (``exp.rows(index)``); ``self.policy_token_logps(mb)`` gives the
+  current policy's per-token log-probs with gradient. With ``importance_correction`` set, the policy-gradient
+  terms are multiplied by ``mb.token_weights()`` (or ``mb.sequence_weights()``) and averaged over
+  ``mb.loss_mask()``.
+- ``experience_from(rollout)`` (extend by calling ``super()`` and ``exp.extend(MyExperience, field=...)``, e.g. to
+  add advantages): the working data is a dataclass (``lit_align.objectives.onpolicy.experience``) whose fields a
+  subclass declares by subclassing it. It makes the experience of a rollout however it was drawn;
+  ``make_experience(batch)`` is ``experience_from(sample_responses(batch))``.
 - ``experience_metrics(exp)``: per-row diagnostics of a fresh batch (``objective/*``, ``completions/*``).
-- ``sample_responses(batch)``: where responses come from (the current policy by default).
+- ``sample_responses(batch) -> Rollout``: where responses come from (the current policy by default).
 
-Keys of the experience (N rows, T columns, row ``i * k + j`` is sample j of prompt i):
-``input_ids``, ``attention_mask``, ``completion_mask`` (N, T); ``response_mask`` (N, T-1) bool and ``old_logps``,
-``ref_logps`` (N, T-1) aligned like ``lit_align.models.logprobs.completion_token_logprobs`` (zero off the response);
-``scores`` (N,) after the missing-EOS penalty; ``ended`` (N,) bool; ``prompt_index`` (N,).
+The experience's fields: ``rollout`` (ids and masks (N, T), ``ended``, ``prompt_index``, the sampling settings
+whose temperature every log-prob of these rows is taken at), ``scores`` (N,) after the missing-EOS penalty,
+``old_logps`` and ``ref_logps`` (N, T-1) aligned like ``lit_align.models.logprobs.completion_token_logprobs``
+(zero off the response), ``response_mask`` (N, T-1) bool, and the mismatch correction's ``importance`` weights.
 
 ``trainer.max_steps`` counts optimizer updates, as everywhere in Lightning: one batch of prompts makes
 ``epochs_per_batch * mini_batches`` of them (a batch always completes, so the count is rounded up to whole
@@ -48,14 +52,15 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from lit_align.errors import UserError
 from lit_align.policy.frozen import drop_frozen, restore_frozen
 from lit_align.objectives.base import AlignmentModule, Stage
 from lit_align.objectives.onpolicy.reward_stage import RewardStage
 from lit_align.rewards.dispatch import Reward, build_reward
 from lit_align.rewards.functions import RewardFunction
-from lit_align.generation.rollout import Rollout, SamplingConfig
-
-Experience = dict[str, torch.Tensor]
+from lit_align.generation.rollout import Rollout, SamplingConfig, select_rows
+from lit_align.losses.importance import ImportanceCorrection, importance_weights
+from lit_align.objectives.onpolicy.experience import Experience
 
 # A checkpoint is written between training steps, after all updates of a batch: the state to resume from.
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
@@ -92,6 +97,13 @@ class OnPolicyObjective(AlignmentModule):
             (replaces the reward model's score); ``None`` keeps the reward model's score. TRL default: None
             (RLHF, ReverseKL and REBEL set the PAPER's -1).
         reward_stage: How the reward model is trained when ``reward_model`` is not given.
+        importance_correction: Correct the mismatch between the generation engine's probabilities and the
+            trainer's (``lit_align.losses.importance.ImportanceCorrection``: ``mode`` ``token_truncate``,
+            ``sequence_truncate``, ``token_mask`` or ``sequence_mask``, bounds ``clip_max`` and ``clip_min``):
+            every policy-gradient term is weighted by the ratio of the sampling-time policy's probability of the
+            sampled tokens to the engine's (``Rollout.engine_logps``), bounded or masked; logged as
+            ``generation/is_ratio/*``. Default None: nothing corrected (TRL 1.16's GRPO corrects its vLLM path
+            by default, with ``sequence_mask`` and ``clip_max`` 3). See docs/onpolicy.md.
     """
 
     #: The KL shaping and monitors score fresh samples under pi_0; a reference-free objective sets None.
@@ -108,6 +120,7 @@ class OnPolicyObjective(AlignmentModule):
         mini_batches: int = 1,
         missing_eos_penalty: float | None = None,
         reward_stage: RewardStage = RewardStage(),
+        importance_correction: ImportanceCorrection | None = None,
         **kwargs: Any,
     ) -> None:
         if num_samples < 1 or epochs_per_batch < 1 or mini_batches < 1:
@@ -131,6 +144,11 @@ class OnPolicyObjective(AlignmentModule):
         self._warned_no_stop = False
         self._held = HeldForward()
         self.reward_stage = reward_stage
+        self.importance_correction = importance_correction
+        if importance_correction is not None and not sampling.logprobs:
+            self.sampling = dataclasses.replace(sampling, logprobs=True)  # the engine reports what it sampled from
+        #: Mean per-token engine minus trainer log-prob of the last experience (None without engine log-probs).
+        self.last_logprob_gap: float | None = None
         self.reward_model: nn.Module | None = None
         self.reward: Reward | None = None
         if reward_model is not None:
@@ -163,91 +181,116 @@ class OnPolicyObjective(AlignmentModule):
     # -- experience --------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample_responses(self, batch: dict[str, torch.Tensor]) -> Experience:
+    def sample_responses(self, batch: dict[str, Any]) -> Rollout:
         """``num_samples`` responses per prompt from the current policy weights."""
         return self.generate(batch)
 
-    def generate(self, batch: dict[str, torch.Tensor], from_reference: bool = False) -> Experience:
-        """``num_samples`` responses to the batch's prompts from the policy (or pi_0), as the experience's
-        ``input_ids``/masks/``ended``/``prompt_index``."""
+    def generate(self, batch: dict[str, Any], from_reference: bool = False) -> Rollout:
+        """``num_samples`` responses to the batch's prompts from the policy (or pi_0), recording how they were
+        drawn: the sampling settings, the weight version (optimizer steps so far) and the prompts' messages."""
         rollout = self.policy.generate(batch["prompt_ids"], batch["prompt_mask"], self.sampling, self.num_samples,
                                        from_reference=from_reference)
-        return {
-            "input_ids": rollout.input_ids,
-            "attention_mask": rollout.attention_mask,
-            "completion_mask": rollout.completion_mask,
-            "ended": rollout.ended,
-            "prompt_index": rollout.prompt_index,
-        }
+        return dataclasses.replace(rollout, sampling=rollout.sampling or self.sampling, version=self.global_step,
+                                   prompt_messages=batch.get("prompt_messages"))
 
     @torch.no_grad()
-    def make_experience(self, batch: dict[str, torch.Tensor]) -> Experience:
-        """Responses, their scores, and per-token sampling-policy and reference log-probs (see module doc)."""
-        exp = self.sample_responses(batch)
-        scores = self.score(Rollout(exp["input_ids"], exp["attention_mask"], exp["completion_mask"], 0, exp["ended"],
-                                    exp["prompt_index"], prompt_messages=batch.get("prompt_messages")))
-        if self.missing_eos_penalty is not None:
-            scores = torch.where(exp["ended"], scores, torch.full_like(scores, self.missing_eos_penalty))
-            if not exp["ended"].any() and not self._warned_no_stop:
-                self._warned_no_stop = True
-                rank_zero_warn(
-                    f"{type(self).__name__}: none of the {exp['ended'].numel()} responses of a batch stopped within "
-                    f"sampling.max_new_tokens={self.sampling.max_new_tokens}, so missing_eos_penalty="
-                    f"{self.missing_eos_penalty} replaced every reward and the batch carries nothing of the reward "
-                    "model: raise max_new_tokens, or set missing_eos_penalty: null")
-        exp["scores"] = scores
+    def make_experience(self, batch: dict[str, Any]) -> Experience:
+        """Responses to the batch's prompts (``sample_responses``) made into an experience (``experience_from``)."""
+        return self.experience_from(self.sample_responses(batch))
+
+    @torch.no_grad()
+    def experience_from(self, rollout: Rollout) -> Experience:
+        """A rollout's scores, per-token sampling-policy and reference log-probs and mismatch correction (see the
+        module doc). Every log-prob is taken at ``rollout.sampling.temperature``."""
+        scores = self.rollout_scores(rollout)
+        ref_logps = None
         if self.policy.reference.live:  # a reference-free objective without one gets no ref_logps
             # pi_0's no-grad forward before the policy's, which may be kept with its graph (HeldForward)
-            exp["ref_logps"], _ = self.chunked_token_logps(exp, reference=True)
-        exp.update(self.policy_experience(exp))
+            ref_logps, _ = self.chunked_token_logps(rollout, reference=True)
+        exp = self.policy_experience(rollout, scores, ref_logps)
+        self.last_logprob_gap = logprob_gap(exp)
+        if self.importance_correction is not None:
+            exp.importance = self.importance_of(exp)
+            exp.correction = self.importance_correction
         return exp
 
-    def policy_experience(self, exp: Experience) -> Experience:
-        """What one pass of the sampling-time policy gives of every row: ``old_logps`` and ``response_mask``
-        (RLHF adds its values from the same forward). Kept as the first update's forward when it can be."""
+    def rollout_scores(self, rollout: Rollout) -> torch.Tensor:
+        """The reward of every row (N,), the missing-EOS penalty applied."""
+        scores = self.score(rollout)
+        if self.missing_eos_penalty is None:
+            return scores
+        if not rollout.ended.any() and not self._warned_no_stop:
+            self._warned_no_stop = True
+            rank_zero_warn(
+                f"{type(self).__name__}: none of the {rollout.ended.numel()} responses of a batch stopped within "
+                f"sampling.max_new_tokens={rollout.sampling.max_new_tokens}, so missing_eos_penalty="
+                f"{self.missing_eos_penalty} replaced every reward and the batch carries nothing of the reward "
+                "model: raise max_new_tokens, or set missing_eos_penalty: null")
+        return torch.where(rollout.ended, scores, torch.full_like(scores, self.missing_eos_penalty))
+
+    def policy_experience(self, rollout: Rollout, scores: torch.Tensor,
+                          ref_logps: torch.Tensor | None) -> Experience:
+        """The experience, from one pass of the sampling-time policy over every row: ``old_logps`` (RLHF adds
+        its values from the same forward and builds its own experience). Kept as the first update's forward when
+        it can be."""
+        mask = rollout.trained_mask[:, 1:].bool()
         if self._held.armed:
             with torch.enable_grad():  # make_experience runs under no_grad
-                token_logps = self._held.keep(self.policy_token_logps(exp))
-            return {"old_logps": token_logps.detach(), "response_mask": exp["completion_mask"][:, 1:].bool()}
-        old_logps, response_mask = self.chunked_token_logps(exp)
-        return {"old_logps": old_logps, "response_mask": response_mask}
+                old_logps = self._held.keep(self.token_logps_of(rollout)).detach()
+        else:
+            old_logps, _ = self.chunked_token_logps(rollout)
+        return Experience(rollout=rollout, scores=scores, old_logps=old_logps, response_mask=mask, ref_logps=ref_logps)
 
-    def experience_chunks(self, exp: Experience):
+    def importance_of(self, exp: Experience):
+        """The mismatch correction of every token: the sampling-time log-probs against the engine's."""
+        engine = exp.rollout.engine_logps
+        if engine is None:
+            raise UserError(f"{type(self).__name__}: importance_correction needs the generation engine's log-probs "
+                            "of the sampled tokens, and this rollout has none (a custom generation backend or "
+                            "sample_responses that does not fill Rollout.engine_logps)")
+        return importance_weights(exp.old_logps, engine[:, 1:], exp.response_mask, self.importance_correction)
+
+    def experience_chunks(self, rollout: Rollout):
         """(input_ids, attention_mask, completion_mask) of the rows in mini-batch sized chunks: no-grad forwards
         over them keep the activations as small as in training."""
-        size = math.ceil(exp["input_ids"].shape[0] / self.mini_batches)
-        return zip(*(exp[k].split(size) for k in ("input_ids", "attention_mask", "completion_mask")))
+        size = math.ceil(rollout.input_ids.shape[0] / self.mini_batches)
+        return zip(*(t.split(size) for t in (rollout.input_ids, rollout.attention_mask, rollout.completion_mask)))
 
     @torch.no_grad()
-    def chunked_token_logps(self, exp: Experience, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def chunked_token_logps(self, rollout: Rollout, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs (N, T-1) and the response mask of every row under the policy (or, with
-        ``reference``, pi_0), chunk by chunk. Scored at the sampling temperature: the distribution the responses
-        were drawn from (rollout.py)."""
-        parts = [self.policy.completion_logps(ids, mask, comp, self.sampling.temperature, reference=reference)
-                 for ids, mask, comp in self.experience_chunks(exp)]
+        ``reference``, pi_0), chunk by chunk. Scored at the rollout's sampling temperature: the distribution the
+        responses were drawn from (rollout.py)."""
+        temperature = rollout.sampling.temperature
+        parts = [self.policy.completion_logps(ids, mask, comp, temperature, reference=reference)
+                 for ids, mask, comp in self.experience_chunks(rollout)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def experience_metrics(self, exp: Experience) -> dict[str, torch.Tensor]:
-        """Per-row diagnostics of freshly sampled responses (logged as means)."""
-        old = exp["old_logps"].sum(-1)  # (N,) ln pi_t(a|x) at the sampling temperature
+        """Per-row diagnostics of freshly sampled responses (logged as means), and the mismatch correction's."""
+        old = exp.old_logps.sum(-1)  # (N,) ln pi_t(a|x) at the sampling temperature
         metrics = {
             "objective/entropy": -old,  # Monte Carlo estimate of H(pi_T(x)): -ln pi_T(a|x) of a sampled a
-            "objective/scores": exp["scores"],
-            "completions/mean_length": exp["response_mask"].sum(-1).float(),
-            "completions/clipped_ratio": (~exp["ended"]).float(),
+            "objective/scores": exp.scores,
+            "completions/mean_length": exp.response_mask.sum(-1).float(),
+            "completions/clipped_ratio": (~exp.ended).float(),
         }
-        if "ref_logps" in exp:
-            metrics["objective/kl"] = old - exp["ref_logps"].sum(-1)  # estimates KL(pi_T || pi0_T), both tempered
+        if exp.ref_logps is not None:
+            metrics["objective/kl"] = old - exp.ref_logps.sum(-1)  # estimates KL(pi_T || pi0_T), both tempered
         metrics.update(self.reward.metrics())  # reward functions': TRL's rewards/<name>/mean and /std, per function
         return metrics
 
     def policy_token_logps(self, mb: Experience) -> torch.Tensor:
         """Current policy's per-token log-probs (n, T-1) of the rows of ``mb``, with gradient, zero off the mask."""
-        held = self._held.take(mb["input_ids"].shape[0])
+        held = self._held.take(mb.num_rows)
         if held is not None:
             return held
-        token_logps, _ = self.policy.completion_logps(mb["input_ids"], mb["attention_mask"], mb["completion_mask"],
-                                                      temperature=self.sampling.temperature)
+        return self.token_logps_of(mb.rollout)
+
+    def token_logps_of(self, rollout: Rollout) -> torch.Tensor:
+        """The current policy's per-token log-probs (n, T-1) of a rollout's rows at its sampling temperature."""
+        token_logps, _ = self.policy.completion_logps(rollout.input_ids, rollout.attention_mask,
+                                                      rollout.completion_mask, temperature=rollout.sampling.temperature)
         return token_logps
 
     def experience_loss(self, mb: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -258,23 +301,25 @@ class OnPolicyObjective(AlignmentModule):
 
     def mini_batch_rows(self, exp: Experience) -> list[torch.Tensor]:
         """A random split of the rows into ``mini_batches`` parts made of whole prompts."""
-        prompts = exp["prompt_index"]
+        prompts = exp.prompt_index
         num_prompts = int(prompts.max()) + 1
         per_prompt = prompts.numel() // num_prompts  # rows are laid out prompt-major
         order = torch.randperm(num_prompts, device=prompts.device)
         rows = (order[:, None] * per_prompt + torch.arange(per_prompt, device=prompts.device)).reshape(-1)
         return [part for part in rows.tensor_split(self.mini_batches) if part.numel()]
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         optimizer = self.optimizers()
         with self._held.arm(self.mini_batches == 1 and self.hold_first_forward):
             exp = self.make_experience(batch)
         self.record("train", self.experience_metrics(exp))
+        if exp.importance is not None:  # the correction applied to this batch (GenerationGapMonitor: its gap)
+            self.log_dict(importance_metrics(exp.importance), on_step=True, on_epoch=False)
         loss = None
         for _ in range(self.epochs_per_batch):
             for rows in self.mini_batch_rows(exp):
                 with self._held.for_rows(rows):
-                    loss, metrics = self.experience_loss({k: v[rows] for k, v in exp.items()})
+                    loss, metrics = self.experience_loss(exp.rows(rows))
                 self.manual_backward(loss)
                 self.clip_and_log_gradients(optimizer, self.max_grad_norm)
                 optimizer.step()
@@ -286,18 +331,16 @@ class OnPolicyObjective(AlignmentModule):
         return loss.detach()
 
     def scheduler_steps(self) -> int:
-        # The schedule steps once per batch of prompts; max_steps counts the optimizer updates within them.
-        trainer = self.trainer
-        updates = self.epochs_per_batch * self.mini_batches
-        batches = math.inf
-        if trainer.max_epochs not in (None, -1):
-            trainer.fit_loop.setup_data()
-            batches = trainer.num_training_batches * max(trainer.max_epochs, 1)
-        if trainer.max_steps not in (None, -1):
-            batches = min(batches, math.ceil(trainer.max_steps / updates))
-        if math.isinf(batches):
+        """The schedule steps once per batch of prompts; ``max_steps`` counts the optimizer updates within them
+        (``epochs_per_batch * mini_batches`` a batch). Lightning's ``estimated_stepping_batches`` is
+        ``min(batches * epochs, max_steps)``: the batches are that, with ``max_steps`` counted in whole batches."""
+        estimated = self.trainer.estimated_stepping_batches
+        max_steps = self.trainer.max_steps
+        if max_steps not in (None, -1):
+            estimated = min(estimated, math.ceil(max_steps / (self.epochs_per_batch * self.mini_batches)))
+        if math.isinf(estimated):
             raise ValueError("set trainer.max_steps or trainer.max_epochs so that the learning-rate decay has an end")
-        return int(batches)
+        return int(estimated)
 
     def compute_loss(self, batch: dict[str, torch.Tensor], stage: Stage):
         # Validation and test: the objective on fresh samples of held-out prompts, without an update.
@@ -357,16 +400,27 @@ class HeldForward:
         return select_rows(output, self._rows)
 
 
-def select_rows(value: Any, rows: torch.Tensor) -> Any:
-    """``value`` (a tensor, a tuple of them or a dataclass of them, first dimension the rows) at ``rows``."""
-    if isinstance(value, torch.Tensor):
-        return value[rows]
-    if isinstance(value, tuple):
-        return type(value)(select_rows(v, rows) for v in value)
-    if dataclasses.is_dataclass(value):
-        return dataclasses.replace(value, **{f.name: select_rows(getattr(value, f.name), rows)
-                                             for f in dataclasses.fields(value) if getattr(value, f.name) is not None})
-    raise TypeError(f"cannot select rows of a {type(value).__name__}")
+def logprob_gap(exp: Experience) -> float | None:
+    """Mean over the trained tokens of the engine's log-prob minus the sampling-time trainer's, the very numbers
+    whose ratio ``importance_correction`` weighs (None when the engine reported none)."""
+    engine = exp.rollout.engine_logps
+    if engine is None:
+        return None
+    mask = exp.response_mask
+    gap = torch.nan_to_num(engine[:, 1:].float() - exp.old_logps.float()).masked_fill(~mask, 0.0)
+    return float(gap.sum() / mask.sum().clamp(min=1))
+
+
+def importance_metrics(weights) -> dict[str, torch.Tensor]:
+    """The logged statistics of a mismatch correction: ``generation/is_ratio/mean`` and ``/max`` of the uncorrected
+    ratio (over tokens, or sequences in the sequence modes), ``/clipped_fraction`` and ``/masked_fraction`` of
+    those units truncated or dropped."""
+    return {
+        "generation/is_ratio/mean": weights.ratio_mean,
+        "generation/is_ratio/max": weights.ratio_max,
+        "generation/is_ratio/clipped_fraction": weights.clipped_fraction,
+        "generation/is_ratio/masked_fraction": weights.masked_fraction,
+    }
 
 
 def detached(value: Any) -> Any:

@@ -61,10 +61,10 @@ class PreferenceDistillation(SampledPairObjective):
         }
         pair_losses = out.losses
         if self.beta_mode == "explicit" and self.beta > 0:
-            ref = mb["ref_logps"].sum(-1)
+            ref = mb.ref_logps.sum(-1)
             # samples of pi_t scored under the current pi: importance-weighted by pi / pi_t
             surrogate, kl = losses.sampled_kl_surrogate(logps, ref, self.num_samples,
-                                                        sampling_logps=mb["old_logps"].sum(-1))  # (n,) each
+                                                        sampling_logps=mb.old_logps.sum(-1))  # (n,) each
             # the KL of a prompt is the mean over its two samples
             pair_losses = pair_losses + self.beta * torch.stack(first_second(surrogate)).mean(0)
             metrics["distill/kl_to_reference"] = kl

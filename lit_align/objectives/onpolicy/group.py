@@ -3,11 +3,31 @@ group, and a reference that is loaded only when a KL weight asks for it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from lit_align.objectives.onpolicy.base import Experience, OnPolicyObjective
+from lit_align.objectives.onpolicy.base import OnPolicyObjective
+from lit_align.objectives.onpolicy.experience import Experience
+
+
+@dataclass(kw_only=True)
+class GroupExperience(Experience):
+    """What a group objective adds to the experience.
+
+    Attributes:
+        advantages: (N,) one advantage per response, or (N, T-1) per token (RLOO's ``token_level``).
+        token_mask: (N, T-1) bool, the tokens that carry the policy term (GRPO's ``top_entropy_quantile``); None
+            keeps every response token.
+        rlhf_reward: (N,) the KL-shaped reward (RLOO); None where the objective has none.
+        baseline: (N,) the leave-one-out baseline of ``rlhf_reward`` (RLOO); None where the objective has none.
+    """
+
+    advantages: torch.Tensor
+    token_mask: torch.Tensor | None = None
+    rlhf_reward: torch.Tensor | None = None
+    baseline: torch.Tensor | None = None
 
 
 class GroupObjective(OnPolicyObjective):
@@ -41,7 +61,7 @@ class GroupObjective(OnPolicyObjective):
 
     def experience_metrics(self, exp: Experience) -> dict[str, torch.Tensor]:
         metrics = super().experience_metrics(exp)
-        std = self.groups(exp["scores"]).std(-1)  # (prompts,)
+        std = self.groups(exp.scores).std(-1)  # (prompts,)
         metrics["reward_std"] = std
         metrics["frac_reward_zero_std"] = (std < 1e-6).float()  # groups that carry no signal
         return metrics

@@ -9,8 +9,7 @@ import torch
 
 from lit_align.losses import (GROUP_LOSS_TYPES, GroupLossType, RewardScale, entropy_token_mask, group_advantages,
                               grpo_token_losses, reduce_group_loss)
-from lit_align.objectives.onpolicy.group import GroupObjective
-from lit_align.objectives.onpolicy.base import Experience
+from lit_align.objectives.onpolicy.group import GroupExperience, GroupObjective
 
 
 class GRPO(GroupObjective):
@@ -105,24 +104,33 @@ class GRPO(GroupObjective):
         self.vespo_shapes = tuple(vespo_shapes)
 
     @torch.no_grad()
-    def make_experience(self, batch: dict[str, torch.Tensor]) -> Experience:
-        exp = super().make_experience(batch)
-        exp["advantages"] = group_advantages(exp["scores"], self.num_samples, self.scale_rewards)  # (N,)
+    def experience_from(self, rollout) -> GroupExperience:
+        return self.grpo_experience(super().experience_from(rollout))
+
+    def grpo_experience(self, exp) -> GroupExperience:
+        """The group-relative advantages of a batch (and the high-entropy token mask when asked for)."""
+        token_mask = None
         if self.top_entropy_quantile < 1.0:
             entropies = torch.cat([
-                self.policy.completion_scores(ids, mask, comp, self.sampling.temperature, entropy=True).entropy
-                for ids, mask, comp in self.experience_chunks(exp)])  # (N, T-1)
-            exp["token_mask"] = entropy_token_mask(entropies, exp["response_mask"], self.top_entropy_quantile)
-        return exp
+                self.policy.completion_scores(ids, mask, comp, exp.temperature, entropy=True).entropy
+                for ids, mask, comp in self.experience_chunks(exp.rollout)])  # (N, T-1)
+            token_mask = entropy_token_mask(entropies, exp.response_mask, self.top_entropy_quantile)
+        advantages = group_advantages(exp.scores, self.num_samples, self.scale_rewards)  # (N,)
+        return exp.extend(GroupExperience, advantages=advantages, token_mask=token_mask)
 
-    def experience_loss(self, mb: Experience):
-        mask = mb["response_mask"]
-        out = grpo_token_losses(self.policy_token_logps(mb), mb["old_logps"], mb["advantages"], mask,
-                                self.epsilon_low, self.epsilon_high, mb.get("ref_logps"), self.beta,
+    def experience_loss(self, mb: GroupExperience):
+        """GRPO's loss; with ``importance_correction`` each token's policy term (not the KL's) is multiplied by its
+        weight, as TRL does, and the tokens a masking mode drops leave the loss and its normalisation."""
+        mask, token_mask = mb.response_mask, mb.token_mask
+        if mb.importance is not None:
+            mask, weights = mb.loss_mask(), mb.token_weights()
+            token_mask = weights if token_mask is None else weights * token_mask
+        out = grpo_token_losses(self.policy_token_logps(mb), mb.old_logps, mb.advantages, mask,
+                                self.epsilon_low, self.epsilon_high, mb.ref_logps, self.beta,
                                 loss_type=self.loss_type, sequence_level=self.sequence_level, delta=self.delta,
                                 bias_corrected_kl=self.use_bias_correction_kl,
                                 sapo_temperatures=self.sapo_temperatures, vespo_shapes=self.vespo_shapes,
-                                token_mask=mb.get("token_mask"))
+                                token_mask=token_mask)
         num_tokens = None
         if self.loss_type in ("dapo", "cispo", "vespo") and self._trainer is not None and self.trainer.world_size > 1:
             # the token mean of the whole update: every rank's gradient is averaged, so divide by the mean count

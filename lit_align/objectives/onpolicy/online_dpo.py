@@ -10,7 +10,7 @@ import torch
 from lit_align.evaluation.judges import Judge
 from lit_align.losses import dpo_loss, ipo_loss
 from lit_align.objectives.metrics import preference_metrics
-from lit_align.objectives.onpolicy.base import Experience
+from lit_align.objectives.onpolicy.experience import Experience
 from lit_align.objectives.onpolicy.sampled_pairs import SampledPairObjective, first_second
 
 
@@ -58,7 +58,7 @@ class OnlineDPO(SampledPairObjective):
     # -- the loss ----------------------------------------------------------------------------------------------
 
     def pair_loss(self, mb: Experience, logps: torch.Tensor):
-        score1, score2 = first_second(mb["scores"])
+        score1, score2 = first_second(mb.scores)
         first = score1 >= score2  # (n/2,) whether a1 is the chosen response
 
         def chosen_rejected(values):
@@ -66,7 +66,7 @@ class OnlineDPO(SampledPairObjective):
             return torch.where(first, v1, v2), torch.where(first, v2, v1)
 
         chosen, rejected = chosen_rejected(logps)
-        ref_chosen, ref_rejected = chosen_rejected(mb["ref_logps"].sum(-1))
+        ref_chosen, ref_rejected = chosen_rejected(mb.ref_logps.sum(-1))
         loss = dpo_loss if self.loss_type == "sigmoid" else ipo_loss
         out = loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
         return out.losses, {

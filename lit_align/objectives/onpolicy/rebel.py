@@ -37,6 +37,6 @@ class REBEL(SampledPairObjective):
     def pair_loss(self, mb, logps):
         r1, r2 = first_second(self.shaped_rewards(mb, self.kl_coef))
         l1, l2 = first_second(logps)
-        old1, old2 = first_second(mb["old_logps"].sum(-1))
+        old1, old2 = first_second(mb.old_logps.sum(-1))
         out = losses.rebel_loss(l1, l2, old1, old2, r1, r2, self.eta)
         return out.losses, {"rebel/log_ratio_margin": out.predictions, "rebel/reward_margin": out.targets}

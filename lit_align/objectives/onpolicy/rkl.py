@@ -9,8 +9,7 @@ import torch
 from lit_align.models.chunked_head import CompletionScores
 from lit_align.models.logprobs import masked_mean
 from lit_align.losses import future_entropy_rewards
-from lit_align.objectives.onpolicy.base import Experience
-from lit_align.objectives.onpolicy.rlhf import RLHF
+from lit_align.objectives.onpolicy.rlhf import RLHF, PPOExperience
 
 
 class ReverseKL(RLHF):
@@ -57,10 +56,10 @@ class ReverseKL(RLHF):
         # (n, T-1): H of pi_old at each response state, at the sampling temperature
         return future_entropy_rewards(scores.entropy, response_mask, self.entropy_coef)
 
-    def extra_loss(self, scores: CompletionScores, mb: Experience):
+    def extra_loss(self, scores: CompletionScores, mb: PPOExperience):
         if not self._bonus:
             return 0.0, {}
         # token-weighted mean over the mini-batch, like the policy loss it is added to
-        entropy = masked_mean(scores.entropy, mb["response_mask"])
-        scale = mb["advantage_scale"][0]  # the whitening factor of this batch's advantages
+        entropy = masked_mean(scores.entropy, mb.response_mask)
+        scale = mb.advantage_scale[0]  # the whitening factor of this batch's advantages
         return -self.entropy_coef * scale * entropy, {"policy/entropy": entropy.detach()}

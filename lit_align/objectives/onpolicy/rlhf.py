@@ -9,6 +9,7 @@ value model initialised from the reward model instead: twice the memory of the p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -24,7 +25,30 @@ from lit_align.losses import (
     ppo_value_loss,
     whitening_scale,
 )
-from lit_align.objectives.onpolicy.base import Experience, OnPolicyObjective, detached
+from lit_align.generation.rollout import Rollout
+from lit_align.objectives.onpolicy.base import OnPolicyObjective, detached
+from lit_align.objectives.onpolicy.experience import Experience
+
+
+@dataclass(kw_only=True)
+class PPOExperience(Experience):
+    """What PPO adds to the experience, per token (N, T-1) unless said otherwise.
+
+    Attributes:
+        values: the value head's V(s_t) at sampling time, zero off the response.
+        rewards: the per-token rewards (KL penalty, extra rewards, the score at the last token), whitened if asked.
+        advantages: GAE advantages (whitened if asked).
+        returns: the value targets, ``advantages + values`` before whitening.
+        non_score_rewards: the per-token KL (and entropy) rewards without the score.
+        advantage_scale: (N,) the batch's factor by which whitening scaled the advantages (the same on every row).
+    """
+
+    values: torch.Tensor
+    rewards: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    non_score_rewards: torch.Tensor
+    advantage_scale: torch.Tensor
 
 
 class RLHF(OnPolicyObjective):
@@ -110,8 +134,8 @@ class RLHF(OnPolicyObjective):
         return None
 
     def extra_loss(self, scores: CompletionScores,
-                   mb: Experience) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
-        """An additional term of the mini-batch loss (none for RLHF). ``mb["advantage_scale"]`` is the factor by
+                   mb: PPOExperience) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
+        """An additional term of the mini-batch loss (none for RLHF). ``mb.advantage_scale`` is the factor by
         which whitening scaled the advantages: a term that is part of the objective must be scaled alike."""
         return 0.0, {}
 
@@ -120,10 +144,12 @@ class RLHF(OnPolicyObjective):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return self.policy.trainable_parameters() + list(self.value_head.parameters())
 
-    def forward_with_values(self, input_ids, attention_mask, completion_mask) -> tuple[CompletionScores, torch.Tensor]:
-        """The policy's scores of the rows (per-token log-probs (n, T-1), and entropies when ``needs_entropy``)
-        and the values (n, T-1), from one forward pass: the value head reads the final hidden states the LM head
-        is applied to (in chunks: the logits are never materialised whole).
+    def forward_with_values(self, input_ids, attention_mask, completion_mask,
+                            temperature: float) -> tuple[CompletionScores, torch.Tensor]:
+        """The policy's scores of the rows at ``temperature`` (the one they were sampled at: per-token log-probs
+        (n, T-1), and entropies when ``needs_entropy``) and the values (n, T-1), from one forward pass: the value
+        head reads the final hidden states the LM head is applied to (in chunks: the logits are never
+        materialised whole).
 
         Column t of the values is V(s_t), the value of the state in which token t+1 is chosen, aligned with the
         log-probs of ``completion_token_logprobs``.
@@ -131,7 +157,7 @@ class RLHF(OnPolicyObjective):
         held = self._held.take(input_ids.shape[0])
         if held is not None:  # the sampling-time forward of these rows, kept for the first update
             return held
-        scores = self.policy.completion_scores(input_ids, attention_mask, completion_mask, self.sampling.temperature,
+        scores = self.policy.completion_scores(input_ids, attention_mask, completion_mask, temperature,
                                                entropy=self.needs_entropy, hidden=True)
         hidden = scores.hidden[:, :-1]  # (n, T-1, H)
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
@@ -139,35 +165,36 @@ class RLHF(OnPolicyObjective):
 
     # -- experience --------------------------------------------------------------------------------------------
 
-    def policy_experience(self, exp: Experience) -> Experience:
+    def policy_experience(self, rollout: Rollout, scores: torch.Tensor,
+                          ref_logps: torch.Tensor | None) -> PPOExperience:
         # One forward per chunk gives the sampling-time log-probs, the values and any extra per-token rewards;
         # with one mini-batch it is one forward, kept with its graph for the first update (HeldForward).
         logps, values, extras = [], [], []
-        for ids, attn, comp in self.experience_chunks(exp):
+        temperature = rollout.sampling.temperature
+        for ids, attn, comp in self.experience_chunks(rollout):
             if self._held.armed:
                 with torch.enable_grad():
-                    scores, chunk_values = detached(self._held.keep(self.forward_with_values(ids, attn, comp)))
+                    out = detached(self._held.keep(self.forward_with_values(ids, attn, comp, temperature)))
             else:
-                scores, chunk_values = self.forward_with_values(ids, attn, comp)
-            logps.append(scores.logps)
-            values.append(chunk_values)
-            extras.append(self.extra_token_rewards(scores, comp[:, 1:].bool()))
-        mask = exp["completion_mask"][:, 1:].bool()
-        out = {"old_logps": torch.cat(logps), "response_mask": mask,
-               "values": torch.cat(values).masked_fill(~mask, 0.0)}  # (N, T-1)
-        if extras[0] is not None:
-            out["extra_rewards"] = torch.cat(extras).masked_fill(~mask, 0.0)
-        return out
+                out = self.forward_with_values(ids, attn, comp, temperature)
+            logps.append(out[0].logps)
+            values.append(out[1])
+            extras.append(self.extra_token_rewards(out[0], comp[:, 1:].bool()))
+        mask = rollout.trained_mask[:, 1:].bool()
+        old_logps, values = torch.cat(logps), torch.cat(values).masked_fill(~mask, 0.0)  # (N, T-1)
+        extra = None if extras[0] is None else torch.cat(extras).masked_fill(~mask, 0.0)
+        return self.ppo_experience(Experience(rollout=rollout, scores=scores, old_logps=old_logps,
+                                              response_mask=mask, ref_logps=ref_logps), values, extra)
 
-    @torch.no_grad()
-    def make_experience(self, batch: dict[str, torch.Tensor]) -> Experience:
-        exp = super().make_experience(batch)
-        mask, values = exp["response_mask"], exp["values"]
-        parts = ppo_token_rewards(exp["scores"], exp["old_logps"], exp["ref_logps"], mask, self.kl_coef,
+    def ppo_experience(self, exp: Experience, values: torch.Tensor,
+                       extra_rewards: torch.Tensor | None) -> PPOExperience:
+        """The per-token rewards, GAE advantages and returns of a batch (whitened as configured)."""
+        mask = exp.response_mask
+        parts = ppo_token_rewards(exp.scores, exp.old_logps, exp.ref_logps, mask, self.kl_coef,
                                   self.entropy_reward_coef, self.kl_estimator)
         rewards = parts.rewards
-        if "extra_rewards" in exp:
-            rewards = rewards + exp.pop("extra_rewards")
+        if extra_rewards is not None:
+            rewards = rewards + extra_rewards
         # Whitening multiplies the advantages by a batch constant (a shift adds no expected gradient); a loss
         # term outside the advantages (ReverseKL's entropy bonus) is multiplied by it too, or its weight changes.
         scale = torch.ones((), device=rewards.device)
@@ -178,26 +205,28 @@ class RLHF(OnPolicyObjective):
         if self.whiten_advantages:
             scale = scale * whitening_scale(advantages, mask)
             advantages = masked_whiten(advantages, mask)
-        exp.update(rewards=rewards, advantages=advantages, returns=returns,
-                   non_score_rewards=parts.non_score_rewards, advantage_scale=scale.expand(mask.shape[0]))
-        return exp
+        return exp.extend(PPOExperience, values=values, rewards=rewards, advantages=advantages, returns=returns,
+                          non_score_rewards=parts.non_score_rewards, advantage_scale=scale.expand(mask.shape[0]))
 
-    def experience_metrics(self, exp: Experience) -> dict[str, torch.Tensor]:
+    def experience_metrics(self, exp: PPOExperience) -> dict[str, torch.Tensor]:
         metrics = super().experience_metrics(exp)
-        non_score = exp["non_score_rewards"].sum(-1)  # (N,) sum of the per-token KL (and entropy) rewards
+        non_score = exp.non_score_rewards.sum(-1)  # (N,) sum of the per-token KL (and entropy) rewards
         metrics["objective/non_score_reward"] = non_score
-        metrics["objective/rlhf_reward"] = exp["scores"] + non_score
+        metrics["objective/rlhf_reward"] = exp.scores + non_score
         return metrics
 
     # -- loss --------------------------------------------------------------------------------------------------
 
-    def experience_loss(self, mb: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        mask = mb["response_mask"]
-        scores, values = self.forward_with_values(mb["input_ids"], mb["attention_mask"], mb["completion_mask"])
-        policy = ppo_policy_loss(scores.logps, mb["old_logps"], mb["advantages"], mask, self.clip_range)
-        value = ppo_value_loss(values, mb["values"], mb["returns"], mask, self.value_clip_range)
+    def experience_loss(self, mb: PPOExperience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        mask = mb.response_mask
+        scores, values = self.forward_with_values(mb.input_ids, mb.attention_mask, mb.completion_mask,
+                                                  mb.temperature)
+        policy = ppo_policy_loss(scores.logps, mb.old_logps, mb.advantages, mask, self.clip_range)
+        value = ppo_value_loss(values, mb.values, mb.returns, mask, self.value_clip_range)
+        weights = mb.token_weights()  # the mismatch correction of each token's policy term (None: none)
+        policy_terms = policy.losses if weights is None else policy.losses * weights
         # token-weighted over the mini-batch, as the per-token rewards define the objective
-        policy_loss, value_loss = masked_mean(policy.losses, mask), masked_mean(value.losses, mask)
+        policy_loss, value_loss = masked_mean(policy_terms, mb.loss_mask()), masked_mean(value.losses, mask)
         extra, extra_metrics = self.extra_loss(scores, mb)
         loss = policy_loss + self.vf_coef * value_loss + extra
         metrics = {

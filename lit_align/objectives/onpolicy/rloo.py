@@ -7,8 +7,7 @@ from typing import Any
 import torch
 
 from lit_align.losses import kl_penalty, leave_one_out_baseline, normalized_advantages, returns_to_go, rloo_loss
-from lit_align.objectives.onpolicy.group import GroupObjective
-from lit_align.objectives.onpolicy.base import Experience
+from lit_align.objectives.onpolicy.group import GroupExperience, GroupObjective
 
 
 class RLOO(GroupObjective):
@@ -59,27 +58,36 @@ class RLOO(GroupObjective):
         self.normalize_advantages = normalize_advantages
 
     @torch.no_grad()
-    def make_experience(self, batch: dict[str, torch.Tensor]) -> Experience:
-        exp = super().make_experience(batch)
-        mask = exp["response_mask"]
-        kl = torch.zeros_like(exp["old_logps"])  # (N, T-1): k1 at the sampling-time weights
-        if self.kl_coef > 0:
-            kl = kl_penalty(exp["old_logps"], exp["ref_logps"]) * mask
-        rewards = exp["scores"] - self.kl_coef * kl.sum(-1)  # (N,)
-        baseline = leave_one_out_baseline(rewards, self.num_samples)
-        exp["rlhf_reward"], exp["baseline"] = rewards, baseline
-        if self.token_level:
-            token_returns = exp["scores"][:, None] * mask + returns_to_go(-self.kl_coef * kl, mask)
-            exp["advantages"] = (token_returns - baseline[:, None]) * mask  # (N, T-1)
-        else:
-            exp["advantages"] = rewards - baseline  # (N,)
-        if self.normalize_advantages:
-            exp["advantages"] = normalized_advantages(exp["advantages"])
-        return exp
+    def experience_from(self, rollout) -> GroupExperience:
+        return self.rloo_experience(super().experience_from(rollout))
 
-    def experience_loss(self, mb: Experience):
+    def rloo_experience(self, exp) -> GroupExperience:
+        """The KL-shaped rewards, their leave-one-out baselines and the advantages of a batch."""
+        mask = exp.response_mask
+        kl = torch.zeros_like(exp.old_logps)  # (N, T-1): k1 at the sampling-time weights
+        if self.kl_coef > 0:
+            kl = kl_penalty(exp.old_logps, exp.ref_logps) * mask
+        rewards = exp.scores - self.kl_coef * kl.sum(-1)  # (N,)
+        baseline = leave_one_out_baseline(rewards, self.num_samples)
+        if self.token_level:
+            token_returns = exp.scores[:, None] * mask + returns_to_go(-self.kl_coef * kl, mask)
+            advantages = (token_returns - baseline[:, None]) * mask  # (N, T-1)
+        else:
+            advantages = rewards - baseline  # (N,)
+        if self.normalize_advantages:
+            advantages = normalized_advantages(advantages)
+        return exp.extend(GroupExperience, advantages=advantages, rlhf_reward=rewards, baseline=baseline)
+
+    def experience_loss(self, mb: GroupExperience):
+        """RLOO's loss; with ``importance_correction``, the per-token terms (``token_level``) are multiplied by the
+        token weights, the per-sequence terms by the sequence weights (``Experience.sequence_weights``)."""
         logps = self.policy_token_logps(mb)
-        losses = rloo_loss(logps, mb["old_logps"], mb["advantages"], mb["response_mask"], self.clip_range,
-                           self.epsilon_high)
-        sequence_advantages = mb["rlhf_reward"] - mb["baseline"]
-        return losses.mean(), {"rloo/advantages": sequence_advantages.abs(), "rloo/rlhf_reward": mb["rlhf_reward"]}
+        advantages, mask = mb.advantages, mb.response_mask
+        if mb.importance is not None and advantages.dim() == 2:
+            # a weight w >= 0 of a token's clipped term -min(rho A, clip(rho) A) is a factor of its advantage
+            advantages, mask = advantages * mb.token_weights(), mb.loss_mask()
+        losses = rloo_loss(logps, mb.old_logps, advantages, mask, self.clip_range, self.epsilon_high)
+        if mb.importance is not None and advantages.dim() == 1:
+            losses = losses * mb.sequence_weights()
+        sequence_advantages = mb.rlhf_reward - mb.baseline
+        return losses.mean(), {"rloo/advantages": sequence_advantages.abs(), "rloo/rlhf_reward": mb.rlhf_reward}

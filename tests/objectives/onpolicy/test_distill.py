@@ -84,9 +84,9 @@ def test_explicit_beta_adds_the_sampled_kl_surrogate():
     exp, logps = fake_experience(), torch.tensor([-3.5, -4.0, -2.0, -6.5], requires_grad=True)
     module = make_objective(gamma=0.2, beta=0.5, beta_mode="explicit")
     losses, _ = module.pair_loss(exp, logps)
-    plain = distillation_loss(logps[0::2], logps[1::2], exp["scores"][0::2], exp["scores"][1::2], 0.2).losses
+    plain = distillation_loss(logps[0::2], logps[1::2], exp.scores[0::2], exp.scores[1::2], 0.2).losses
     # the pairs came from pi_t (old_logps), the current logps differ: importance-weighted by pi / pi_t
-    surrogate, _ = sampled_kl_surrogate(logps, exp["ref_logps"].sum(-1), 2, sampling_logps=exp["old_logps"].sum(-1))
+    surrogate, _ = sampled_kl_surrogate(logps, exp.ref_logps.sum(-1), 2, sampling_logps=exp.old_logps.sum(-1))
     torch.testing.assert_close(losses, plain + 0.5 * (surrogate[0::2] + surrogate[1::2]) / 2)
     zero_explicit, _ = make_objective(gamma=0.2, beta=0.0, beta_mode="explicit").pair_loss(exp, logps)
     zero_shaped, _ = make_objective(gamma=0.2, beta=0.0).pair_loss(exp, logps)
@@ -107,8 +107,7 @@ def test_explicit_kl_term_stays_exact_after_the_policy_moved_within_a_batch():
     pairs = torch.tensor([(a, b) for a in range(responses) for b in range(responses)])  # (25, 2)
     rows = (torch.arange(prompts)[:, None, None], pairs[None])  # index (prompts, 25, 2) -> rows a1, a2 interleaved
     logps = theta.log_softmax(-1)[rows].reshape(-1)  # (prompts * 25 * 2,)
-    exp = {"scores": torch.zeros_like(logps), "old_logps": sampling[rows].reshape(-1, 1),
-           "ref_logps": reference[rows].reshape(-1, 1)}
+    exp = fake_experience(torch.zeros_like(logps), sampling[rows].reshape(-1, 1), reference[rows].reshape(-1, 1))
     with_kl, _ = make_objective(gamma=0.2, beta=beta, beta_mode="explicit").pair_loss(exp, logps)
     without, _ = make_objective(gamma=0.2, beta=0.0, beta_mode="explicit").pair_loss(exp, logps)
     weight = sampling[rows].sum(-1).exp().reshape(-1) / prompts  # pi_t(a) pi_t(b), mean over prompts
@@ -143,10 +142,10 @@ def test_reference_pairs_sample_from_pi0(monkeypatch):
         module = make_objective(pairs=pairs)
         batch = prompt_batch(module)
         torch.manual_seed(1)
-        before = module.sample_responses(batch)["input_ids"]
+        before = module.sample_responses(batch).input_ids
         perturb_policy(module)
         torch.manual_seed(1)
-        after = module.sample_responses(batch)["input_ids"]
+        after = module.sample_responses(batch).input_ids
         expected_model = module.policy.reference.weights if pairs == "reference" else module.policy.policy
         assert seen[-1] is expected_model and seen[-2] is expected_model
         assert (before.shape == after.shape and torch.equal(before, after)) == same
@@ -163,10 +162,11 @@ def test_dataset_pairs_are_the_data_completions(monkeypatch):
     batch = prompt_batch(module, n=3)
     exp = module.make_experience(batch)
     for key in ("input_ids", "attention_mask", "completion_mask"):
-        assert torch.equal(exp[key][0::2], batch[key][:3]) and torch.equal(exp[key][1::2], batch[key][3:])
-    assert exp["ended"].all()
-    assert torch.equal(exp["prompt_index"], torch.tensor([0, 0, 1, 1, 2, 2]))
-    assert torch.equal(exp["scores"], exp["attention_mask"].sum(-1).float())
+        rows = getattr(exp, key)
+        assert torch.equal(rows[0::2], batch[key][:3]) and torch.equal(rows[1::2], batch[key][3:])
+    assert exp.ended.all()
+    assert torch.equal(exp.prompt_index, torch.tensor([0, 0, 1, 1, 2, 2]))
+    assert torch.equal(exp.scores, exp.attention_mask.sum(-1).float())
 
 
 # -- fits through the CLI -----------------------------------------------------------------------------------

@@ -151,14 +151,14 @@ def test_grpo_experience_and_loss_match_an_independent_computation(tokenizer):
     torch.manual_seed(0)
     module = GRPO(beta=0.04, reward_model=CountReward(), sampling=SAMPLING, num_samples=4, loss_type="dapo")
     exp = module.make_experience(prompts(tokenizer))
-    assert exp["advantages"].shape == (8,) and "ref_logps" in exp
-    torch.testing.assert_close(exp["advantages"].view(2, 4).sum(-1), torch.zeros(2), atol=1e-5, rtol=0)
-    exp["advantages"] = torch.linspace(-1.0, 2.5, 8)  # not summing to 0: equal lengths cannot cancel the loss
+    assert exp.advantages.shape == (8,) and exp.ref_logps is not None
+    torch.testing.assert_close(exp.advantages.view(2, 4).sum(-1), torch.zeros(2), atol=1e-5, rtol=0)
+    exp.advantages = torch.linspace(-1.0, 2.5, 8)  # not summing to 0: equal lengths cannot cancel the loss
     loss, metrics = module.experience_loss(exp)
     assert loss.abs() > 0.1
     # at the sampling weights rho = 1 and the policy equals pi_0 (k3 = 0): the token mean of -A over the batch
-    mask = exp["response_mask"]
-    expected = -(exp["advantages"] * mask.sum(-1)).sum() / mask.sum()
+    mask = exp.response_mask
+    expected = -(exp.advantages * mask.sum(-1)).sum() / mask.sum()
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
     assert metrics["kl"].abs() < 1e-6 and metrics["clip_ratio/region_mean"] == 0
     dr = GRPO(reward_model=CountReward(), sampling=SAMPLING, num_samples=4, loss_type="dr_grpo")
@@ -169,13 +169,13 @@ def test_grpo_top_entropy_quantile_masks_the_policy_term_to_high_entropy_respons
     torch.manual_seed(0)
     module = GRPO(reward_model=CountReward(), sampling=SAMPLING, num_samples=4, top_entropy_quantile=0.25)
     exp = module.make_experience(prompts(tokenizer))
-    mask, kept = exp["response_mask"], exp["token_mask"]
+    mask, kept = exp.response_mask, exp.token_mask
     assert not (kept & ~mask).any() and 0 < kept.sum() < mask.sum()
     assert abs(kept.sum().item() / mask.sum().item() - 0.25) < 0.1  # about the top quarter of the tokens
-    exp["advantages"] = torch.linspace(-1.0, 2.5, 8)
+    exp.advantages = torch.linspace(-1.0, 2.5, 8)
     loss, _ = module.experience_loss(exp)
     # at the sampling weights rho = 1: only the kept tokens' -A, over every response token (dapo)
-    expected = -(exp["advantages"] * kept.sum(-1)).sum() / mask.sum()
+    expected = -(exp.advantages * kept.sum(-1)).sum() / mask.sum()
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -196,14 +196,14 @@ def test_rloo_token_level_advantage_of_the_first_response_token_is_the_sequence_
     exp = sequence.make_experience(prompts(tokenizer))
     torch.manual_seed(1)
     token_exp = token.make_experience(prompts(tokenizer))
-    assert torch.equal(exp["input_ids"], token_exp["input_ids"])
-    kl = ((exp["old_logps"] - exp["ref_logps"]) * exp["response_mask"]).sum(-1)
+    assert torch.equal(exp.input_ids, token_exp.input_ids)
+    kl = ((exp.old_logps - exp.ref_logps) * exp.response_mask).sum(-1)
     assert kl.abs().max() > 1e-3
-    torch.testing.assert_close(exp["rlhf_reward"], exp["scores"] - 0.05 * kl)
-    torch.testing.assert_close(exp["advantages"], rloo_advantages(exp["rlhf_reward"], 3))
-    first = exp["response_mask"].long().argmax(-1)  # the first response token of each row
-    torch.testing.assert_close(token_exp["advantages"].gather(1, first[:, None]).squeeze(1), exp["advantages"])
-    assert (token_exp["advantages"][~token_exp["response_mask"]] == 0).all()
+    torch.testing.assert_close(exp.rlhf_reward, exp.scores - 0.05 * kl)
+    torch.testing.assert_close(exp.advantages, rloo_advantages(exp.rlhf_reward, 3))
+    first = exp.response_mask.long().argmax(-1)  # the first response token of each row
+    torch.testing.assert_close(token_exp.advantages.gather(1, first[:, None]).squeeze(1), exp.advantages)
+    assert (token_exp.advantages[~token_exp.response_mask] == 0).all()
 
 
 @pytest.mark.parametrize("config, cls, extra", [
@@ -232,10 +232,10 @@ def test_dapo_divides_by_the_mean_token_count_of_every_rank_and_bnpo_by_its_own(
     torch.manual_seed(0)
     module = GRPO(reward_model=CountReward(), sampling=SAMPLING, num_samples=4, loss_type=loss_type)
     exp = module.make_experience(prompts(tokenizer))
-    exp["advantages"] = torch.linspace(0.5, 2.0, 8)  # all positive: a loss that cannot cancel to 0
+    exp.advantages = torch.linspace(0.5, 2.0, 8)  # all positive: a loss that cannot cancel to 0
     local, _ = module.experience_loss(exp)
     assert local.abs() > 0.1
-    tokens = exp["response_mask"].sum().float()
+    tokens = exp.response_mask.sum().float()
     # the other rank holds 3 times as many tokens: the mean count over both ranks is 2 * tokens
     module._trainer = SimpleNamespace(world_size=2, strategy=SimpleNamespace(
         reduce=lambda count, reduce_op: (count + 3 * tokens) / 2 if reduce_op == "mean" else None))

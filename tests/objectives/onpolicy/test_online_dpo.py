@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 
 import pytest
 import torch
@@ -53,20 +54,20 @@ def test_judge_picks_the_chosen_response_and_the_loss_is_dpo_on_it(tokenizer):
     assert module.reward_model is None
     SEEN.clear()
     exp = module.make_experience(prompts(tokenizer))
-    lengths = [len(tokenizer.decode(exp["input_ids"][i][exp["completion_mask"][i].bool()], skip_special_tokens=True))
+    lengths = [len(tokenizer.decode(exp.input_ids[i][exp.completion_mask[i].bool()], skip_special_tokens=True))
                for i in range(4)]
-    assert [s[1] for s in SEEN] == [tokenizer.decode(exp["input_ids"][i][exp["completion_mask"][i].bool()],
+    assert [s[1] for s in SEEN] == [tokenizer.decode(exp.input_ids[i][exp.completion_mask[i].bool()],
                                                      skip_special_tokens=True) for i in (0, 2)]
     assert SEEN[0][0] == "Describe the sea."  # the prompt as text
     for pair in range(2):  # the judge's win probability is the a1 row's score, its complement the a2 row's
         a1, a2 = lengths[2 * pair], lengths[2 * pair + 1]
         win = 0.5 if a1 == a2 else float(a1 > a2)
-        assert exp["scores"][2 * pair : 2 * pair + 2].tolist() == [win, 1 - win]
+        assert exp.scores[2 * pair : 2 * pair + 2].tolist() == [win, 1 - win]
     loss, metrics = module.experience_loss(exp)
     # independently: ln pi and ln pi0 of every row, DPO with the judge's pick as chosen (a1 on a tie)
     logps = module.policy_token_logps(exp).sum(-1).detach()
-    ref = exp["ref_logps"].sum(-1)
-    first = exp["scores"][0::2] >= exp["scores"][1::2]
+    ref = exp.ref_logps.sum(-1)
+    first = exp.scores[0::2] >= exp.scores[1::2]
     ratio = logps - ref
     margin = torch.where(first, ratio[0::2] - ratio[1::2], ratio[1::2] - ratio[0::2])
     torch.testing.assert_close(loss, -F.logsigmoid(0.5 * margin).mean(), atol=1e-5, rtol=1e-5)
@@ -77,9 +78,9 @@ def test_reward_model_scores_choose_and_swapping_the_scores_flips_the_margin(tok
     torch.manual_seed(0)
     module = moved_off_reference(OnlineDPO(reward_model=CountReward(), sampling=SAMPLING))
     exp = module.make_experience(prompts(tokenizer))
-    exp["scores"] = torch.tensor([1.0, 0.0, 0.0, 1.0])  # pair 0: a1 chosen; pair 1: a2 chosen
+    exp.scores = torch.tensor([1.0, 0.0, 0.0, 1.0])  # pair 0: a1 chosen; pair 1: a2 chosen
     _, metrics = module.experience_loss(exp)
-    swapped = {**exp, "scores": torch.tensor([0.0, 1.0, 1.0, 0.0])}
+    swapped = dataclasses.replace(exp, scores=torch.tensor([0.0, 1.0, 1.0, 0.0]))
     _, flipped = module.experience_loss(swapped)
     torch.testing.assert_close(flipped["rewards/margins"], -metrics["rewards/margins"])
     assert metrics["rewards/margins"].abs().min() > 0
@@ -91,9 +92,9 @@ def test_online_ipo_regresses_the_summed_margin(tokenizer):
     module = moved_off_reference(OnlineDPO(reward_model=CountReward(), sampling=SAMPLING, beta=0.5,
                                            loss_type="ipo"))
     exp = module.make_experience(prompts(tokenizer))
-    exp["scores"] = torch.tensor([1.0, 0.0, 0.0, 1.0])  # pair 0: a1 chosen; pair 1: a2 chosen
+    exp.scores = torch.tensor([1.0, 0.0, 0.0, 1.0])  # pair 0: a1 chosen; pair 1: a2 chosen
     loss, _ = module.experience_loss(exp)
-    ratio = module.policy_token_logps(exp).sum(-1).detach() - exp["ref_logps"].sum(-1)
+    ratio = module.policy_token_logps(exp).sum(-1).detach() - exp.ref_logps.sum(-1)
     margin = torch.stack([ratio[0] - ratio[1], ratio[3] - ratio[2]])
     torch.testing.assert_close(loss, ((margin - 1.0) ** 2).mean(), atol=1e-5, rtol=1e-5)
 

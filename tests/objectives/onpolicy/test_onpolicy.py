@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from unittest.mock import patch
+
 import pytest
 import torch
-from support.onpolicy import fit, make_objective, prompt_batch
+from support.onpolicy import fake_experience, fit, make_objective, prompt_batch
 
 from lit_align.generation.rollout import SamplingConfig
 
@@ -67,14 +70,14 @@ def test_experience_at_initialisation():
     batch = prompt_batch(module)
     exp = module.make_experience(batch)
     n = 2 * batch["prompt_ids"].shape[0]
-    assert exp["input_ids"].shape[0] == n and exp["old_logps"].shape == exp["ref_logps"].shape
-    assert torch.equal(exp["old_logps"], exp["ref_logps"])
-    assert torch.equal(exp["scores"], exp["attention_mask"].sum(-1).float())
-    assert torch.equal(exp["prompt_index"], torch.arange(n) // 2)
+    assert exp.input_ids.shape[0] == n and exp.old_logps.shape == exp.ref_logps.shape
+    assert torch.equal(exp.old_logps, exp.ref_logps)
+    assert torch.equal(exp.scores, exp.attention_mask.sum(-1).float())
+    assert torch.equal(exp.prompt_index, torch.arange(n) // 2)
     metrics = module.experience_metrics(exp)
     assert torch.equal(metrics["objective/kl"], torch.zeros(n))
     assert (metrics["objective/entropy"] > 0).all()
-    assert torch.equal(metrics["completions/mean_length"], exp["response_mask"].sum(-1).float())
+    assert torch.equal(metrics["completions/mean_length"], exp.response_mask.sum(-1).float())
 
 
 def test_missing_eos_penalty_replaces_scores_and_says_so_when_it_replaces_all():
@@ -91,9 +94,9 @@ def test_missing_eos_penalty_replaces_scores_and_says_so_when_it_replaces_all():
         warnings.simplefilter("always")
         exp = module.make_experience(prompt_batch(module))
         module.make_experience(prompt_batch(module))
-    assert not exp["ended"].any()
-    assert torch.equal(exp["scores"], torch.full_like(exp["scores"], -3.0))
-    assert torch.equal(module.experience_metrics(exp)["completions/clipped_ratio"], torch.ones_like(exp["scores"]))
+    assert not exp.ended.any()
+    assert torch.equal(exp.scores, torch.full_like(exp.scores, -3.0))
+    assert torch.equal(module.experience_metrics(exp)["completions/clipped_ratio"], torch.ones_like(exp.scores))
     said = [str(w.message) for w in caught if "replaced every reward" in str(w.message)]
     assert len(said) == 1 and "missing_eos_penalty=-3.0" in said[0]
 
@@ -110,7 +113,7 @@ def test_mini_batches_keep_whole_prompts():
     """6 prompts x 2 samples split into 3 mini-batches: every part holds both rows of each of its prompts and the
     parts cover all 12 rows once."""
     module = make_objective(mini_batches=3)
-    parts = module.mini_batch_rows({"prompt_index": torch.arange(12) // 2})
+    parts = module.mini_batch_rows(fake_experience(torch.zeros(12), torch.zeros(12, 3), None))
     assert len(parts) == 3
     assert sorted(torch.cat(parts).tolist()) == list(range(12))
     for part in parts:
@@ -134,3 +137,30 @@ def test_rejects_a_cached_reference():
 
     with pytest.raises(ValueError, match="scores fresh samples under the reference, which reference='cache' cannot"):
         make_objective(policy=PolicyWithReference(reference="cache"))
+
+
+@pytest.mark.parametrize("max_steps, estimated, expected", [(10, 8, 3), (-1, 8, 8), (40, 8, 8), (5, 5, 2)])
+def test_schedule_steps_once_per_batch_of_prompts(max_steps, estimated, expected):
+    """With 4 updates a batch, the schedule's length is the batches of the fit: Lightning's estimate
+    (min(batches * epochs, max_steps)) with max_steps counted in whole batches (rounded up)."""
+    module = make_objective(epochs_per_batch=4)
+    trainer = SimpleNamespace(estimated_stepping_batches=estimated, max_steps=max_steps)
+    with patch.object(type(module), "trainer", property(lambda self: trainer)):
+        assert module.scheduler_steps() == expected
+
+
+def test_the_rollout_records_how_it_was_sampled():
+    """generate stamps the rollout with its sampling settings (whose temperature every score uses), the weight
+    version and the prompts' messages; an experience cut into rows keeps them and slices every per-row field."""
+    module = make_objective(sampling=SamplingConfig(max_new_tokens=4, temperature=0.8))
+    batch = prompt_batch(module)
+    batch["prompt_messages"] = [[{"role": "user", "content": f"prompt {i}"}] for i in range(3)]
+    exp = module.make_experience(batch)
+    assert exp.rollout.sampling is module.sampling and exp.temperature == 0.8
+    assert exp.rollout.version == module.global_step == 0
+    assert exp.rollout.prompt_messages is batch["prompt_messages"]
+    part = exp.rows(torch.tensor([4, 1]))
+    assert type(part) is type(exp) and part.rollout.prompt_messages is batch["prompt_messages"]
+    assert torch.equal(part.scores, exp.scores[[4, 1]]) and torch.equal(part.input_ids, exp.input_ids[[4, 1]])
+    assert torch.equal(part.old_logps, exp.old_logps[[4, 1]])
+    assert part.rollout.prompt_length == exp.rollout.prompt_length

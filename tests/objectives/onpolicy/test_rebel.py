@@ -50,7 +50,7 @@ def test_rebel_rewards_are_kl_shaped():
     ln pi = ln pi_t the loss is (eta (r1 - r2))^2 = [(1 * -0.5)^2, (1 * -0.25)^2] = [0.25, 0.0625]."""
     module = REBEL(reward_model=LengthReward(), kl_coef=0.5, eta=1.0)
     exp = fake_experience()
-    losses, metrics = module.pair_loss(exp, exp["old_logps"].sum(-1))
+    losses, metrics = module.pair_loss(exp, exp.old_logps.sum(-1))
     torch.testing.assert_close(losses, torch.tensor([0.25, 0.0625]))
     torch.testing.assert_close(metrics["rebel/reward_margin"], torch.tensor([-0.5, -0.25]))
 

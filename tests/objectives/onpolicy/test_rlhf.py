@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 
 import pytest
@@ -44,14 +45,14 @@ def test_experience_shapes_and_values(tokenizer):
     module = _module(RLHF, whiten_rewards=False, whiten_advantages=False)
     torch.manual_seed(0)
     exp = module.make_experience(_prompts(tokenizer))
-    mask = exp["response_mask"]
-    assert exp["values"].shape == exp["advantages"].shape == exp["old_logps"].shape == mask.shape
-    assert exp["values"][mask].eq(0).all()  # the zero-initialised value head
+    mask = exp.response_mask
+    assert exp.values.shape == exp.advantages.shape == exp.old_logps.shape == mask.shape
+    assert exp.values[mask].eq(0).all()  # the zero-initialised value head
     # with V = 0, discount 1 and lambda 0.95: the advantage of the last token is its reward, and returns = advantages
-    torch.testing.assert_close(exp["returns"], exp["advantages"])
+    torch.testing.assert_close(exp.returns, exp.advantages)
     # the non-score rewards are -beta * (ln pi_old - ln pi_0), zero at step 0 where pi == pi_0
-    assert exp["non_score_rewards"].abs().max() < 1e-5
-    torch.testing.assert_close(exp["rewards"].sum(-1), exp["scores"], atol=1e-5, rtol=0)
+    assert exp.non_score_rewards.abs().max() < 1e-5
+    torch.testing.assert_close(exp.rewards.sum(-1), exp.scores, atol=1e-5, rtol=0)
     loss, metrics = module.experience_loss(exp)
     assert torch.isfinite(loss)
     assert metrics["policy/clipfrac"].sum() == 0  # the first update starts at ratio 1
@@ -67,9 +68,11 @@ def test_reverse_kl_with_zero_gamma_is_rlhf(tokenizer):
         exp = module.make_experience(batch)
         outputs.append((exp, module.experience_loss(exp)[0]))
     (rlhf_exp, rlhf_loss), (rkl_exp, rkl_loss) = outputs
-    assert rlhf_exp.keys() == rkl_exp.keys()
-    for key in rlhf_exp:
-        assert torch.equal(rlhf_exp[key], rkl_exp[key]), key
+    assert type(rlhf_exp) is type(rkl_exp)
+    for field in dataclasses.fields(rlhf_exp):
+        ours, theirs = getattr(rlhf_exp, field.name), getattr(rkl_exp, field.name)
+        if isinstance(ours, torch.Tensor):
+            assert torch.equal(ours, theirs), field.name
     assert torch.equal(rlhf_loss, rkl_loss)
 
 
@@ -81,8 +84,8 @@ def test_reverse_kl_adds_the_entropy_reward(tokenizer):
         torch.manual_seed(0)
         exps.append(module.make_experience(batch))
     rlhf, rkl = exps
-    assert torch.equal(rlhf["input_ids"], rkl["input_ids"])
-    torch.testing.assert_close(rkl["rewards"] - rlhf["rewards"], -0.3 * rlhf["old_logps"])
+    assert torch.equal(rlhf.input_ids, rkl.input_ids)
+    torch.testing.assert_close(rkl.rewards - rlhf.rewards, -0.3 * rlhf.old_logps)
 
 
 def test_entropy_bonus_enters_the_loss(tokenizer):
@@ -92,7 +95,7 @@ def test_entropy_bonus_enters_the_loss(tokenizer):
     loss, metrics = module.experience_loss(exp)
     assert metrics["policy/entropy"] > 0
     # the bonus is multiplied by the factor the whitening applied to the advantages (rewards, then advantages)
-    scale = exp["advantage_scale"][0]
+    scale = exp.advantage_scale[0]
     assert 0 < scale.item() != pytest.approx(1.0)
     torch.testing.assert_close(loss, metrics["loss/policy"] + 0.1 * metrics["loss/value"]
                                - 0.5 * scale * metrics["policy/entropy"])
