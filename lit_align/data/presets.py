@@ -22,11 +22,13 @@ own ``columns``, SFT's choice of response column) sees canonical names.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import datasets
+from typing import TYPE_CHECKING
 
 from lit_align.data.formats import Format
 from lit_align.data.sources import DataError, load_rows
+
+if TYPE_CHECKING:
+    import datasets
 
 
 @dataclass(frozen=True)

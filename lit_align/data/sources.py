@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
-
-import datasets
+from typing import TYPE_CHECKING, Any
 
 from lit_align.errors import UserError
+
+if TYPE_CHECKING:  # imported where rows are read: a run or --help that reads no data file does not load it
+    import datasets
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "data"
 
@@ -58,6 +59,8 @@ def describe(path: str, split: str | None) -> str:
 
 def load_rows(path: str, split: str | None = "train", name: str | None = None) -> datasets.Dataset:
     """Rows of ``split`` of ``path`` (``None``: the source's only split); a one-split source is read whole."""
+    import datasets
+
     if path in EMBEDDED_SOURCES:
         files = EMBEDDED_SOURCES[path]
         return _load_file(files[_pick_split(files, split, f"embedded data set {path!r}")])
@@ -99,6 +102,8 @@ def _pick_split(splits: Mapping[str, Any], split: str | None, source: str) -> st
 
 def _load_directory(local: Path, split: str | None, name: str | None) -> datasets.Dataset:
     """A data directory in the hub's layout: split names from the file names (``datasets``' own rules)."""
+    import datasets
+
     try:
         builder = datasets.load_dataset_builder(str(local), name)
     except Exception as err:
@@ -116,6 +121,8 @@ def _load_directory(local: Path, split: str | None, name: str | None) -> dataset
 
 
 def _load_file(path: Path) -> datasets.Dataset:
+    import datasets
+
     builder = _LOCAL_BUILDERS[path.suffix]
     if builder == "json":
         check_json_records(path)
