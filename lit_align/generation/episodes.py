@@ -88,6 +88,7 @@ class _Episode:
         self.logps: list[float] = [0.0] * len(self.tokens.input_ids)
         self.reward = 0.0
         self.turns = 0
+        self.reported = True  # every turn came with its log-probs
         self.ended = False
         self.running = True
 
@@ -100,6 +101,7 @@ class _Episode:
         budget = self.budget
         ids = list(turn.token_ids[:budget])
         self.logps += list(turn.logps[:budget]) if turn.logps is not None else [0.0] * len(ids)
+        self.reported &= turn.logps is not None
         text = self.tokens.add_policy(ids)
         self.turns += 1
         if len(turn.token_ids) > budget:  # cut mid-turn: the budget ends the episode, the message is not answered
@@ -118,8 +120,7 @@ class _Episode:
 
 
 def run_episodes(sample_turns: SampleTurns, environment: Environment, rows: Sequence[dict[str, Any]],
-                 tokenizer: Any, num_samples: int = 1, sampling: SamplingConfig | None = None,
-                 reports_logps: bool = False) -> Episodes:
+                 tokenizer: Any, num_samples: int = 1, sampling: SamplingConfig | None = None) -> Episodes:
     """Play ``num_samples`` episodes of ``environment`` (spawned per episode) from each prompt row.
 
     Args:
@@ -129,7 +130,8 @@ def run_episodes(sample_turns: SampleTurns, environment: Environment, rows: Sequ
         tokenizer: the policy's tokenizer, with its chat template; its pad token pads the rows.
         num_samples: episodes per prompt row.
         sampling: how the turns were sampled (recorded in the rollout).
-        reports_logps: whether ``sample_turns`` reports log-probs (then the rollout has ``engine_logps``).
+
+    The rollout has ``engine_logps`` when every turn came with its log-probs.
     """
     episodes = [_Episode(environment.spawn(), dict(row), tokenizer) for row in rows for _ in range(num_samples)]
     while running := [e for e in episodes if e.running]:
@@ -138,12 +140,12 @@ def run_episodes(sample_turns: SampleTurns, environment: Environment, rows: Sequ
             raise ValueError(f"sample_turns answered {len(turns)} turns for {len(running)} episodes")
         for episode, turn in zip(running, turns):
             episode.play(turn)
-    rollout = _layout(episodes, tokenizer.pad_token_id, num_samples, sampling, reports_logps)
+    rollout = _layout(episodes, tokenizer.pad_token_id, num_samples, sampling)
     return Episodes(rollout, [e.tokens.messages for e in episodes])
 
 
-def _layout(episodes: list[_Episode], pad: int, num_samples: int, sampling: SamplingConfig | None,
-            reports_logps: bool) -> EpisodeRollout:
+def _layout(episodes: list[_Episode], pad: int, num_samples: int,
+            sampling: SamplingConfig | None) -> EpisodeRollout:
     """Left-padded opening prompts, then the rest of each episode right-padded."""
     width = max(e.tokens.prompt_length for e in episodes)
     length = max(len(e.tokens.input_ids) - e.tokens.prompt_length for e in episodes)
@@ -165,19 +167,19 @@ def _layout(episodes: list[_Episode], pad: int, num_samples: int, sampling: Samp
     return EpisodeRollout(
         input_ids, attention_mask, completion_mask, width, torch.tensor([e.ended for e in episodes]), prompt_index,
         sampling=sampling, prompt_messages=opening, policy_mask=policy_mask,
-        engine_logps=engine_logps * policy_mask if reports_logps else None,
+        engine_logps=engine_logps * policy_mask if all(e.reported for e in episodes) else None,
         rewards=torch.tensor([e.reward for e in episodes], dtype=torch.float32),
         turns=torch.tensor([e.turns for e in episodes]))
 
 
 def prompt_rows(batch: dict[str, Any], tokenizer: Any, columns: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The prompt rows of a batch for ``Environment.reset``: ``prompt`` is the text of the last user message when
-    the batch has ``prompt_messages`` (then ``messages`` holds them), else the decoded prompt tokens; each of
-    ``columns`` is the row's value of that declared data column (``batch[name]``)."""
+    the batch has the prompt's ``prompt_messages`` (then ``messages`` holds them), else the decoded prompt tokens;
+    each of ``columns`` is the row's value of that declared data column (``batch[name]``)."""
     messages = batch.get("prompt_messages")
     rows = []
     for i, (ids, mask) in enumerate(zip(batch["prompt_ids"], batch["prompt_mask"])):
-        if messages is not None:
+        if messages is not None and messages[i] is not None:
             users = [m["content"] for m in messages[i] if m.get("role") == "user"]
             row = {"prompt": users[-1] if users else "", "messages": messages[i]}
         else:

@@ -23,10 +23,11 @@ def encode(tokenizer, text: str, stop: bool = True) -> list[int]:
 
 
 class Scripted:
-    """A fake policy: episode i's turn t is ``replies[i][t]``; records the sequences it was shown."""
+    """A fake policy: episode i's turn t is ``replies[i][t]`` (with log-probs -0.5 each when ``logps``); records
+    the sequences it was shown."""
 
-    def __init__(self, tokenizer, replies: list[list[str]]) -> None:
-        self.tokenizer, self.replies, self.shown = tokenizer, replies, []
+    def __init__(self, tokenizer, replies: list[list[str]], logps: bool = True) -> None:
+        self.tokenizer, self.replies, self.shown, self.logps = tokenizer, replies, [], logps
 
     def __call__(self, sequences, max_new_tokens):
         self.shown.append([list(s) for s in sequences])
@@ -34,7 +35,7 @@ class Scripted:
         for seq in sequences:
             episode = next(i for i, r in enumerate(self.replies) if r and self._is(seq, i))
             ids = encode(self.tokenizer, self.replies[episode].pop(0))
-            turns.append(Turn(ids, [-0.5] * len(ids)))
+            turns.append(Turn(ids, [-0.5] * len(ids) if self.logps else None))
         return turns
 
     def _is(self, seq, i):
@@ -63,7 +64,7 @@ def test_calculator_episode_layout_masks_and_returns():
     env = CalculatorEnvironment(max_turns=3)
     replies = [[CALL, "It is 27."], ["4"]]  # a tool call then the answer; a direct (correct) answer
     policy = Scripted(tokenizer, [list(r) for r in replies])
-    out = run_episodes(policy, env, ROWS, tokenizer, sampling=SamplingConfig(), reports_logps=True)
+    out = run_episodes(policy, env, ROWS, tokenizer, sampling=SamplingConfig())
     r = out.rollout
     assert out.rewards.tolist() == [1.0, 1.0] and out.turns.tolist() == [2, 1] and r.ended.tolist() == [True, True]
     assert len(policy.shown) == 2 and len(policy.shown[1]) == 1  # the turns batched; finished episodes leave
@@ -87,10 +88,10 @@ def test_calculator_episode_layout_masks_and_returns():
 def test_budgets_end_episodes():
     tokenizer = load_tokenizer("tiny")
     # the turn budget: two tool calls with max_turns 2 end truncated, reward 0, not ended
-    out = run_episodes(Scripted(tokenizer, [[CALL, CALL], []]), CalculatorEnvironment(max_turns=2), ROWS[:1],
-                       tokenizer)
+    out = run_episodes(Scripted(tokenizer, [[CALL, CALL], []], logps=False), CalculatorEnvironment(max_turns=2),
+                       ROWS[:1], tokenizer)
     assert out.turns.tolist() == [2] and out.rewards.tolist() == [0.0] and out.rollout.ended.tolist() == [False]
-    assert out.rollout.engine_logps is None
+    assert out.rollout.engine_logps is None  # the sampler reported no log-probs
     # the token budget: the first turn is cut to max_tokens and not answered
     budget = 5
     out = run_episodes(Scripted(tokenizer, [[CALL], []]), CalculatorEnvironment(max_tokens=budget), ROWS[:1],
