@@ -1,8 +1,9 @@
 """Extensions written as a user writes them (``tests/extensions``), each trained through the command line.
 
 Each subclasses a public base and implements its one hook, without overriding anything private: a new pair loss
-(a loss function, a thin class, a config: the recipe docs/architecture.md shows, checked here to be these very
-files), SimPO as a hook on offline rows, KTO on a labelled data file, a reference-free GRPO, and a per-step callback.
+and a new on-policy objective (each a loss function, a thin class and a config: the recipes docs/architecture.md
+shows, checked here to be these very files), SimPO as a hook on offline rows, KTO on a labelled data file, a
+reference-free GRPO, and a per-step callback.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from extensions.grpo import GRPO
 from extensions.kto import KTO
 from extensions.margin_dpo import MarginDPO
 from extensions.margin_loss import margin_dpo_loss
+from extensions.reinforce import GroupREINFORCE
 from extensions.simpo import SimPO
 from lit_align.cli.app import build_cli
 from lit_align.losses import dpo_loss
@@ -40,6 +42,7 @@ def _fit(config: str, *extra: str):
     (SimPO, OfflinePairObjective, {"pair_loss"}),
     (KTO, OfflineObjective, {"rows_loss"}),
     (GRPO, OnPolicyObjective, {"experience_loss"}),
+    (GroupREINFORCE, OnPolicyObjective, {"experience_loss"}),
 ])
 def test_each_extension_is_one_hook_on_a_public_base(cls, base, hooks):
     defined = {name for name, value in vars(cls).items() if callable(value) and name != "__init__"}
@@ -64,12 +67,29 @@ def test_a_new_pair_loss_trains_from_its_config(run_dir):
     torch.testing.assert_close(metrics["rewards/chosen"], dpo.chosen_rewards, atol=1e-5, rtol=1e-5)
 
 
+def test_a_new_onpolicy_objective_trains_from_its_config(run_dir):
+    cli = _fit("reinforce.yaml")
+    module = cli.model
+    assert cli.trainer.global_step == 2 and module.policy.reference.name == "none"
+    batch = next(iter(cli.datamodule.train_dataloader()))
+    exp = module.make_experience(batch)
+    loss, metrics = module.experience_loss(exp)
+    with torch.no_grad():  # independently: each response's summed log-prob and its reward less its group's mean
+        logps, mask = module.policy.completion_logps(exp.input_ids, exp.attention_mask, exp.completion_mask,
+                                                     exp.temperature)
+    rewards = exp.scores.view(-1, 4)
+    advantages = (rewards - rewards.mean(-1, keepdim=True)).view(-1)
+    torch.testing.assert_close(loss.detach(), -(advantages * (logps * exp.response_mask).sum(-1)).mean())
+    torch.testing.assert_close(metrics["reinforce/advantage_abs"], advantages.abs())
+
+
 def test_the_architecture_doc_shows_these_very_files():
     """Every block of docs/architecture.md headed ``# tests/extensions/<file>`` is that file, as it is trained here."""
     doc = open(os.path.join(os.path.dirname(HERE), os.pardir, "docs", "architecture.md")).read()
     shown = re.findall(r"^```\w*\n# (tests/extensions/[\w.]+)\n(.*?)^```", doc, flags=re.S | re.M)
-    assert {"tests/extensions/margin_loss.py", "tests/extensions/margin_dpo.py",
-            "tests/extensions/margin_dpo.yaml"} <= {path for path, _ in shown}
+    recipes = {f"tests/extensions/{name}" for name in ("margin_loss.py", "margin_dpo.py", "margin_dpo.yaml",
+                                                       "reinforce_loss.py", "reinforce.py", "reinforce.yaml")}
+    assert recipes <= {path for path, _ in shown}
     for path, body in shown:
         with open(os.path.join(os.path.dirname(HERE), os.pardir, path)) as f:
             assert f.read() == body, f"docs/architecture.md shows another {path} than the one tested"
