@@ -17,7 +17,7 @@
   own chat template (``lit_align.rewards.inputs.RewardInputs``; plain text when it has none). A prompt without
   messages (plain-text data) is decoded from the policy's ids, special tokens skipped.
 
-The text of a row comes from one place, ``rollout_texts``.
+Rows become text through the one decoder of rollout rows, ``lit_align.generation.records.decode_rows``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_align.generation.records import prompt_text
+from lit_align.generation.records import decode_rows
 from lit_align.generation.rollout import Rollout
 from lit_align.rewards.functions import RewardFunctions, reward_functions_of
 from lit_align.rewards.inputs import Prompt, RewardInputs, reads_policy_ids, reward_inputs_of
@@ -95,21 +95,6 @@ def _frozen(module: nn.Module) -> nn.Module:
 # -- the text of rollout rows -----------------------------------------------------------------------------------
 
 
-def decode_responses(rollout: Rollout, tokenizer) -> list[str]:
-    """The response of every row (the tokens of ``completion_mask``) as text, special tokens skipped (the policy's
-    EOS or end-of-turn token goes: a reward model's template or EOS closes the turn again)."""
-    ids, mask = rollout.input_ids.cpu(), rollout.completion_mask.cpu().bool()
-    return [tokenizer.decode(ids[row][mask[row]].tolist(), skip_special_tokens=True) for row in range(ids.shape[0])]
-
-
-def decode_prompts(rollout: Rollout, tokenizer, skip_special_tokens: bool = True) -> list[str]:
-    """The prompt of every row (its real tokens before the response) as text."""
-    ids = rollout.input_ids.cpu()
-    mask = rollout.attention_mask.cpu().bool() & ~rollout.completion_mask.cpu().bool()
-    return [tokenizer.decode(ids[row][mask[row]].tolist(), skip_special_tokens=skip_special_tokens)
-            for row in range(ids.shape[0])]
-
-
 def row_messages(rollout: Rollout) -> list[list[dict] | None]:
     """The chat messages of each row's prompt (``rollout.prompt_messages[prompt_index[i]]``), None where the data
     gave a plain-text prompt."""
@@ -119,11 +104,12 @@ def row_messages(rollout: Rollout) -> list[list[dict] | None]:
 
 
 def rollout_texts(rollout: Rollout, tokenizer) -> tuple[list[Prompt], list[str]]:
-    """Each row's prompt (its chat messages, or the decoded text of a plain-text prompt) and decoded response."""
-    messages = row_messages(rollout)
-    texts = decode_prompts(rollout, tokenizer) if any(m is None for m in messages) else messages
-    prompts = [m if m is not None else text for m, text in zip(messages, texts)]
-    return prompts, decode_responses(rollout, tokenizer)
+    """Each row's prompt (its chat messages, or the text of a plain-text prompt, special tokens skipped) and its
+    response (special tokens skipped: the policy's stop token goes, a reward model's template or EOS closes the turn
+    again)."""
+    rows = decode_rows(rollout, tokenizer, prompt_special_tokens=False)
+    prompts = [m if m is not None else row.prompt for m, row in zip(row_messages(rollout), rows)]
+    return prompts, [row.response for row in rows]
 
 
 # -- the kinds ----------------------------------------------------------------------------------------------------
@@ -200,8 +186,8 @@ class FunctionReward(Reward):
     def __call__(self, rollout: Rollout) -> torch.Tensor:
         ids, keep = rollout.input_ids.cpu(), rollout.completion_mask.cpu().bool()
         completion_ids = [row[kept].tolist() for row, kept in zip(ids, keep)]
-        rewards = self.module(decode_prompts(rollout, self.policy_tokenizer),
-                              decode_responses(rollout, self.policy_tokenizer), completion_ids,
+        rows = decode_rows(rollout, self.policy_tokenizer, prompt_special_tokens=False)
+        rewards = self.module([row.prompt for row in rows], [row.response for row in rows], completion_ids,
                               prompt_messages=row_messages(rollout), trainer_state=trainer_state_of(self.owner))
         return rewards.to(rollout.input_ids.device)
 
@@ -243,14 +229,12 @@ class JudgeReward(Reward):
             self.judge.setup(device)
             self.judge.read_prompts_with(self.policy_tokenizer)
             self._ready = True
-        firsts = range(0, rollout.input_ids.shape[0], 2)
+        rows = decode_rows(rollout, self.policy_tokenizer)  # prompts as lit-align predict writes them
         messages = row_messages(rollout)
-        ids = rollout.input_ids.cpu()
-        prompt_mask = rollout.attention_mask.cpu().bool() & ~rollout.completion_mask.cpu().bool()
         reads_messages = getattr(self.judge, "reads_messages", False)
-        prompts = [messages[i] if reads_messages and messages[i] is not None
-                   else prompt_text(ids[i][prompt_mask[i]].tolist(), self.policy_tokenizer) for i in firsts]
-        responses = decode_responses(rollout, self.policy_tokenizer)
+        prompts = [messages[i] if reads_messages and messages[i] is not None else rows[i].prompt
+                   for i in range(0, len(rows), 2)]
+        responses = [row.response for row in rows]
         verdicts = self.judge.compare_batch(prompts, responses[0::2], responses[1::2])
         first_wins = torch.tensor([v.win for v in verdicts], dtype=torch.float32)
         return torch.stack([first_wins, 1 - first_wins], 1).reshape(-1).to(device)
