@@ -61,6 +61,9 @@ def merged_layer_weight(layer: nn.Module, adapters: list[str]) -> torch.Tensor:
     base = layer.get_base_layer()
     replaced = {id(tensor): _whole_parameter(tensor, clone=tensor is base.weight)
                 for tensor in (*layer.parameters(), *layer.buffers())}
+    for module in layer.modules():  # hooks (monitors, FSDP, checkpointing) may hold whole models: not copied
+        replaced.update({id(value): type(value)() for name, value in vars(module).items()
+                         if name.endswith("hooks") and isinstance(value, dict)})
     twin = copy.deepcopy(layer, memo=replaced)
     twin.merge(adapter_names=adapters)
     return twin.get_base_layer().weight.detach()
