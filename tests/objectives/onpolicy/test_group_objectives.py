@@ -211,6 +211,8 @@ def test_rloo_token_level_advantage_of_the_first_response_token_is_the_sequence_
     pytest.param("rloo.yaml", RLOO, ["--model.token_level=true"], marks=pytest.mark.extended),  # the variants: in
     ("grpo.yaml", GRPO, []),                                                                       # the extended step
     pytest.param("grpo.yaml", GRPO, ["--model.loss_type=dr_grpo"], marks=pytest.mark.extended),
+    pytest.param("grpo.yaml", GRPO, ["--model.importance_correction={mode: sequence_mask, clip_max: 3.0}"],
+                 marks=pytest.mark.extended),
 ])
 def test_config_trains_two_steps(run_dir, config, cls, extra):
     cli = build_cli(fit_args(config, "--data.limit_rows=16", "--export.enabled=false",
@@ -223,6 +225,8 @@ def test_config_trains_two_steps(run_dir, config, cls, extra):
     assert "train/loss" in cli.trainer.logged_metrics and "train/reward_std" in cli.trainer.logged_metrics
     if cls is GRPO:
         assert module.policy.reference.name == "none" and "train/clip_ratio/region_mean" in cli.trainer.logged_metrics
+    if module.importance_correction is not None:  # the Hugging Face engine samples what the trainer scores
+        assert float(cli.trainer.logged_metrics["generation/is_ratio/max"]) == pytest.approx(1.0, abs=1e-3)
 
 
 @pytest.mark.parametrize("loss_type", ["dapo", "bnpo"])
