@@ -1,2 +1,3 @@
-"""Rewards: reward models (``model``), reward functions (``functions``) and the inputs a reward model of another
-tokenizer reads (``inputs``)."""
+"""Rewards: the one dispatch from what an objective is given to a ``Reward`` of rollouts (``dispatch``), reward
+models (``model``), reward functions (``functions``) and what a reward model of another tokenizer reads
+(``inputs``)."""
