@@ -53,7 +53,7 @@ def test_each_extension_is_one_hook_on_a_public_base(cls, base, hooks):
 def test_a_new_pair_loss_trains_from_its_config(run_dir):
     cli = _fit("margin_dpo.yaml")
     module = cli.model
-    assert cli.trainer.global_step == 4 and module.policy.reference.name == "copy"  # its pair_loss reads pi_0
+    assert cli.trainer.global_step == 2 and module.policy.reference.name == "copy"  # its pair_loss reads pi_0
     batch = next(iter(cli.datamodule.train_dataloader()))
     with torch.no_grad():
         loss, metrics = module.compute_loss(batch, "val")
