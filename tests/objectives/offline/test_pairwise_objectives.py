@@ -7,7 +7,6 @@ log-probs computed here independently, from the unpacked rows' logits of the pol
 import pytest
 import torch
 
-from lit_align import PolicyWithReference
 from lit_align.data import PreferenceDataModule
 from lit_align.models.logprobs import completion_token_logprobs
 from lit_align.losses import bco_pair_loss, dpo_loss, length_desensitized_logps
