@@ -69,8 +69,8 @@ class ModeCollapseMonitor(PolicyProbe):
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, examples: list[Example]) -> Totals:
         rollout = self.sample(trainer, pl_module, examples)
-        temperature = self.sampling.temperature or 1.0  # the distribution the rollout was drawn from
-        scores = scored_rollout(pl_module, rollout, with_reference=False, temperature=temperature, entropy=True)
+        # scored at the distribution the rollout was drawn from (rollout.sampling; 1 for greedy samples)
+        scores = scored_rollout(pl_module, rollout, with_reference=False, entropy=True)
         mask = scores.mask
         entropy = (scores.entropy * mask).sum()
         ids, response_mask = self.padded_responses(rollout)

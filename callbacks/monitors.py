@@ -52,8 +52,8 @@ class KLMonitor(PolicyProbe):
                 self._warned = True
             return {}
         rollout = self.sample(trainer, pl_module, examples)
-        # scored at the temperature of the distribution the rollout was drawn from
-        scores = scored_rollout(pl_module, rollout, with_reference=True, temperature=self.sampling.temperature)
+        # scored at the temperature of the distribution the rollout was drawn from (rollout.sampling)
+        scores = scored_rollout(pl_module, rollout, with_reference=True)
         log_ratio = (scores.logps - scores.reference_logps).sum(-1)  # (N,)
         per_token = (scores.kl * scores.mask).sum(-1)  # (N,)
         count = torch.tensor(float(log_ratio.numel()), device=log_ratio.device)
@@ -92,8 +92,7 @@ class EntropyMonitor(PolicyProbe):
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, examples: list[Example]) -> Totals:
         rollout = self.sample(trainer, pl_module, examples)
-        temperature = self.sampling.temperature
-        scores = scored_rollout(pl_module, rollout, with_reference=False, temperature=temperature, entropy=True)
+        scores = scored_rollout(pl_module, rollout, with_reference=False, entropy=True)
         mask = scores.mask
         entropy = scores.entropy * mask  # (N, T-1)
         totals = {
@@ -103,7 +102,8 @@ class EntropyMonitor(PolicyProbe):
         batch = self.completion_batch(trainer, pl_module, examples) if self.data_completions else None
         if batch is not None:
             data = pl_module.policy.completion_scores(batch["input_ids"], batch["attention_mask"],
-                                                      batch["completion_mask"], temperature, entropy=True)
+                                                      batch["completion_mask"], rollout.sampling.temperature,
+                                                      entropy=True)
             data_mask = data.mask
             data_entropy = data.entropy * data_mask
             totals["entropy_data"] = (data_entropy.sum(), data_mask.sum())

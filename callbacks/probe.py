@@ -15,6 +15,7 @@ passes on equal prompt shares, generate on every rank (``PolicyWithReference.gen
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 
 import lightning as L
@@ -128,8 +129,9 @@ class PolicyProbe(L.Callback):
         policy = pl_module.policy
         tokenizer = pl_module.tokenizer
         prompts = left_padded_prompts(examples, tokenizer.pad_token_id)
-        return policy.generate(prompts["prompt_ids"].to(pl_module.device), prompts["prompt_mask"].to(pl_module.device),
-                               self.sampling, self.num_samples)
+        rollout = policy.generate(prompts["prompt_ids"].to(pl_module.device),
+                                  prompts["prompt_mask"].to(pl_module.device), self.sampling, self.num_samples)
+        return dataclasses.replace(rollout, sampling=rollout.sampling or self.sampling)
 
     @staticmethod
     def completion_batch(trainer: L.Trainer, pl_module: L.LightningModule,
@@ -191,10 +193,13 @@ def _eval_mode(module: torch.nn.Module):
         module.train(was_training)
 
 
-def scored_rollout(pl_module: L.LightningModule, rollout: Rollout, with_reference: bool, temperature: float = 1.0,
-                   entropy: bool = False):
-    """The policy's ``CompletionScores`` of sampled rows at ``temperature``: token log-probs, the mask, with
-    ``entropy`` the token entropies and ``with_reference`` the exact token KL to pi_0 and pi_0's log-probs, all
-    from the LM head applied in chunks (``PolicyWithReference.completion_scores``)."""
+def scored_rollout(pl_module: L.LightningModule, rollout: Rollout, with_reference: bool,
+                   temperature: float | None = None, entropy: bool = False):
+    """The policy's ``CompletionScores`` of sampled rows at ``temperature`` (by default the one they were sampled
+    at, ``rollout.sampling.temperature``; 1 for greedy rows): token log-probs, the mask, with ``entropy`` the token
+    entropies and ``with_reference`` the exact token KL to pi_0 and pi_0's log-probs, all from the LM head applied
+    in chunks (``PolicyWithReference.completion_scores``)."""
+    if temperature is None:
+        temperature = (rollout.sampling.temperature if rollout.sampling is not None else 0.0) or 1.0
     return pl_module.policy.completion_scores(rollout.input_ids, rollout.attention_mask, rollout.completion_mask,
                                               temperature, entropy=entropy, kl=with_reference)
