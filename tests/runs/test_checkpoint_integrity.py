@@ -16,7 +16,7 @@ import pytest
 import torch
 from lightning.pytorch.utilities import AttributeDict
 
-from support.cli import fit_args, run_main
+from support.cli import fit_args, fit_in, run_main
 from lit_align.runs.checkpoint_io import (
     CHECKSUM_KEY, AtomicCheckpointIO, CheckpointLoadError, load_checkpoint_file, payload_digest,
 )
@@ -29,12 +29,7 @@ QUIET = ["--data.val_split=null", "--export.enabled=false", "--trainer.limit_val
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trained")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.setenv("LIT_ALIGN_CACHE", str(root / ".cache"))
-        assert run_main(fit_args("dpo.yaml", *QUIET, steps=1)) == 0
-    return root / "runs/test/checkpoints"
+    return fit_in(tmp_path_factory.mktemp("trained"), *QUIET, steps=1)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import torch
 import transformers
 
 import lit_align
-from support.cli import fit_args, run_main
+from support.cli import fit_args, fit_in, run_main
 from lit_align.runs.checkpoint_io import CHECKSUM_KEY, load_checkpoint_file
 from lit_align.cli.app import build_cli
 from lit_align.runs.manifest import MANIFEST_KEY, ManifestComparison
@@ -28,12 +28,7 @@ SMALL = ["--data.init_args.limit_rows=16", "--data.init_args.batch_size=4"]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The checkpoint directory of a 2-step DPO fit (beta 0.1, 16 rows, batches of 4)."""
-    root = tmp_path_factory.mktemp("trained")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.setenv("LIT_ALIGN_CACHE", str(root / ".cache"))
-        assert run_main(fit_args("dpo.yaml", *QUIET, *SMALL, steps=2)) == 0
-    return root / "runs/test/checkpoints"
+    return fit_in(tmp_path_factory.mktemp("trained"), *QUIET, *SMALL, steps=2)
 
 
 @pytest.fixture

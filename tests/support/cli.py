@@ -25,3 +25,16 @@ def run_main(args: list[str]) -> int:
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 1
     return 0
+
+
+def fit_in(root, *extra: str, steps: int = 4):
+    """A short DPO fit (``fit_args``) run in the folder ``root`` with its own reference cache; its checkpoint
+    folder (for module-scoped fixtures that train once and hand copies of the checkpoints to each test)."""
+    import pytest
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("LIT_ALIGN_CACHE", str(root / ".cache"))
+        assert run_main(fit_args("dpo.yaml", *extra, steps=steps)) == 0
+    return root / "runs/test/checkpoints"
+
