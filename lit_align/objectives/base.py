@@ -160,7 +160,8 @@ class AlignmentModule(L.LightningModule):
 
     # -- what a subclass provides ------------------------------------------------------------------------------
 
-    def compute_loss(self, batch: dict[str, torch.Tensor], stage: Stage) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def compute_loss(self, batch: dict[str, torch.Tensor],
+                     stage: Stage) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return the scalar loss to minimise and per-example diagnostics to log."""
         raise NotImplementedError
 
@@ -209,8 +210,9 @@ class AlignmentModule(L.LightningModule):
         self._prediction_num_samples = num_samples
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """Sample responses to the batch's prompts: ``rollout`` (``lit_align.generation.rollout.Rollout``), ``index`` (N,) the
-        data row each sample answers, ``sample`` (N,) its number among that row's samples, ``sampling`` used."""
+        """Sample responses to the batch's prompts: ``rollout`` (``lit_align.generation.rollout.Rollout``),
+        ``index`` (N,) the data row each sample answers, ``sample`` (N,) its number among that row's samples,
+        ``sampling`` used."""
         sampling = self._prediction_sampling or self.sampling or SamplingConfig()
         num_samples = self._prediction_num_samples
         rollout = self.policy.generate(batch["prompt_ids"], batch["prompt_mask"], sampling, num_samples)
