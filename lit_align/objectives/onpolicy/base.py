@@ -61,6 +61,9 @@ from lit_align.rewards.functions import RewardFunction
 from lit_align.generation.rollout import Rollout, SamplingConfig, select_rows
 from lit_align.losses.importance import ImportanceCorrection, importance_weights
 from lit_align.objectives.onpolicy.experience import Experience
+from lit_align.objectives.onpolicy.sampling_loop import SamplingLoop, play_episodes
+from lit_align.environments.base import Environment
+from lit_align.generation.episodes import EpisodeRollout
 
 # A checkpoint is written between training steps, after all updates of a batch: the state to resume from.
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
@@ -104,7 +107,19 @@ class OnPolicyObjective(AlignmentModule):
             sampled tokens to the engine's (``Rollout.engine_logps``), bounded or masked; logged as
             ``generation/is_ratio/*``. Default None: nothing corrected (TRL 1.16's GRPO corrects its vLLM path
             by default, with ``sequence_mask`` and ``clip_max`` 3). See docs/onpolicy.md.
+        max_staleness: Asynchronous generation: how many weight versions (optimizer steps) older than the weights
+            being trained a rollout may be. 0 (the default) is the synchronous loop (TRL default: its trainers
+            sample, then train); n >= 1 samples the next batches on a worker thread, from a copy of the weights,
+            while the trainer updates (one device; see docs/onpolicy.md, "Asynchronous generation").
+        environment: Train on multi-turn episodes of this environment instead of single responses, e.g.
+            ``lit_align.environments.CalculatorEnvironment`` (by ``class_path``): ``num_samples`` episodes per
+            prompt, scored by the environment's rewards (no reward model); the tokens the policy did not write
+            are in no loss, KL or entropy (docs/onpolicy.md, "Environments and tools"). Default None: single
+            responses (TRL default).
     """
+
+    #: Why this objective cannot train on multi-turn episodes (``environment``); None: it can.
+    episodes_refusal: str | None = None
 
     #: The KL shaping and monitors score fresh samples under pi_0; a reference-free objective sets None.
     needs_reference = "samples"
@@ -121,8 +136,17 @@ class OnPolicyObjective(AlignmentModule):
         missing_eos_penalty: float | None = None,
         reward_stage: RewardStage = RewardStage(),
         importance_correction: ImportanceCorrection | None = None,
+        max_staleness: int = 0,
+        environment: Environment | None = None,
         **kwargs: Any,
     ) -> None:
+        if max_staleness < 0:
+            raise ValueError(f"max_staleness must be >= 0, got {max_staleness}")
+        if environment is not None and self.episodes_refusal is not None:
+            raise UserError(f"{type(self).__name__} does not train on environment episodes: {self.episodes_refusal}")
+        if environment is not None and reward_model is not None:
+            raise UserError(f"{type(self).__name__}: the environment's rewards score its episodes; drop reward_model "
+                            "(or the environment)")
         if num_samples < 1 or epochs_per_batch < 1 or mini_batches < 1:
             raise ValueError("num_samples, epochs_per_batch and mini_batches must be at least 1, got "
                              f"{num_samples}, {epochs_per_batch}, {mini_batches}")
@@ -149,6 +173,13 @@ class OnPolicyObjective(AlignmentModule):
             self.sampling = dataclasses.replace(sampling, logprobs=True)  # the engine reports what it sampled from
         #: Mean per-token engine minus trainer log-prob of the last experience (None without engine log-probs).
         self.last_logprob_gap: float | None = None
+        self.max_staleness = max_staleness
+        self.environment = environment
+        if environment is not None:
+            self.hparams.pop("environment", None)  # the CLI's config records it; its object stays out of hparams
+            self.data_columns = {**self.data_columns, **environment.data_columns}  # the rows it reads
+        self.sampling_loop = SamplingLoop(self)
+        self._sampled: Rollout | None = None  # the rollout training_step hands to make_experience
         self.reward_model: nn.Module | None = None
         self.reward: Reward | None = None
         if reward_model is not None:
@@ -164,7 +195,7 @@ class OnPolicyObjective(AlignmentModule):
         self.reward_model = self.reward.module
 
     def setup(self, stage: str) -> None:
-        if self.reward_model is None and stage != "predict":  # generating needs no reward model
+        if self.reward_model is None and self.environment is None and stage != "predict":  # sampling needs none
             self.attach_reward_model(self.reward_stage.provide(self, self.trainer, train=stage == "fit"))
 
     def train(self, mode: bool = True) -> OnPolicyObjective:
@@ -175,28 +206,35 @@ class OnPolicyObjective(AlignmentModule):
 
     @torch.no_grad()
     def score(self, rollout: Rollout) -> torch.Tensor:
-        """Reward of every row (N,) in float32 (``lit_align.rewards.dispatch``)."""
+        """Reward of every row (N,) in float32 (``lit_align.rewards.dispatch``); an episode's is its return."""
+        if isinstance(rollout, EpisodeRollout):
+            return rollout.rewards.float()
         return self.reward(rollout)
 
     # -- experience --------------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def sample_responses(self, batch: dict[str, Any]) -> Rollout:
-        """``num_samples`` responses per prompt from the current policy weights."""
+        """``num_samples`` responses (or episodes of the ``environment``) per prompt from the current weights."""
+        if self.environment is not None:
+            return play_episodes(self, batch, self.sampling_loop.policy())
         return self.generate(batch)
 
     def generate(self, batch: dict[str, Any], from_reference: bool = False) -> Rollout:
         """``num_samples`` responses to the batch's prompts from the policy (or pi_0), recording how they were
         drawn: the sampling settings, the weight version (optimizer steps so far) and the prompts' messages."""
-        rollout = self.policy.generate(batch["prompt_ids"], batch["prompt_mask"], self.sampling, self.num_samples,
-                                       from_reference=from_reference)
+        policy = self.sampling_loop.policy()  # the generation copy on the rollout worker's thread
+        rollout = policy.generate(batch["prompt_ids"], batch["prompt_mask"], self.sampling, self.num_samples,
+                                  from_reference=from_reference)
         return dataclasses.replace(rollout, sampling=rollout.sampling or self.sampling, version=self.global_step,
                                    prompt_messages=batch.get("prompt_messages"))
 
     @torch.no_grad()
     def make_experience(self, batch: dict[str, Any]) -> Experience:
-        """Responses to the batch's prompts (``sample_responses``) made into an experience (``experience_from``)."""
-        return self.experience_from(self.sample_responses(batch))
+        """Responses to the batch's prompts (``sample_responses``, or the rollout ``training_step`` took from the
+        sampling loop) made into an experience (``experience_from``)."""
+        rollout, self._sampled = self._sampled, None
+        return self.experience_from(rollout if rollout is not None else self.sample_responses(batch))
 
     @torch.no_grad()
     def experience_from(self, rollout: Rollout) -> Experience:
@@ -254,7 +292,7 @@ class OnPolicyObjective(AlignmentModule):
         """(input_ids, attention_mask, completion_mask) of the rows in mini-batch sized chunks: no-grad forwards
         over them keep the activations as small as in training."""
         size = math.ceil(rollout.input_ids.shape[0] / self.mini_batches)
-        return zip(*(t.split(size) for t in (rollout.input_ids, rollout.attention_mask, rollout.completion_mask)))
+        return zip(*(t.split(size) for t in (rollout.input_ids, rollout.attention_mask, rollout.trained_mask)))
 
     @torch.no_grad()
     def chunked_token_logps(self, rollout: Rollout, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,7 +315,10 @@ class OnPolicyObjective(AlignmentModule):
         }
         if exp.ref_logps is not None:
             metrics["objective/kl"] = old - exp.ref_logps.sum(-1)  # estimates KL(pi_T || pi0_T), both tempered
-        metrics.update(self.reward.metrics())  # reward functions': TRL's rewards/<name>/mean and /std, per function
+        if self.reward is not None:
+            metrics.update(self.reward.metrics())  # reward functions': TRL's rewards/<name>/mean and /std, each
+        if isinstance(exp.rollout, EpisodeRollout):
+            metrics["episodes/turns"] = exp.rollout.turns.float()  # policy turns per episode
         return metrics
 
     def policy_token_logps(self, mb: Experience) -> torch.Tensor:
@@ -290,7 +331,7 @@ class OnPolicyObjective(AlignmentModule):
     def token_logps_of(self, rollout: Rollout) -> torch.Tensor:
         """The current policy's per-token log-probs (n, T-1) of a rollout's rows at its sampling temperature."""
         token_logps, _ = self.policy.completion_logps(rollout.input_ids, rollout.attention_mask,
-                                                      rollout.completion_mask, temperature=rollout.sampling.temperature)
+                                                      rollout.trained_mask, temperature=rollout.sampling.temperature)
         return token_logps
 
     def experience_loss(self, mb: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -308,11 +349,24 @@ class OnPolicyObjective(AlignmentModule):
         rows = (order[:, None] * per_prompt + torch.arange(per_prompt, device=prompts.device)).reshape(-1)
         return [part for part in rows.tensor_split(self.mini_batches) if part.numel()]
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        loop = self.trainer.fit_loop.epoch_loop
+        last = loop.batch_progress.is_last_batch or batch_idx + 1 >= self.trainer.num_training_batches
+        loss = None
+        for sampled in self.sampling_loop.step(batch, last_of_epoch=last):  # none while the pipeline fills
+            if self.trainer.max_steps not in (None, -1) and self.global_step >= self.trainer.max_steps:
+                break
+            loss = self.train_on(sampled.batch, sampled.rollout)
+        return loss
+
+    def train_on(self, batch: dict[str, Any], rollout: Rollout) -> torch.Tensor:
+        """The updates on one batch of prompts and its rollout (``epochs_per_batch`` passes of ``mini_batches``)."""
         optimizer = self.optimizers()
+        self._sampled = rollout
         with self._held.arm(self.mini_batches == 1 and self.hold_first_forward):
             exp = self.make_experience(batch)
-        self.record("train", self.experience_metrics(exp))
+        self.record("train", {**self.experience_metrics(exp),
+                              "generation/staleness": torch.tensor(float(self.global_step - rollout.version))})
         if exp.importance is not None:  # the correction applied to this batch (GenerationGapMonitor: its gap)
             self.log_dict(importance_metrics(exp.importance), on_step=True, on_epoch=False)
         loss = None
@@ -322,7 +376,8 @@ class OnPolicyObjective(AlignmentModule):
                     loss, metrics = self.experience_loss(exp.rows(rows))
                 self.manual_backward(loss)
                 self.clip_and_log_gradients(optimizer, self.max_grad_norm)
-                optimizer.step()
+                with self.sampling_loop.weights_update():
+                    optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 self.record("train", {"loss": loss.detach(), **metrics})
         scheduler = self.lr_schedulers()
@@ -353,10 +408,16 @@ class OnPolicyObjective(AlignmentModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         drop_frozen(checkpoint.get("state_dict"), "reward_model.")
+        checkpoint["rollouts"] = self.sampling_loop.state_dict()  # batches not trained on yet: re-queued on resume
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         restore_frozen(checkpoint.get("state_dict"), self.reward_model, "reward_model.")
+        self.sampling_loop.load_state_dict(checkpoint.get("rollouts", {}))
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        self.sampling_loop.close()
 
 
 class HeldForward:

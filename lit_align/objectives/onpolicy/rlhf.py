@@ -78,6 +78,9 @@ class RLHF(OnPolicyObjective):
         epochs_per_batch: PPO epochs over each sampled batch. PAPER: 4.
     """
 
+    episodes_refusal = ("its value head bootstraps at every token, through the tool and environment tokens the "
+                        "policy did not choose; use GRPO or RLOO")
+
     def __init__(
         self,
         kl_coef: float = 0.05,

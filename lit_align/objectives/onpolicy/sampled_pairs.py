@@ -34,6 +34,9 @@ class SampledPairObjective(OnPolicyObjective):
             unlabelled).
     """
 
+    episodes_refusal = ("its loss compares two single responses to a prompt (of the policy, pi_0 or the data), not "
+                        "two episodes; use GRPO or RLOO")
+
     def __init__(self, pairs: PairSource = "on_policy", **kwargs: Any) -> None:
         if pairs not in ("on_policy", "reference", "dataset"):
             raise ValueError(f"pairs must be on_policy, reference or dataset; got {pairs!r}")
