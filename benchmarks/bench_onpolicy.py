@@ -6,6 +6,7 @@ sampling, precision and number of updates per batch of prompts.
     OMP_NUM_THREADS=1 python benchmarks/bench_onpolicy.py --repeats 1       # one process per framework and row
     python benchmarks/bench_onpolicy.py --batches 3 --warmup 1 --repeats 1  # smoke run
     python benchmarks/bench_onpolicy.py --pairs distill --breakdown         # per-phase times of one worker each
+    python benchmarks/bench_onpolicy.py --pairs rebel --max-staleness 0 1   # lit-align, synchronous vs asynchronous
 
 Rows (lit-align objective vs TRL trainer, optimizer updates per batch of prompts):
 
@@ -29,12 +30,19 @@ on-policy configs turn it on by default), dropout off.
 Each measurement is a fresh process (``--worker lit|trl``, frameworks alternating so drift in machine speed hits
 both alike) that runs ``--warmup`` batches of prompts untimed and ``--batches - --warmup`` timed; a batch is timed
 from the end of the previous batch's last optimizer step to the end of its own, so it covers data, generation,
-scoring, the no-grad forwards, every update and logging. Generation time is that of
-``PolicyWithReference.generate`` (lit-align) and ``_generate_single_turn`` (TRL: the padded ``model.generate`` call
-and cutting at EOS). Memory is the process's peak RSS, its RSS after the imports and the growth from just before
-training to the peak. ``--breakdown`` also times each phase of a batch (generation, reward scoring, the no-grad
-policy and reference log-prob forwards, the rest of making the experience, the update forwards with their loss,
-backward, gradient-norm clipping, optimizer step, everything else) and prints medians to stderr.
+scoring, the no-grad forwards, every update and logging. Generation time is that of the objective's
+``sample_responses`` (lit-align: ``PolicyWithReference.generate``, on the rollout worker thread when asynchronous)
+and ``_generate_single_turn`` (TRL: the padded ``model.generate`` call and cutting at EOS). Memory is the process's
+peak RSS, its RSS after the imports and the growth from just before training to the peak. ``--breakdown`` also times
+each phase of a batch (generation, reward scoring, the no-grad policy and reference log-prob forwards, the rest of
+making the experience, the update forwards with their loss, backward, gradient-norm clipping, optimizer step,
+everything else) and prints medians to stderr.
+
+``--max-staleness 0 1`` measures lit-align alone, once per value (0: the synchronous loop; 1: the next batch sampled
+on a worker thread while the trainer updates, docs/onpolicy.md): the batch time, and separately the generation
+seconds and the update seconds (``train_on``: scoring, the no-grad forwards and the optimizer updates) per batch,
+with the load average around each process. On a machine where the two can run side by side, the asynchronous batch
+approaches ``max(generation, update)`` instead of their sum.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -122,9 +131,11 @@ class BatchClock:
         self.phases: list[dict[str, float]] = []
         self.current: dict[str, float] = {}
         self.prompt_tokens: list[float] = []
+        self._lock = threading.Lock()  # a rollout worker thread adds its generation time too
 
     def add(self, phase: str, seconds: float) -> None:
-        self.current[phase] = self.current.get(phase, 0.0) + seconds
+        with self._lock:
+            self.current[phase] = self.current.get(phase, 0.0) + seconds
 
     def timed(self, phase, fn):
         """``fn`` wrapped so that its time goes to ``phase`` (a name, or a function of the call's arguments)."""
@@ -139,9 +150,10 @@ class BatchClock:
         return wrapper
 
     def tick(self) -> None:
-        self.ends.append(time.perf_counter())
-        self.phases.append(self.current)
-        self.current = {}
+        with self._lock:
+            self.ends.append(time.perf_counter())
+            self.phases.append(self.current)
+            self.current = {}
 
     def summary(self, warmup: int, rss_imports: float, rss_train_start: float, param_change: float) -> dict:
         times = [b - a for a, b in zip(self.ends[warmup - 1 :], self.ends[warmup:])]
@@ -150,6 +162,8 @@ class BatchClock:
             "batch_time": statistics.median(times),
             "batches": len(times),
             "generation_share": statistics.median(p.get("generate", 0.0) / t for p, t in zip(phases, times)),
+            "generate_s": statistics.median(p.get("generate", 0.0) for p in phases),
+            "update_s": statistics.median(p.get("update", 0.0) for p in phases),
             "peak_memory_mb": peak_rss_mb(),
             "rss_after_imports_mb": rss_imports,
             "rss_growth_mb": peak_rss_mb() - rss_train_start,
@@ -187,7 +201,8 @@ def run_lit_align(args) -> dict:
     sampling = SamplingConfig(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, temperature=TEMPERATURE)
     common = {"policy": policy, "reward_model": args.reward_model, "sampling": sampling,
               "num_samples": SAMPLES_PER_PROMPT, "missing_eos_penalty": None, "learning_rate": LEARNING_RATE,
-              "lr_schedule": "constant", "warmup_ratio": 0.0, "max_grad_norm": 1.0}
+              "lr_schedule": "constant", "warmup_ratio": 0.0, "max_grad_norm": 1.0,
+              "max_staleness": args.max_staleness[0] if args.max_staleness else 0}
     if args.pair == "rlhf":
         module = RLHF(epochs_per_batch=1, kl_coef=KL_COEF, **common)
     elif args.pair == "rebel":
@@ -199,13 +214,14 @@ def run_lit_align(args) -> dict:
     data = PromptDataModule(path=args.data, batch_size=PROMPTS_PER_BATCH, max_length=2 * PROMPT_TOKENS + NEW_TOKENS,
                             max_prompt_length=2 * PROMPT_TOKENS, val_fraction=0.0, seed=0)
 
-    generate = policy.generate
+    sample_responses = module.sample_responses  # PolicyWithReference.generate, on the rollout worker if any
 
-    def timed_generate(prompt_ids, prompt_mask, *a, **kw):
-        clock.prompt_tokens.append(float(prompt_mask.sum(-1).float().mean()))
-        return generate(prompt_ids, prompt_mask, *a, **kw)
+    def timed_generate(batch):
+        clock.prompt_tokens.append(float(batch["prompt_mask"].sum(-1).float().mean()))
+        return sample_responses(batch)
 
-    policy.generate = clock.timed("generate", timed_generate)
+    module.sample_responses = clock.timed("generate", timed_generate)
+    module.train_on = clock.timed("update", module.train_on)  # scoring, no-grad forwards and the updates
     if args.breakdown:
         def scoring_phase(*a, **kw):
             reference = kw.get("reference", a[4] if len(a) > 4 else False)
@@ -239,7 +255,8 @@ def run_lit_align(args) -> dict:
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, num_sanity_val_steps=0, callbacks=[Timer()], precision="32-true")
     trainer.fit(module, data)
-    if len(clock.ends) != args.batches:
+    # an asynchronous run's first step only submits its batch: one step more than batches trained on
+    if len(clock.ends) != args.batches + (module.max_staleness > 0):
         raise RuntimeError(f"lit-align ran {len(clock.ends)} batches, expected {args.batches}")
     finish_breakdown(clock)
     change = float((watched.detach() - before).abs().max())
@@ -336,12 +353,13 @@ def run_trl(args) -> dict:
 # -- driver ------------------------------------------------------------------------------------------------------
 
 
-def measure(framework: str, pair: str, args, breakdown: bool = False) -> dict:
+def measure(framework: str, pair: str, args, breakdown: bool = False, max_staleness: int = 0) -> dict:
     """One measurement in a fresh process, so peak memory is this framework's alone."""
     cmd = [sys.executable, __file__, "--worker", framework, "--pair", pair, "--model", args.model,
            "--reward-model", args.reward_model, "--data", args.data, "--workdir", args.workdir,
            "--batches", str(args.batches), "--warmup", str(args.warmup), "--threads", str(args.threads)]
     cmd += ["--breakdown"] if breakdown else []
+    cmd += ["--max-staleness", str(max_staleness)] if max_staleness else []
     env = dict(os.environ, HF_DATASETS_CACHE=tempfile.mkdtemp(dir=args.workdir))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
@@ -372,6 +390,26 @@ def print_breakdown(pair: str, lit: dict, trl: dict) -> None:
     print(f"| batch | {lit['batch_time']:.3f} | | {trl['batch_time']:.3f} | |", flush=True)
 
 
+def compare_staleness(args) -> None:
+    """lit-align alone, one row per pair and ``--max-staleness`` value (processes alternating between the values)."""
+    print("| row | max_staleness | batch s (min-max) | generation s / batch | update s / batch | load average "
+          "before / after |")
+    print("|---|---|---|---|---|---|")
+    for pair in args.pairs:
+        runs: dict[int, list[dict]] = {value: [] for value in args.max_staleness}
+        loads: dict[int, list[str]] = {value: [] for value in args.max_staleness}
+        for _ in range(args.repeats):
+            for value, measured in runs.items():
+                before = os.getloadavg()[0]
+                measured.append(measure("lit", pair, args, max_staleness=value))
+                loads[value].append(f"{before:.1f} / {os.getloadavg()[0]:.1f}")
+        for value, measured in runs.items():
+            row = median_of(measured)
+            print(f"| {pair} | {value} | {row['batch_time']:.3f} ({row['batch_time_min']:.3f}-"
+                  f"{row['batch_time_max']:.3f}) | {row['generate_s']:.3f} | {row['update_s']:.3f} | "
+                  f"{', '.join(loads[value])} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", nargs="+", default=list(UPDATES), choices=list(UPDATES), help="rows of the table")
@@ -384,6 +422,9 @@ def main() -> None:
     parser.add_argument("--breakdown", action="store_true",
                         help="per-phase times; in the driver: one extra worker per framework and row, printed")
     parser.add_argument("--json", help="also write every measurement to this file")
+    parser.add_argument("--max-staleness", type=int, nargs="+",
+                        help="lit-align alone: one row per value of its max_staleness (0 = synchronous), with the "
+                             "generation and update seconds of a batch")
     parser.add_argument("--worker", choices=["lit", "trl"])
     parser.add_argument("--pair", choices=list(UPDATES))
     parser.add_argument("--model")
@@ -412,6 +453,13 @@ def main() -> None:
         build_model(Path(args.model), args.hidden, args.layers)
         build_reward_model(Path(args.reward_model), Path(args.model))
         prompt_tokens = build_prompts(Path(args.data), max(512, PROMPTS_PER_BATCH * args.batches), Path(args.model))
+        if args.max_staleness:
+            print(f"# On-policy, synchronous vs asynchronous generation (lit-align; CPU, {args.threads} thread(s); "
+                  f"Llama hidden {args.hidden}, {args.layers} layers; {PROMPTS_PER_BATCH} prompts x "
+                  f"{SAMPLES_PER_PROMPT} samples x {NEW_TOKENS} new tokens per batch; {args.warmup} warm-up + "
+                  f"{args.batches - args.warmup} timed batches; median of {args.repeats} process(es))\n")
+            compare_staleness(args)
+            return
         print(f"# On-policy: lit-align vs TRL (CPU, {args.threads} thread(s); Llama hidden {args.hidden}, "
               f"{args.layers} layers, vocabulary 474, float32; {PROMPTS_PER_BATCH} prompts of ~{prompt_tokens:.0f} "
               f"tokens x {SAMPLES_PER_PROMPT} samples x {NEW_TOKENS} new tokens per batch; {args.warmup} warm-up + "
