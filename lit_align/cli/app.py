@@ -23,10 +23,11 @@ import lit_align.data  # noqa: F401  (registers the DataModules for short names)
 import lit_align.objectives  # noqa: F401  (registers the objectives for short names)
 from lit_align.callbacks import AlignCheckpoint, HFExport, NonFiniteError, NonFiniteGuard, PredictionWriter
 from lit_align.callbacks.console import RunSummary, progress_bar
-from lit_align.cli.help import config_help, help_request, short_help, top_help
+from lit_align.cli.entry import answered, exit_with_one_line
+from lit_align.cli.help import config_help, help_request, short_help
 from lit_align.runs.console import quiet_console, strip_verbose_flag
 from lit_align.runs.plot import main as plot_main
-from lit_align.cli.shipped_configs import main as configs_main, resolve_config_args
+from lit_align.cli.shipped_configs import resolve_config_args
 from lit_align.runs.checkpoint_io import CheckpointLoadError
 from lit_align.data.sources import DataError
 from lit_align.errors import UserError
@@ -196,7 +197,6 @@ USER_ERRORS = (UserError, DataError, ModelLoadError, CheckpointLoadError, NonFin
 EXIT_PREEMPTED = 143
 #: Exit status of a rank whose peer went away mid-run (a generic failure, as an uncaught error would give).
 EXIT_LOST_RANK = 1
-DEBUG_ENV = "LIT_ALIGN_DEBUG"
 
 
 def main(args: list[str] | None = None) -> None:
@@ -206,13 +206,11 @@ def main(args: list[str] | None = None) -> None:
     The working directory is importable, as under ``python -m``: ``--model my_objectives.HingeDPO`` finds
     ``./my_objectives.py``. A ``--config`` naming no file here but a shipped config runs that config."""
     given = sys.argv[1:] if args is None else list(args)
+    if answered(given):  # the help and ``configs``: no run (lit_align.cli.entry, which lit-align starts in)
+        return None
     with importable_working_directory():
-        if given[:1] in (["plot"], ["configs"]):
-            command = plot_main if given[0] == "plot" else configs_main
-            return _run_user_command(lambda: command(given[1:]))
-        if not given or given[0] in ("-h", "--help"):
-            print(top_help())
-            return None if given else sys.exit(2)
+        if given[:1] == ["plot"]:
+            return _run_user_command(lambda: plot_main(given[1:]))
         _run_cli(given, from_sys_argv=args is None)
 
 
@@ -220,7 +218,8 @@ def _run_cli(given: list[str], from_sys_argv: bool) -> None:
     given = resolve_config_args(given)
     request = help_request(given)
     if request is not None and request[1] != "all":
-        return _print_help(*request, given)
+        text = config_help(request[0], given) if request[1] == "config" else None
+        return print(text or short_help(request[0]))
     if request is not None:  # `--help all`: LightningCLI's own, complete help
         del given[given.index("all")]
     given = strip_verbose_flag(given)
@@ -259,20 +258,8 @@ def importable_working_directory():
 
 
 def _exit_with_one_line(err: BaseException, message: str | None = None, status: int = 2) -> None:
-    """``lit-align: error: <message>`` and exit ``status``; with ``LIT_ALIGN_DEBUG=1`` the traceback instead."""
-    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
-        raise err
-    if message is None:
-        err = _unwrap(err)
-        message = " ".join(str(err).split()) or type(err).__name__
-    print(f"lit-align: error: {message}", file=sys.stderr)
-    print(f"(set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr)
-    sys.exit(status)
-
-
-def _print_help(subcommand: str, mode: str, args: list[str]) -> None:
-    text = config_help(subcommand, args) if mode == "config" else None
-    print(text or short_help(subcommand))
+    """``exit_with_one_line`` (lit_align.cli.entry) with the error a class raised, not jsonargparse's wrapper."""
+    exit_with_one_line(err if message is not None else _unwrap(err), message, status)
 
 
 def _run_user_command(command) -> None:

@@ -69,15 +69,10 @@ def _table(entries: list[tuple[str, str]]) -> list[str]:
     return [line for name, text in entries for line in _wrapped(text, pad + 2, f"  {name:<{pad}}")]
 
 
-def _kinds(objectives, names: list[str], width: int = 100) -> list[str]:
-    """The objectives' names grouped by the base they build on, wrapped to ``width``."""
-    kinds = (("on offline pairs", objectives.OfflinePairObjective), ("on labelled rows", objectives.OfflineObjective),
-             ("sampled during training", objectives.OnPolicyObjective), ("stages", objectives.AlignmentModule))
+def _kinds(groups: dict[str, tuple[str, ...]], width: int = 100) -> list[str]:
+    """The objectives' names, one group per base they build on, wrapped to ``width``."""
     lines = []
-    left = list(names)
-    for title, base in kinds:
-        group = [n for n in left if issubclass(getattr(objectives, n), base)]
-        left = [n for n in left if n not in group]
+    for title, group in groups.items():
         line = f"  {title + ':':<26}"
         for name in group:
             if len(line) + len(name) + 1 > width:
@@ -88,24 +83,41 @@ def _kinds(objectives, names: list[str], width: int = 100) -> list[str]:
     return lines
 
 
-def short_help(subcommand: str) -> str:
+def catalogue_of_classes() -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
+    """The objectives by the base they build on and the data modules with their first docstring paragraph, read
+    from the classes ``lit_align.objectives`` and ``lit_align.data`` export (imports torch): what
+    ``lit_align.cli.catalogue`` must say."""
     import lit_align.data as data
     import lit_align.objectives as objectives
     from lit_align.data.base import TextDataModule
     from lit_align.objectives.base import AlignmentModule
 
     bases = ("AlignmentModule", "OfflineObjective", "OfflinePairObjective", "OnPolicyObjective", "SampledPairObjective")
-    models = [n for n, _ in _catalogue(objectives, AlignmentModule) if n not in bases]
-    datamodules = [(n, t) for n, t in _catalogue(data, TextDataModule) if n != "TextDataModule"]
+    left = [n for n, _ in _catalogue(objectives, AlignmentModule) if n not in bases]
+    groups = {}
+    for title, base in (("on offline pairs", objectives.OfflinePairObjective),
+                        ("on labelled rows", objectives.OfflineObjective),
+                        ("sampled during training", objectives.OnPolicyObjective),
+                        ("stages", objectives.AlignmentModule)):
+        groups[title] = tuple(n for n in left if issubclass(getattr(objectives, n), base))
+        left = [n for n in left if n not in groups[title]]
+    return groups, {n: t for n, t in _catalogue(data, TextDataModule) if n != "TextDataModule"}
+
+
+def short_help(subcommand: str) -> str:
+    """``lit-align SUBCOMMAND --help``: the objectives and data modules (from ``lit_align.cli.catalogue``, nothing
+    imported) and where the details are."""
+    from lit_align.cli.catalogue import DATA_MODULES, OBJECTIVES
+
     lines = [
         f"usage: lit-align {subcommand} --config CONFIG.yaml [--model.ARG VALUE] [--data.ARG VALUE] "
         "[--trainer.ARG VALUE] ...",
         "",
         "Objectives (--model NAME, or the class_path of your own subclass; --model.help NAME describes one):",
-        *_kinds(objectives, models),
+        *_kinds(OBJECTIVES),
         "",
         "Data modules (--data NAME):",
-        *_table(datamodules),
+        *_table(sorted(DATA_MODULES.items())),
         "",
         "More help:",
         f"  lit-align {subcommand} --model.help DPO              every argument of one objective",
