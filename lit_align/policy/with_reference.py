@@ -178,12 +178,16 @@ class PolicyWithReference(nn.Module):
         more; a live reference), the final ``hidden`` states (B, T, H) (value heads)."""
         layout = Layout.of_rows(input_ids, completion_mask)
 
-        def score(paths: frozenset) -> CompletionScores:
+        def score(paths: frozenset, rows: torch.Tensor | None) -> CompletionScores:
+            if rows is not None:  # the fast-path check's plain forward, on a few rows (lit_align.models.fast_path)
+                ids, attention, completion = input_ids[rows], attention_mask[rows], completion_mask[rows]
+                return self._scores(Layout.of_rows(ids, completion), ids, attention, {}, temperature, reference,
+                                    model, entropy, kl, hidden, mask=completion[:, 1:].bool(), chunked=False)
             return self._scores(layout, input_ids, attention_mask, {}, temperature, reference, model, entropy, kl,
                                 hidden, mask=completion_mask[:, 1:].bool(), chunked=CHUNKED_HEAD in paths)
 
         return self.fast_paths.run(self._role(reference, model), self._architecture(model), (CHUNKED_HEAD,), score,
-                                   lambda: int(attention_mask.sum(-1).max()))
+                                   lambda: attention_mask.sum(-1))
 
     def packed_scores(self, packed: SharedPromptBatch, width: int, temperature: float = 1.0,
                       reference: bool = False, model: nn.Module | None = None) -> CompletionScores:
@@ -195,16 +199,17 @@ class PolicyWithReference(nn.Module):
         kwargs = {"position_ids": packed.position_ids, "logits_to_keep": packed.logits_to_keep}
         ids, attention, completion = packed.rows
 
-        def score(paths: frozenset) -> CompletionScores:
+        def score(paths: frozenset, rows: torch.Tensor | None) -> CompletionScores:
             chunked = CHUNKED_HEAD in paths
             if PACKING in paths:
                 return self._scores(layout, packed.input_ids, packed.attention_mask, kwargs, temperature, reference,
                                     model, chunked=chunked)
-            return self._scores(Layout.of_rows(ids, completion), ids, attention, {}, temperature, reference, model,
-                                mask=completion[:, 1:].bool(), chunked=chunked)
+            some = (ids, attention, completion) if rows is None else (ids[rows], attention[rows], completion[rows])
+            return self._scores(Layout.of_rows(some[0], some[2]), *some[:2], {}, temperature, reference, model,
+                                mask=some[2][:, 1:].bool(), chunked=chunked)
 
         return self.fast_paths.run(self._role(reference, model), self._architecture(model), (PACKING, CHUNKED_HEAD),
-                                   score, lambda: int(attention.sum(-1).max()))
+                                   score, lambda: attention.sum(-1))
 
     def packs(self, reference: bool = False, model: nn.Module | None = None) -> bool:
         """Whether rows scored under this source are packed behind shared prompts in this run (``fast_paths``)."""

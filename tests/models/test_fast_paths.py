@@ -222,3 +222,43 @@ def test_a_fallback_is_decided_the_same_way_for_the_reference_and_recorded_per_r
     with torch.no_grad():
         policy.packed_scores(pack_shared_prompt(ids, attention, completion, 2), ids.shape[1] - 1)
     assert not check.allows("policy", PACKING) and check.allows("reference", PACKING)
+
+
+class _IgnoresPackedMask(LlamaForCausalLM):
+    """An architecture that drops a 4-D mask (plain causal attention): packed completions see their siblings."""
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
+        if attention_mask is not None and attention_mask.dim() == 4:
+            attention_mask = None
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               **kwargs)
+
+
+def test_check_rows_are_the_longest_and_last_first_and_fit_the_budget():
+    from lit_align.models.fast_path import check_rows
+
+    lengths = torch.tensor([18, 23, 9, 20, 23, 12])
+    assert check_rows(lengths, vocab=100, budget=1).tolist() == [1, 5]  # the longest, the last
+    assert check_rows(lengths, vocab=100, budget=23 * 100 * 4).tolist() == [0, 1, 2, 5]  # + the shortest, the first
+    assert check_rows(lengths, vocab=100).tolist() == list(range(6))  # a small vocabulary: every row
+
+
+def test_the_check_at_a_large_vocabulary_runs_the_plain_forward_on_a_few_rows_and_still_catches_a_wrong_mask(
+        monkeypatch):
+    """At a 131k vocabulary the plain forward's (B, T, V) logits of the whole first batch were 4.5x the run's peak
+    memory: the check sees as many rows as fit the chunked head's budget (here the fewest, 2), which still cover a
+    packed row whose mask must hide its sibling."""
+    import lit_align.models.fast_path as fast_path
+
+    monkeypatch.setattr(fast_path, "CHUNK_ELEMENTS", 1)
+    model = _model_of(_IgnoresPackedMask)
+    ids, attention, completion = _rows()
+    expected, _ = _plain(model, ids, attention, completion)
+    policy = _host(model)
+    seen = []
+    model.register_forward_pre_hook(
+        lambda _, args, kwargs: seen.append((kwargs["input_ids"].shape[0], kwargs["attention_mask"].dim())),
+        with_kwargs=True)
+    torch.testing.assert_close(_packed(policy, ids, attention, completion), expected, atol=1e-5, rtol=0)
+    assert not policy.fast_paths.allows("policy", PACKING)
+    assert [rows for rows, dim in seen if dim == 2][0] == fast_path.MIN_CHECK_ROWS  # the check's plain forward
