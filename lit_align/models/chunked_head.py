@@ -33,8 +33,14 @@ from torch.utils.checkpoint import checkpoint
 
 from lit_align.models.logprobs import check_temperature
 
-# Float32 logits per chunk (64 MiB): 128 positions at a 131,072-entry vocabulary.
+#: Most float32 logits per chunk (64 MiB): 128 positions at a 131,072-entry vocabulary.
 CHUNK_ELEMENTS = 2**24
+#: Fewest float32 logits per chunk the work may choose (16 MiB): smaller chunks start to cost time (measured in
+#: docs/performance.md: 8 and 32 chunks of 1,024 positions at 131,072 entries took the same time, 128 more).
+MIN_CHUNK_ELEMENTS = 2**22
+#: A chunk's logits are kept to about one decoder layer's activations of the same positions (~16 floats per
+#: hidden unit and position), between the two bounds above: a small model is not made to hold 64 MiB of logits.
+ACTIVATION_MULTIPLE = 16
 # Config fields of what forwards do to the logits after the head: factors, divisors and the soft cap.
 _MULTIPLIERS = ("lm_head_multiplier", "logit_scale", "output_multiplier")
 _DIVISORS = ("logits_scaling",)
@@ -176,7 +182,7 @@ def head_scores(head: nn.Module | PostHead, hidden: torch.Tensor, labels: torch.
     (N, C), from their hidden states (N, H) and the head, chunk by chunk under activation checkpointing."""
     check_temperature(temperature)
     vocab = head.weight.shape[0]
-    rows = max(1, CHUNK_ELEMENTS // vocab)
+    rows = chunk_rows(hidden.shape[0], hidden.shape[-1], vocab)
     ref_hidden, ref_head = reference if reference is not None else (None, None)
     parts = []
     for start in range(0, hidden.shape[0], rows):
@@ -191,6 +197,22 @@ def head_scores(head: nn.Module | PostHead, hidden: torch.Tensor, labels: torch.
     if not parts:
         return hidden.new_zeros(0, 2 + entropy + 2 * (reference is not None), dtype=torch.float32)
     return torch.cat(parts)
+
+
+def chunk_rows(positions: int, width: int, vocab: int) -> int:
+    """Positions per chunk of the head: logits of about ``ACTIVATION_MULTIPLE`` x ``positions`` x ``width``
+    floats (one layer's activations), at least ``MIN_CHUNK_ELEMENTS`` and at most ``CHUNK_ELEMENTS``, split evenly
+    over the chunks that takes (no small last chunk).
+
+    Args:
+        positions: the scored positions N of the call.
+        width: the hidden size H (the head's input).
+        vocab: the head's output size V.
+    """
+    budget = min(CHUNK_ELEMENTS, max(MIN_CHUNK_ELEMENTS, ACTIVATION_MULTIPLE * positions * width))
+    most = max(1, budget // vocab)
+    chunks = max(1, -(-positions // most))
+    return max(1, -(-positions // chunks))
 
 
 def _scores(logits: torch.Tensor, labels: torch.Tensor, temperature: float, entropy: bool,

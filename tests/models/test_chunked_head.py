@@ -224,3 +224,16 @@ def test_no_grad_forwards_of_a_step_run_before_the_policy_keeps_its_activations(
     assert not any(grad for _, grad in events[:-1]), events
     assert len(events) == (4 if objective == "KTO" else 2)
     assert loss.requires_grad
+
+
+def test_the_chunk_is_chosen_from_the_work_within_its_bounds():
+    """A chunk's logits are about one layer's activations of its positions (16 x N x H floats), never more than
+    CHUNK_ELEMENTS nor fewer than MIN_CHUNK_ELEMENTS, split evenly over the chunks."""
+    from lit_align.models.chunked_head import CHUNK_ELEMENTS, MIN_CHUNK_ELEMENTS, chunk_rows
+
+    vocab = 131_072
+    assert chunk_rows(1024, 64, vocab) == MIN_CHUNK_ELEMENTS // vocab == 32  # a tiny model: 16 MiB chunks, not 64
+    assert chunk_rows(4096, 4096, vocab) == CHUNK_ELEMENTS // vocab == 128  # a real one: the ceiling
+    assert chunk_rows(1024, 512, vocab) == 64  # in between: 16 x 1024 x 512 floats
+    assert chunk_rows(130, 4096, vocab) == 65  # two even chunks instead of 128 + 2
+    assert chunk_rows(1000, 256, 474) == 1000  # a small vocabulary: one chunk
