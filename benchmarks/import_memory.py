@@ -3,10 +3,16 @@ model is loaded.
 
     python benchmarks/import_memory.py          # both stacks, each in a fresh process
     python benchmarks/import_memory.py --stack lit
+    python benchmarks/import_memory.py --startup 5   # whole start-ups: medians of 5 fresh processes each
 
 Each stack is imported in a fresh process, module by module, in the order given below; a row is the RSS added by
 that import (what an earlier one already loaded is not counted again). ``matplotlib.pyplot`` is listed on its own
 in lit-align's stack because torchmetrics (which Lightning imports) imports it whenever matplotlib is installed.
+lit-align imports ``datasets`` only where it reads rows, so it is not in lit-align's stack.
+
+``--startup N`` times whole start-ups instead, each in N fresh processes (medians, with the range): the imports a
+run pays (lit-align's objectives and callbacks, the base ``lightning, transformers, torch``, TRL's DPO trainer),
+timed inside the process, with the process's peak RSS; and ``lit-align fit --help``, timed from outside.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ import subprocess
 import sys
 
 STACKS = {
-    "lit": ["torch", "transformers", "transformers.modeling_utils", "datasets", "matplotlib.pyplot", "torchmetrics",
-            "lightning.pytorch", "peft", "jsonargparse", "lit_align.policy.with_reference", "lit_align.objectives", "lit_align.cli"],
+    "lit": ["torch", "transformers", "transformers.modeling_utils", "matplotlib.pyplot", "torchmetrics",
+            "lightning.pytorch", "peft", "jsonargparse", "lit_align.policy.with_reference", "lit_align.objectives",
+            "lit_align.cli"],
     "trl": ["torch", "transformers", "transformers.modeling_utils", "datasets", "accelerate", "trl",
             "trl.trainer.dpo_trainer"],
 }
@@ -46,11 +53,53 @@ def measure(stack: str) -> list[tuple[str, float, bool]]:
     return rows
 
 
+#: What ``--startup`` times: a label and the Python statement of each start-up.
+STARTUPS = {
+    "import lightning, transformers, torch": "import lightning, transformers, torch",
+    "import lit_align.objectives, lit_align.callbacks": "import lit_align.objectives, lit_align.callbacks",
+    "from trl import DPOTrainer": "from trl import DPOTrainer",
+}
+TIMED = "import resource, time; t = time.perf_counter(); {}; " \
+        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+
+
+def startups(runs: int) -> None:
+    """Print the median wall time (s) and peak RSS (MiB) of each start-up over ``runs`` fresh processes."""
+    import os
+    import statistics
+    import time
+
+    print(f"load before: {os.getloadavg()[0]:.1f}\n")
+    print("| start-up | s, median (min-max) | peak RSS MiB, median |\n|---|---|---|")
+    for label, statement in STARTUPS.items():
+        times, peaks = [], []
+        for _ in range(runs):
+            out = subprocess.run([sys.executable, "-c", TIMED.format(statement)], capture_output=True, text=True,
+                                 check=True)
+            seconds, peak = map(float, out.stdout.split()[-2:])
+            times.append(seconds)
+            peaks.append(peak)
+        print(f"| `{label}` | {statistics.median(times):.2f} ({min(times):.2f}-{max(times):.2f}) | "
+              f"{statistics.median(peaks):.0f} |", flush=True)
+    command = [os.path.join(os.path.dirname(sys.executable), "lit-align"), "fit", "--help"]
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(command, capture_output=True, check=True)
+        times.append(time.perf_counter() - start)
+    print(f"| `lit-align fit --help` (whole process) | {statistics.median(times):.2f} ({min(times):.2f}-"
+          f"{max(times):.2f}) | - |")
+    print(f"\nload after: {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stack", choices=list(STACKS))
     parser.add_argument("--worker", action="store_true")
+    parser.add_argument("--startup", type=int, metavar="N", help="time whole start-ups, N processes each")
     args = parser.parse_args()
+    if args.startup:
+        return startups(args.startup)
     if args.worker:
         print(json.dumps({"rows": measure(args.stack), "total": rss_mb()}))
         return
