@@ -191,3 +191,29 @@ def test_an_environment_and_a_reward_model_are_refused_together():
 @pytest.mark.parametrize("config", ["onpolicy/grpo_calculator.yaml", "onpolicy/rloo_calculator.yaml"])
 def test_calculator_environment_trains_from_its_config(run_dir, config):
     assert run_main(fit_args(config, "--model.init_args.max_staleness=1", steps=3)) == 0
+
+
+def test_the_worker_samples_from_a_generation_copy_refreshed_from_the_trained_weights():
+    import threading
+
+    from lit_align.objectives.onpolicy.sampling_loop import GenerationCopy
+
+    policy = PolicyWithReference(reference="none")
+    gen = GenerationCopy(policy)
+    trained = next(policy.policy.parameters())
+    with torch.no_grad():
+        trained.add_(1.0)  # an optimizer step
+    assert not torch.equal(next(gen.model.parameters()), trained)
+    gen.refresh()
+    assert torch.equal(next(gen.model.parameters()), trained) and next(gen.model.parameters()) is not trained
+    seen = {}
+
+    def worker():
+        gen.activate()
+        seen["worker"] = gen.current(policy)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen["worker"].policy is gen.model and seen["worker"].tokenizer is not policy.tokenizer
+    assert gen.current(policy) is policy  # the trainer's thread never sees the copy
