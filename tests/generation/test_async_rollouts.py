@@ -69,7 +69,7 @@ def test_staleness_zero_is_inline_and_draws_like_the_synchronous_loop():
 def test_worker_records_versions_within_the_bound(max_staleness, steps):
     source = ThreadedRollouts(fake_rollout, max_staleness, steps_per_batch=steps)
     try:
-        trained = train(source, range(8), steps_per_batch=steps, work=0.002)
+        trained = train(source, range(8), steps_per_batch=steps, work=0.01)  # time for the worker to run ahead
     finally:
         source.close()
     assert [b for b, _, _ in trained] == list(range(8))  # every batch once, in data order
