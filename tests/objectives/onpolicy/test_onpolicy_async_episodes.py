@@ -106,7 +106,9 @@ def test_asynchronous_rollouts_carry_their_versions_within_the_bound():
     fit(module, max_steps=-1, max_epochs=1, callbacks=[recorder])
     indices = [i for i, _, _ in recorder.trained]
     assert len(indices) == 8 and len(set(indices)) == 8 and module.global_step == 8
-    assert [at - v for _, v, at in recorder.trained] == [0] + [1] * 7  # the first waited; then one version ahead
+    staleness = [at - v for _, v, at in recorder.trained]
+    assert staleness[0] == 0 and set(staleness) <= {0, 1}  # the first batch waits for its rollout; none older than 1
+    assert staleness.count(1) >= 4  # sampled one version ahead while the trainer updated (all 7 unless starved)
     assert module.sampling_loop.source is None  # the worker stopped with the fit
 
 
