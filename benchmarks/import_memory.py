@@ -12,7 +12,8 @@ lit-align imports ``datasets`` only where it reads rows, so it is not in lit-ali
 
 ``--startup N`` times whole start-ups instead, each in N fresh processes (medians, with the range): the imports a
 run pays (lit-align's objectives and callbacks, the base ``lightning, transformers, torch``, TRL's DPO trainer),
-timed inside the process, with the process's peak RSS; and ``lit-align fit --help``, timed from outside.
+timed inside the process, with the process's peak RSS; and ``lit-align fit --help``, timed from outside. The
+start-ups alternate within each round.
 """
 
 from __future__ import annotations
@@ -71,24 +72,23 @@ def startups(runs: int) -> None:
 
     print(f"load before: {os.getloadavg()[0]:.1f}\n")
     print("| start-up | s, median (min-max) | peak RSS MiB, median |\n|---|---|---|")
-    for label, statement in STARTUPS.items():
-        times, peaks = [], []
-        for _ in range(runs):
+    command = [os.path.join(os.path.dirname(sys.executable), "lit-align"), "fit", "--help"]
+    times: dict[str, list[float]] = {label: [] for label in [*STARTUPS, "`lit-align fit --help`"]}
+    peaks: dict[str, list[float]] = {label: [] for label in STARTUPS}
+    for _ in range(runs):  # the start-ups alternate, so a change in the machine's load hits all alike
+        for label, statement in STARTUPS.items():
             out = subprocess.run([sys.executable, "-c", TIMED.format(statement)], capture_output=True, text=True,
                                  check=True)
             seconds, peak = map(float, out.stdout.split()[-2:])
-            times.append(seconds)
-            peaks.append(peak)
-        print(f"| `{label}` | {statistics.median(times):.2f} ({min(times):.2f}-{max(times):.2f}) | "
-              f"{statistics.median(peaks):.0f} |", flush=True)
-    command = [os.path.join(os.path.dirname(sys.executable), "lit-align"), "fit", "--help"]
-    times = []
-    for _ in range(runs):
+            times[label].append(seconds)
+            peaks[label].append(peak)
         start = time.perf_counter()
         subprocess.run(command, capture_output=True, check=True)
-        times.append(time.perf_counter() - start)
-    print(f"| `lit-align fit --help` (whole process) | {statistics.median(times):.2f} ({min(times):.2f}-"
-          f"{max(times):.2f}) | - |")
+        times["`lit-align fit --help`"].append(time.perf_counter() - start)
+    for label, seconds in times.items():
+        peak = f"{statistics.median(peaks[label]):.0f}" if label in peaks else "- (whole process, timed outside)"
+        print(f"| {label if label.startswith('`') else f'`{label}`'} | {statistics.median(seconds):.2f} "
+              f"({min(seconds):.2f}-{max(seconds):.2f}) | {peak} |")
     print(f"\nload after: {os.getloadavg()[0]:.1f}")
 
 
