@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import threading
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
@@ -21,8 +21,23 @@ from lit_align.errors import UserError
 from lit_align.generation.async_rollouts import RolloutSource, Sampled, rollout_source
 from lit_align.generation.episodes import EpisodeRollout, prompt_rows, run_episodes, turns_from_generate
 
-if TYPE_CHECKING:
-    from lit_align.objectives.onpolicy.base import OnPolicyObjective
+
+
+class SamplingHost(Protocol):
+    """What the sampling loop reads of the on-policy objective that owns it (``OnPolicyObjective``; a protocol, so
+    that this module, which the objective imports, never imports it back)."""
+
+    policy: Any
+    trainer: Any
+    sampling: Any
+    environment: Any
+    num_samples: int
+    epochs_per_batch: int
+    mini_batches: int
+    max_staleness: int
+    global_step: int
+
+    def sample_responses(self, batch: dict[str, Any]) -> Any: ...
 
 
 class GenerationCopy:
@@ -56,7 +71,7 @@ class GenerationCopy:
         return self.policy if getattr(self._local, "active", False) else policy
 
 
-def play_episodes(objective: OnPolicyObjective, batch: dict[str, Any], policy: Any) -> EpisodeRollout:
+def play_episodes(objective: SamplingHost, batch: dict[str, Any], policy: Any) -> EpisodeRollout:
     """``num_samples`` episodes of the objective's environment per prompt of ``batch``, sampled from ``policy``
     (a ``PolicyWithReference``, whose tokenizer renders the episodes)."""
     environment, tokenizer = objective.environment, policy.tokenizer
@@ -73,7 +88,7 @@ class SamplingLoop:
             ``epochs_per_batch`` and ``mini_batches`` set the pace).
     """
 
-    def __init__(self, objective: OnPolicyObjective) -> None:
+    def __init__(self, objective: SamplingHost) -> None:
         self.objective = objective
         self.copy: GenerationCopy | None = None
         self.source: RolloutSource | None = None
