@@ -7,6 +7,7 @@ import pytest
 import torch.distributed as dist
 
 import lit_align.cli.app
+import lit_align.cli.entry
 from support.cli import run_main
 from lit_align.distributed.strategies import lost_rank_message
 
@@ -45,7 +46,7 @@ def test_cli_exits_non_zero_with_one_line(monkeypatch, capsys):
         raise RuntimeError(GLOO_CLOSED)
 
     monkeypatch.setattr(lit_align.cli.app, "build_cli", lose_a_peer)
-    monkeypatch.delenv(lit_align.cli.app.DEBUG_ENV, raising=False)  # set, it would show the traceback instead
+    monkeypatch.delenv(lit_align.cli.entry.DEBUG_ENV, raising=False)  # set, it would show the traceback instead
     assert run_main(["fit"]) == lit_align.cli.app.EXIT_LOST_RANK != 0
     lines = capsys.readouterr().err.splitlines()
     assert [line for line in lines if line.startswith("lit-align: error: lost contact")] == lines[:1]

@@ -100,22 +100,15 @@ class OnPolicyObjective(AlignmentModule):
             (replaces the reward model's score); ``None`` keeps the reward model's score. TRL default: None
             (RLHF, ReverseKL and REBEL set the PAPER's -1).
         reward_stage: How the reward model is trained when ``reward_model`` is not given.
-        importance_correction: Correct the mismatch between the generation engine's probabilities and the
-            trainer's (``lit_align.losses.importance.ImportanceCorrection``: ``mode`` ``token_truncate``,
-            ``sequence_truncate``, ``token_mask`` or ``sequence_mask``, bounds ``clip_max`` and ``clip_min``):
-            every policy-gradient term is weighted by the ratio of the sampling-time policy's probability of the
-            sampled tokens to the engine's (``Rollout.engine_logps``), bounded or masked; logged as
-            ``generation/is_ratio/*``. Default None: nothing corrected (TRL 1.16's GRPO corrects its vLLM path
-            by default, with ``sequence_mask`` and ``clip_max`` 3). See docs/onpolicy.md.
-        max_staleness: Asynchronous generation: how many weight versions (optimizer steps) older than the weights
-            being trained a rollout may be. 0 (the default) is the synchronous loop (TRL default: its trainers
-            sample, then train); n >= 1 samples the next batches on a worker thread, from a copy of the weights,
-            while the trainer updates (one device; see docs/onpolicy.md, "Asynchronous generation").
-        environment: Train on multi-turn episodes of this environment instead of single responses, e.g.
-            ``lit_align.environments.CalculatorEnvironment`` (by ``class_path``): ``num_samples`` episodes per
-            prompt, scored by the environment's rewards (no reward model); the tokens the policy did not write
-            are in no loss, KL or entropy (docs/onpolicy.md, "Environments and tools"). Default None: single
-            responses (TRL default).
+        importance_correction: Weight every policy-gradient term by the ratio of the trainer's to the generation
+            engine's probability of the sampled tokens, truncated or masked (``ImportanceCorrection``: ``mode``,
+            ``clip_max``, ``clip_min``; docs/onpolicy.md). Default None: nothing corrected (TRL 1.16 corrects its
+            vLLM path by default, ``sequence_mask`` with ``clip_max`` 3).
+        max_staleness: How many optimizer steps older than the trained weights a rollout may be: 0 (the default,
+            TRL's) samples then trains; n >= 1 samples ahead on a worker thread from a copy of the weights.
+        environment: Train on multi-turn episodes of this environment (by ``class_path``, e.g.
+            ``lit_align.environments.CalculatorEnvironment``), scored by its rewards; tokens the policy did not
+            write are in no loss. Default None: single responses (TRL's).
     """
 
     #: Why this objective cannot train on multi-turn episodes (``environment``); None: it can.
