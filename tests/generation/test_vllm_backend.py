@@ -215,3 +215,23 @@ def test_importance_correction_with_the_engine_is_near_one_and_logged(run_dir, m
     logged = cli.trainer.logged_metrics
     assert abs(float(logged["generation/logprob_gap"])) < 1e-3
     assert abs(float(logged["generation/is_ratio/mean"]) - 1) < 1e-3
+
+
+def test_asynchronous_generation_with_the_engine(run_dir, model_dir):
+    """``max_staleness: 1`` with the colocated engine: the worker thread samples through the engine, which is fed the
+    generation copy's weights (refreshed from the trained ones), and every batch is trained on once."""
+    from support.cli import fit_args
+
+    from lit_align.cli.app import build_cli
+
+    cli = build_cli(fit_args("pdistill.yaml", "--model.reward_model=tiny", "--data.limit_rows=16",
+                             "--data.batch_size=4", "--model.sampling.max_new_tokens=6",
+                             "--model.epochs_per_batch=1", "--model.max_staleness=1",
+                             f"--model.policy.init_args.model={model_dir}",
+                             "--model.policy.init_args.generation=vllm",
+                             "--model.policy.init_args.vllm_options={cpu_kv_cache_gib: 1}", steps=3))
+    assert cli.trainer.global_step == 3
+    backend = cli.model.policy.generation_backend
+    assert backend.llm is not None, "the vllm engine never sampled"
+    assert backend.pushes >= 2, f"the updated weights were never pushed ({backend.pushes} push)"
+    assert cli.trainer.logged_metrics["train/generation/staleness"] <= 1
