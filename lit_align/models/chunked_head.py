@@ -330,6 +330,13 @@ class Layout:
         out = torch.zeros(self.num_rows, self.width, dtype=values.dtype, device=values.device)
         return out.index_put((self.row, self.column), values)
 
+    def unpack(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, kept, H) states of a packed forward -> (rows, width + 1, H) in the rows' layout: column t holds the
+        state that predicts token t + 1 where that token is scored, zero elsewhere (the last column always)."""
+        picked = hidden.reshape(-1, hidden.shape[-1])[self.index]  # (N, H)
+        out = hidden.new_zeros(self.num_rows, self.width + 1, hidden.shape[-1])
+        return out.index_put((self.row, self.column), picked)
+
     def row_means(self, values: torch.Tensor) -> torch.Tensor:
         """(N,) values -> (rows,) mean over each row's scored tokens."""
         zeros = torch.zeros(self.num_rows, dtype=values.dtype, device=values.device)
@@ -341,6 +348,8 @@ class Layout:
         """``CompletionScores`` from the (N, C) columns of ``head_scores``."""
         if mask is None:
             mask = self.scatter(torch.ones_like(self.labels, dtype=torch.bool))
+        if hidden is not None and self.kept is not None:  # packed rows: the states of the scored positions
+            hidden = self.unpack(hidden)
         out = CompletionScores(logps=self.scatter(columns[:, 0]), mask=mask,
                                mean_logits=self.row_means(columns[:, 1].detach()), hidden=hidden)
         if entropy:

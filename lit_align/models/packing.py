@@ -52,45 +52,65 @@ class SharedPromptBatch:
 
 
 def pack_shared_prompt(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor, num_completions: int
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
+    groups: int | torch.Tensor,
 ) -> SharedPromptBatch:
-    """Pack ``CompletionCollator`` rows (K*B, T), right-padded, block k = completion k of every example, into
-    (B, L) rows. Every block must hold the same prompts."""
-    rows, device = input_ids.shape[0], input_ids.device
-    num_examples = rows // num_completions
-    mask = completion_mask.bool()
-    lengths = mask.sum(-1)  # (K*B,)
-    # the completion starts where the prompt ends; a row whose completion was truncated away is all prompt
-    prompt_lengths = torch.where(lengths > 0, mask.int().argmax(-1), attention_mask.sum(-1))
-    prompt_lengths = prompt_lengths.view(num_completions, num_examples).max(0).values  # (B,)
-    sizes = torch.stack([prompt_lengths, *lengths.view(num_completions, num_examples)], 1).tolist()  # one sync
+    """Pack (R, T) rows of prompt + completion, each group of rows sharing one prompt, into one row per group.
 
-    packed_length = max(sum(s) for s in sizes)
+    Args:
+        input_ids: (R, T) rows whose real tokens are contiguous: right-padded (``CompletionCollator``) or a
+            left-padded prompt followed by a right-padded completion (a ``Rollout``).
+        attention_mask: (R, T) the real tokens.
+        completion_mask: (R, T) the scored tokens: one contiguous completion per row, after its prompt.
+        groups: which rows share a prompt: K for the collator's block layout (row ``k * B + b`` is completion k
+            of example b), or (R,) the example of every row (a rollout's ``prompt_index``). The rows of a group
+            must hold the same prompt; the packed row b is the b-th example in increasing order.
+    """
+    rows, device = input_ids.shape[0], input_ids.device
+    if isinstance(groups, int):
+        groups = torch.arange(rows, device=device) % (rows // groups)
+    mask, real = completion_mask.bool(), attention_mask.bool()
+    lengths = mask.sum(-1)  # (R,)
+    starts = real.int().argmax(-1)  # the first real token: 0 for right-padded rows
+    # the completion starts where the prompt ends; a row whose completion was truncated away is all prompt
+    ends = torch.where(lengths > 0, mask.int().argmax(-1), starts + real.sum(-1))
+    layout = torch.stack([groups.to(device), starts, ends, lengths], 1).tolist()  # one sync
+    members: dict[int, list[int]] = {}
+    for row, (group, *_) in enumerate(layout):
+        members.setdefault(group, []).append(row)
+    order = [members[g] for g in sorted(members)]
+    # each group's prompt: that of its row with the longest one (rows without a completion may run longer)
+    prompts = [max(group, key=lambda r: layout[r][2] - layout[r][1]) for group in order]
+    prompt_sizes = [layout[r][2] - layout[r][1] for r in prompts]
+
+    num_examples = len(order)
+    packed_length = max(p + sum(layout[r][3] for r in group) for p, group in zip(prompt_sizes, order))
     ids = torch.zeros(num_examples, packed_length, dtype=input_ids.dtype, device=device)
     position_ids = torch.zeros(num_examples, packed_length, dtype=torch.long, device=device)
     segment = torch.full((num_examples, packed_length), -1, dtype=torch.long, device=device)  # -1 pad, 0 prompt
     sources, labels, row_of, column_of = [], [], [], []
-    min_prompt = min(s[0] for s in sizes)
-    first_kept = max(min_prompt - 1, 0)
+    first_kept = max(min(prompt_sizes) - 1, 0)
     keep = packed_length - first_kept
-    for b, (prompt, *completions) in enumerate(sizes):
-        ids[b, :prompt] = input_ids[b, :prompt]
+    for b, (group, prompt_row, prompt) in enumerate(zip(order, prompts, prompt_sizes)):
+        begin = layout[prompt_row][1]
+        ids[b, :prompt] = input_ids[prompt_row, begin : begin + prompt]
         position_ids[b, :prompt] = torch.arange(prompt, device=device)
         segment[b, :prompt] = 0
         start = prompt
-        for k, length in enumerate(completions):
-            row = k * num_examples + b
-            ids[b, start : start + length] = input_ids[row, prompt : prompt + length]
+        for k, row in enumerate(group):
+            completion, length = layout[row][2], layout[row][3]
+            ids[b, start : start + length] = input_ids[row, completion : completion + length]
             position_ids[b, start : start + length] = torch.arange(prompt, prompt + length, device=device)
             segment[b, start : start + length] = k + 1
-            # token j of completion k sits at start + j and is predicted by start + j - 1, token 0 by the prompt end
+            # token j of the completion sits at start + j and is predicted by start + j - 1, token 0 by the
+            # prompt's end; in the row's own next-token layout it is column completion - 1 + j
             predictors = torch.arange(start - 1, start + length - 1, device=device)
-            predictors[0] = prompt - 1
+            predictors[0:1] = prompt - 1
             scored = predictors >= 0  # a completion with no prompt before it: its first token has no predictor
             sources.append(b * keep + predictors[scored] - first_kept)
             labels.append(ids[b, start : start + length][scored])
             row_of.append(torch.full((int(scored.sum()),), row, device=device))
-            column_of.append(torch.arange(prompt - 1, prompt - 1 + length, device=device)[scored])
+            column_of.append(torch.arange(completion - 1, completion - 1 + length, device=device)[scored])
             start += length
 
     causal = torch.ones(packed_length, packed_length, dtype=torch.bool, device=device).tril()

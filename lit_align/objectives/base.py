@@ -8,6 +8,7 @@ loss and a dict of per-example (or scalar) diagnostics; the base logs them as ``
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Mapping
 from types import FrameType
 from typing import Any, ClassVar, Literal
@@ -17,6 +18,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from lit_align.data.base import DataRequest
+from lit_align.models.packing import packing_refusal
 from lit_align.policy.frozen import drop_frozen, restore_frozen
 from lit_align.objectives.metrics import StageMeans
 from lit_align.policy.with_reference import PolicyWithReference
@@ -142,6 +144,21 @@ class AlignmentModule(L.LightningModule):
     def reference_owner(cls, settings: Mapping[str, Any]) -> str:
         """Who needs the reference, as the refusal of an unfit one names it: the class name unless overridden."""
         return cls.__name__
+
+    # -- prompt sharing: whether the architecture allows it, decided here for every objective -------------------
+
+    def prompt_sharing(self, wanted: bool) -> bool:
+        """Whether the completions of one prompt are scored packed behind one copy of it (``share_prompt``): as
+        ``wanted``, unless the policy's architecture cannot be packed exactly (flash attention, ALiBi, recurrent
+        layers: ``lit_align.models.packing.packing_refusal``), which is said in a warning. What the config allows
+        is then checked on the run's first batch (``lit_align.models.fast_path``)."""
+        if not wanted:
+            return False
+        refusal = packing_refusal(self.policy.base_model)
+        if refusal is not None:
+            warnings.warn(f"share_prompt off for {type(self.policy.base_model).__name__}: {refusal}; running the "
+                          "completions as separate rows instead")
+        return refusal is None
 
     # -- the data: told what this objective reads (``lit_align.data.base.DataRequest``), in one place -----------
 

@@ -190,10 +190,12 @@ class PolicyWithReference(nn.Module):
                                    lambda: attention_mask.sum(-1))
 
     def packed_scores(self, packed: SharedPromptBatch, width: int, temperature: float = 1.0,
-                      reference: bool = False, model: nn.Module | None = None) -> CompletionScores:
+                      reference: bool = False, model: nn.Module | None = None, entropy: bool = False,
+                      kl: bool = False, hidden: bool = False) -> CompletionScores:
         """``completion_scores`` of the rows packed behind shared prompts (``lit_align.models.packing``), in the
         unpacked rows' layout (``width`` = T-1 of the unpacked batch): only the kept positions that predict a
-        completion token meet the head. Where packing is off for the run (``packs``), the rows run separately."""
+        completion token meet the head, and ``hidden`` is (R, T, H) with the states of those positions (zero
+        elsewhere). Where packing is off for the run (``packs``), the rows run separately."""
         layout = Layout(packed.source, packed.labels, packed.row, packed.column, packed.num_rows, width,
                         kept=packed.logits_to_keep)
         kwargs = {"position_ids": packed.position_ids, "logits_to_keep": packed.logits_to_keep}
@@ -203,10 +205,10 @@ class PolicyWithReference(nn.Module):
             chunked = CHUNKED_HEAD in paths
             if PACKING in paths:
                 return self._scores(layout, packed.input_ids, packed.attention_mask, kwargs, temperature, reference,
-                                    model, chunked=chunked)
+                                    model, entropy, kl, hidden, mask=completion[:, 1:].bool(), chunked=chunked)
             some = (ids, attention, completion) if rows is None else (ids[rows], attention[rows], completion[rows])
             return self._scores(Layout.of_rows(some[0], some[2]), *some[:2], {}, temperature, reference, model,
-                                mask=some[2][:, 1:].bool(), chunked=chunked)
+                                entropy, kl, hidden, mask=some[2][:, 1:].bool(), chunked=chunked)
 
         return self.fast_paths.run(self._role(reference, model), self._architecture(model), (PACKING, CHUNKED_HEAD),
                                    score, lambda: attention.sum(-1))

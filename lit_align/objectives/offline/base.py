@@ -14,7 +14,6 @@ chosen rows first and the rejected rows after them; unpaired data (K = 1) has on
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
@@ -26,7 +25,7 @@ from lit_align.losses import PreferenceLoss, length_desensitized_logps
 from lit_align.objectives.metrics import preference_metrics
 from lit_align.objectives.base import AlignmentModule, Stage
 from lit_align.policy.reference import Need
-from lit_align.models.packing import SharedPromptBatch, pack_shared_prompt, packing_refusal
+from lit_align.models.packing import SharedPromptBatch, pack_shared_prompt
 
 Batch = dict[str, torch.Tensor]
 #: What ``row_logps`` scores under: the policy, pi_0, or a model given as it is.
@@ -70,9 +69,9 @@ class OfflineObjective(AlignmentModule):
 
     Args:
         share_prompt: Run each prompt once for all its completions (one packed row per example with a mask that
-            keeps the completions apart; ``lit_align/shared_prompt.py``): the same log-probs for about a quarter
+            keeps the completions apart; ``lit_align.models.packing``): the same log-probs for about a quarter
             less compute on pairs. Off for architectures that cannot be packed exactly (flash attention, ALiBi,
-            recurrent layers: ``shared_prompt.packing_refusal``, with a warning) and, for the rest of the run,
+            recurrent layers: ``packing_refusal``, with a warning) and, for the rest of the run,
             where the first batch's packed log-probs differ from the separate rows' (``lit_align.models.fast_path``).
     """
 
@@ -82,11 +81,7 @@ class OfflineObjective(AlignmentModule):
 
     def __init__(self, share_prompt: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
-        refusal = packing_refusal(self.policy.base_model) if share_prompt else None
-        self.share_prompt = share_prompt and refusal is None
-        if refusal is not None:
-            warnings.warn(f"share_prompt off for {type(self.policy.base_model).__name__}: {refusal}; running the "
-                          "completions as separate rows instead")
+        self.share_prompt = self.prompt_sharing(share_prompt)
         self._packed: tuple[torch.Tensor, SharedPromptBatch] | None = None
 
     @property

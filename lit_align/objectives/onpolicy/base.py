@@ -59,6 +59,8 @@ from lit_align.objectives.onpolicy.reward_stage import RewardStage
 from lit_align.rewards.dispatch import Reward, build_reward
 from lit_align.rewards.functions import RewardFunction
 from lit_align.generation.rollout import Rollout, SamplingConfig, select_rows
+from lit_align.models.chunked_head import CompletionScores
+from lit_align.models.packing import pack_shared_prompt
 from lit_align.losses.importance import ImportanceCorrection, importance_weights
 from lit_align.objectives.onpolicy.experience import Experience
 from lit_align.objectives.onpolicy.sampling_loop import SamplingLoop, play_episodes
@@ -109,6 +111,9 @@ class OnPolicyObjective(AlignmentModule):
         environment: Train on multi-turn episodes of this environment (by ``class_path``, e.g.
             ``lit_align.environments.CalculatorEnvironment``), scored by its rewards; tokens the policy did not
             write are in no loss. Default None: single responses (TRL's).
+        share_prompt: Score a prompt's ``num_samples`` responses behind one copy of it (reference, sampling-time
+            and update forwards; ``lit_align.models.packing``): the same log-probs for fewer tokens, checked on
+            the first batch. TRL: each response its own row.
     """
 
     #: Why this objective cannot train on multi-turn episodes (``environment``); None: it can.
@@ -131,6 +136,7 @@ class OnPolicyObjective(AlignmentModule):
         importance_correction: ImportanceCorrection | None = None,
         max_staleness: int = 0,
         environment: Environment | None = None,
+        share_prompt: bool = True,
         **kwargs: Any,
     ) -> None:
         if max_staleness < 0:
@@ -171,6 +177,7 @@ class OnPolicyObjective(AlignmentModule):
         if environment is not None:
             self.hparams.pop("environment", None)  # the CLI's config records it; its object stays out of hparams
             self.data_columns = {**self.data_columns, **environment.data_columns}  # the rows it reads
+        self.share_prompt = self.prompt_sharing(share_prompt)
         self.sampling_loop = SamplingLoop(self)
         self._sampled: Rollout | None = None  # the rollout training_step hands to make_experience
         self.reward_model: nn.Module | None = None
@@ -281,21 +288,35 @@ class OnPolicyObjective(AlignmentModule):
                             "sample_responses that does not fill Rollout.engine_logps)")
         return importance_weights(exp.old_logps, engine[:, 1:], exp.response_mask, self.importance_correction)
 
-    def experience_chunks(self, rollout: Rollout):
-        """(input_ids, attention_mask, completion_mask) of the rows in mini-batch sized chunks: no-grad forwards
-        over them keep the activations as small as in training."""
-        size = math.ceil(rollout.input_ids.shape[0] / self.mini_batches)
-        return zip(*(t.split(size) for t in (rollout.input_ids, rollout.attention_mask, rollout.trained_mask)))
+    def experience_chunks(self, rollout: Rollout) -> list[Rollout]:
+        """The rollout in mini-batch sized chunks of whole prompts: no-grad forwards over them keep the activations
+        as small as in training."""
+        per_prompt = self.num_samples if rollout.input_ids.shape[0] % self.num_samples == 0 else 1
+        size = per_prompt * math.ceil(rollout.input_ids.shape[0] / per_prompt / self.mini_batches)
+        return [rollout.rows(index) for index in torch.arange(rollout.input_ids.shape[0]).split(size)]
+
+    def rollout_token_scores(self, rollout: Rollout, reference: bool = False, entropy: bool = False,
+                             hidden: bool = False) -> CompletionScores:
+        """The policy's (or, with ``reference``, pi_0's) scores of a rollout's trained tokens at its sampling
+        temperature (``PolicyWithReference.completion_scores``): with ``share_prompt``, every prompt's responses
+        in one packed row behind one copy of the prompt."""
+        temperature = rollout.sampling.temperature
+        if self.share_prompt and self.num_samples > 1 and rollout.policy_mask is None \
+                and self.policy.packs(reference):
+            packed = pack_shared_prompt(rollout.input_ids, rollout.attention_mask, rollout.trained_mask,
+                                        rollout.prompt_index)
+            return self.policy.packed_scores(packed, rollout.input_ids.shape[1] - 1, temperature, reference=reference,
+                                             entropy=entropy, hidden=hidden)
+        return self.policy.completion_scores(rollout.input_ids, rollout.attention_mask, rollout.trained_mask,
+                                             temperature, reference=reference, entropy=entropy, hidden=hidden)
 
     @torch.no_grad()
     def chunked_token_logps(self, rollout: Rollout, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs (N, T-1) and the response mask of every row under the policy (or, with
         ``reference``, pi_0), chunk by chunk. Scored at the rollout's sampling temperature: the distribution the
         responses were drawn from (rollout.py)."""
-        temperature = rollout.sampling.temperature
-        parts = [self.policy.completion_logps(ids, mask, comp, temperature, reference=reference)
-                 for ids, mask, comp in self.experience_chunks(rollout)]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        parts = [self.rollout_token_scores(chunk, reference=reference) for chunk in self.experience_chunks(rollout)]
+        return torch.cat([p.logps for p in parts]), torch.cat([p.mask for p in parts])
 
     def experience_metrics(self, exp: Experience) -> dict[str, torch.Tensor]:
         """Per-row diagnostics of freshly sampled responses (logged as means), and the mismatch correction's."""
@@ -323,9 +344,7 @@ class OnPolicyObjective(AlignmentModule):
 
     def token_logps_of(self, rollout: Rollout) -> torch.Tensor:
         """The current policy's per-token log-probs (n, T-1) of a rollout's rows at its sampling temperature."""
-        token_logps, _ = self.policy.completion_logps(rollout.input_ids, rollout.attention_mask,
-                                                      rollout.trained_mask, temperature=rollout.sampling.temperature)
-        return token_logps
+        return self.rollout_token_scores(rollout).logps
 
     def experience_loss(self, mb: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The scalar loss of one mini-batch of experience and its diagnostics."""

@@ -111,9 +111,8 @@ class GRPO(GroupObjective):
         """The group-relative advantages of a batch (and the high-entropy token mask when asked for)."""
         token_mask = None
         if self.top_entropy_quantile < 1.0:
-            entropies = torch.cat([
-                self.policy.completion_scores(ids, mask, comp, exp.temperature, entropy=True).entropy
-                for ids, mask, comp in self.experience_chunks(exp.rollout)])  # (N, T-1)
+            entropies = torch.cat([self.rollout_token_scores(chunk, entropy=True).entropy
+                                   for chunk in self.experience_chunks(exp.rollout)])  # (N, T-1)
             token_mask = entropy_token_mask(entropies, exp.response_mask, self.top_entropy_quantile)
         advantages = group_advantages(exp.scores, self.num_samples, self.scale_rewards)  # (N,)
         return exp.extend(GroupExperience, advantages=advantages, token_mask=token_mask)

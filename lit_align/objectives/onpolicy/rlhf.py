@@ -147,21 +147,19 @@ class RLHF(OnPolicyObjective):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return self.policy.trainable_parameters() + list(self.value_head.parameters())
 
-    def forward_with_values(self, input_ids, attention_mask, completion_mask,
-                            temperature: float) -> tuple[CompletionScores, torch.Tensor]:
-        """The policy's scores of the rows at ``temperature`` (the one they were sampled at: per-token log-probs
-        (n, T-1), and entropies when ``needs_entropy``) and the values (n, T-1), from one forward pass: the value
-        head reads the final hidden states the LM head is applied to (in chunks: the logits are never
-        materialised whole).
+    def forward_with_values(self, rollout: Rollout) -> tuple[CompletionScores, torch.Tensor]:
+        """The policy's scores of the rollout's rows at the temperature they were sampled at (per-token log-probs
+        (n, T-1), and entropies when ``needs_entropy``) and the values (n, T-1), from one forward pass
+        (``rollout_token_scores``): the value head reads the final hidden states the LM head is applied to (in
+        chunks: the logits are never materialised whole).
 
         Column t of the values is V(s_t), the value of the state in which token t+1 is chosen, aligned with the
         log-probs of ``completion_token_logprobs``.
         """
-        held = self._held.take(input_ids.shape[0])
+        held = self._held.take(rollout.input_ids.shape[0])
         if held is not None:  # the sampling-time forward of these rows, kept for the first update
             return held
-        scores = self.policy.completion_scores(input_ids, attention_mask, completion_mask, temperature,
-                                               entropy=self.needs_entropy, hidden=True)
+        scores = self.rollout_token_scores(rollout, entropy=self.needs_entropy, hidden=True)
         hidden = scores.hidden[:, :-1]  # (n, T-1, H)
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
         return scores, values
@@ -173,16 +171,15 @@ class RLHF(OnPolicyObjective):
         # One forward per chunk gives the sampling-time log-probs, the values and any extra per-token rewards;
         # with one mini-batch it is one forward, kept with its graph for the first update (HeldForward).
         logps, values, extras = [], [], []
-        temperature = rollout.sampling.temperature
-        for ids, attn, comp in self.experience_chunks(rollout):
+        for chunk in self.experience_chunks(rollout):
             if self._held.armed:
                 with torch.enable_grad():
-                    out = detached(self._held.keep(self.forward_with_values(ids, attn, comp, temperature)))
+                    out = detached(self._held.keep(self.forward_with_values(chunk)))
             else:
-                out = self.forward_with_values(ids, attn, comp, temperature)
+                out = self.forward_with_values(chunk)
             logps.append(out[0].logps)
             values.append(out[1])
-            extras.append(self.extra_token_rewards(out[0], comp[:, 1:].bool()))
+            extras.append(self.extra_token_rewards(out[0], chunk.trained_mask[:, 1:].bool()))
         mask = rollout.trained_mask[:, 1:].bool()
         old_logps, values = torch.cat(logps), torch.cat(values).masked_fill(~mask, 0.0)  # (N, T-1)
         extra = None if extras[0] is None else torch.cat(extras).masked_fill(~mask, 0.0)
@@ -222,8 +219,7 @@ class RLHF(OnPolicyObjective):
 
     def experience_loss(self, mb: PPOExperience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = mb.response_mask
-        scores, values = self.forward_with_values(mb.input_ids, mb.attention_mask, mb.completion_mask,
-                                                  mb.temperature)
+        scores, values = self.forward_with_values(mb.rollout)
         policy = ppo_policy_loss(scores.logps, mb.old_logps, mb.advantages, mask, self.clip_range)
         value = ppo_value_loss(values, mb.values, mb.returns, mask, self.value_clip_range)
         weights = mb.token_weights()  # the mismatch correction of each token's policy term (None: none)
