@@ -229,7 +229,11 @@ def run_lit_align(args) -> dict:
                 return "_update_forward"  # part of update_forward_loss, not counted twice
             return "nograd_reference" if reference else "nograd_policy"
 
+        def packed_phase(*a, **kw):  # packed_scores(packed, width, temperature, reference, ...)
+            return scoring_phase(*a[:1], None, None, None, kw.get("reference", a[3] if len(a) > 3 else False))
+
         policy.completion_scores = clock.timed(scoring_phase, policy.completion_scores)
+        policy.packed_scores = clock.timed(packed_phase, policy.packed_scores)
         module.score = clock.timed("reward", module.score)
         module.make_experience = clock.timed("_make_experience", module.make_experience)
         module.experience_loss = clock.timed("update_forward_loss", module.experience_loss)
@@ -258,17 +262,19 @@ def run_lit_align(args) -> dict:
     # an asynchronous run's first step only submits its batch: one step more than batches trained on
     if len(clock.ends) != args.batches + (module.max_staleness > 0):
         raise RuntimeError(f"lit-align ran {len(clock.ends)} batches, expected {args.batches}")
-    finish_breakdown(clock)
+    finish_breakdown(clock, generation_inside=False)  # the sampling loop draws before make_experience
     change = float((watched.detach() - before).abs().max())
     return clock.summary(args.warmup, rss_imports, rss_train_start[0], change)
 
 
-def finish_breakdown(clock: BatchClock) -> None:
-    """Turn the totals of making the experience into its remainder after the parts timed inside it."""
+def finish_breakdown(clock: BatchClock, generation_inside: bool = True) -> None:
+    """Turn the totals of making the experience into its remainder after the parts timed inside it (generation
+    among them where the framework generates inside that phase: TRL)."""
     if not clock.breakdown:
         return
+    inside = ("generate",) * generation_inside + ("reward", "nograd_policy", "nograd_reference")
     for p in clock.phases:
-        inner = sum(p.get(k, 0.0) for k in ("generate", "reward", "nograd_policy", "nograd_reference"))
+        inner = sum(p.get(k, 0.0) for k in inside)
         p["experience_other"] = p.pop("_make_experience", 0.0) - inner
         if "_training_step" in p:  # TRL: backward is training_step minus its inputs and the loss
             p["backward"] = p.pop("_training_step") - p.pop("_prepare_inputs", 0.0) - p.get("update_forward_loss", 0)
