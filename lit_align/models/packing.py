@@ -122,6 +122,24 @@ def pack_shared_prompt(
     )
 
 
+def packing_pays(packed: SharedPromptBatch, width: int, model: nn.Module) -> bool:
+    """Whether the packed forward costs less than that of the separate (``num_rows``, ``width``) rows.
+
+    Per layer a token costs about 24 H^2 multiply-adds in its projections and MLP, and a row of L tokens about
+    4 H L^2 in attention, so a row costs ~ L (1 + L / (6 H)), padding included. Packing removes the copies of the
+    prompt but lengthens the row, so many long completions behind a short prompt (a group of 8 samples of 1,000
+    tokens) cost more packed, and their (L, L) mask grows with the square of the packed length: those run apart.
+    """
+    hidden = getattr(_text_config(model), "hidden_size", None)
+    if not isinstance(hidden, int) or hidden <= 0:
+        return True
+
+    def cost(rows: int, length: int) -> float:
+        return rows * length * (1 + length / (6 * hidden))
+
+    return cost(*packed.input_ids.shape) < cost(packed.num_rows, width + 1)
+
+
 def shared_prompt_token_logps(
     logits: torch.Tensor, packed: SharedPromptBatch, width: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,7 +32,7 @@ from lit_align.models.loading import enable_activation_checkpointing, load_causa
 from lit_align.policy.reference import Reference, ReferenceMode, build_reference, reference_class
 from lit_align.generation.rollout import Rollout, SamplingConfig, sample
 from lit_align.runs.seeds import resolve_seed
-from lit_align.models.packing import SharedPromptBatch
+from lit_align.models.packing import SharedPromptBatch, packing_pays
 
 LoraExport = Literal["merged", "adapter"]
 
@@ -195,7 +195,8 @@ class PolicyWithReference(nn.Module):
         """``completion_scores`` of the rows packed behind shared prompts (``lit_align.models.packing``), in the
         unpacked rows' layout (``width`` = T-1 of the unpacked batch): only the kept positions that predict a
         completion token meet the head, and ``hidden`` is (R, T, H) with the states of those positions (zero
-        elsewhere). Where packing is off for the run (``packs``), the rows run separately."""
+        elsewhere). Where packing is off for the run (``packs``) or would cost more than the separate rows
+        (``packing_pays``: many long completions behind a short prompt), the rows run separately."""
         layout = Layout(packed.source, packed.labels, packed.row, packed.column, packed.num_rows, width,
                         kept=packed.logits_to_keep)
         kwargs = {"position_ids": packed.position_ids, "logits_to_keep": packed.logits_to_keep}
@@ -210,8 +211,10 @@ class PolicyWithReference(nn.Module):
             return self._scores(Layout.of_rows(some[0], some[2]), *some[:2], {}, temperature, reference, model,
                                 entropy, kl, hidden, mask=some[2][:, 1:].bool(), chunked=chunked)
 
-        return self.fast_paths.run(self._role(reference, model), self._architecture(model), (PACKING, CHUNKED_HEAD),
-                                   score, lambda: attention.sum(-1))
+        architecture = self._architecture(model)
+        paths = (PACKING, CHUNKED_HEAD) if packing_pays(packed, width, architecture) else (CHUNKED_HEAD,)
+        return self.fast_paths.run(self._role(reference, model), architecture, paths, score,
+                                   lambda: attention.sum(-1))
 
     def packs(self, reference: bool = False, model: nn.Module | None = None) -> bool:
         """Whether rows scored under this source are packed behind shared prompts in this run (``fast_paths``)."""

@@ -111,9 +111,7 @@ class OnPolicyObjective(AlignmentModule):
         environment: Train on multi-turn episodes of this environment (by ``class_path``, e.g.
             ``lit_align.environments.CalculatorEnvironment``), scored by its rewards; tokens the policy did not
             write are in no loss. Default None: single responses (TRL's).
-        share_prompt: Score a prompt's ``num_samples`` responses behind one copy of it (reference, sampling-time
-            and update forwards; ``lit_align.models.packing``): the same log-probs for fewer tokens, checked on
-            the first batch. TRL: each response its own row.
+        share_prompt: Score a prompt's samples behind one copy of it (TRL: one row per sample; docs/onpolicy.md).
     """
 
     #: Why this objective cannot train on multi-turn episodes (``environment``); None: it can.

@@ -133,3 +133,32 @@ def test_episodes_and_single_samples_run_unpacked(monkeypatch):
     with torch.no_grad():
         episodes.token_logps_of(Rollout(**{**rollout.__dict__, "policy_mask": tool_turns}))
     assert not calls
+
+
+def test_many_long_samples_behind_a_short_prompt_run_apart(monkeypatch):
+    """Eight 40-token samples behind a 3-token prompt: one packed row of 323 tokens costs more than eight of 43
+    at hidden size 32 (attention grows with the square of the length), so the rows run separately; two short
+    samples behind a longer prompt are packed."""
+    torch.manual_seed(0)
+    host = PolicyWithReference(reference="none")
+    host.policy = AutoModelForCausalLM.from_config(LlamaConfig(**SMALL)).eval()
+    widths = []
+    real = host._scores
+
+    def spy(layout, input_ids, *args, **kwargs):
+        widths.append(input_ids.shape)
+        return real(layout, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(host, "_scores", spy)
+    long = _rollout(prompts=(3,), responses=((40,) * 8,))
+    short = _rollout(prompts=(30, 24), responses=((4, 6), (5, 3)))
+    with torch.no_grad():
+        for rollout in (long, short):
+            packed = pack_shared_prompt(rollout.input_ids, rollout.attention_mask, rollout.completion_mask,
+                                        rollout.prompt_index)
+            scores = host.packed_scores(packed, rollout.input_ids.shape[1] - 1)
+            separate = host.completion_scores(rollout.input_ids, rollout.attention_mask, rollout.completion_mask)
+            torch.testing.assert_close(scores.logps, separate.logps, atol=1e-5, rtol=0)
+    shapes = [tuple(w) for w in widths]
+    assert (1, 3 + 8 * 40) not in shapes  # the long samples ran as their eight rows
+    assert (2, 30 + 10) in shapes  # the short ones ran packed: one row per prompt
