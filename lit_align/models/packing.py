@@ -74,51 +74,58 @@ def pack_shared_prompt(
     starts = real.int().argmax(-1)  # the first real token: 0 for right-padded rows
     # the completion starts where the prompt ends; a row whose completion was truncated away is all prompt
     ends = torch.where(lengths > 0, mask.int().argmax(-1), starts + real.sum(-1))
-    layout = torch.stack([groups.to(device), starts, ends, lengths], 1).tolist()  # one sync
-    members: dict[int, list[int]] = {}
-    for row, (group, *_) in enumerate(layout):
-        members.setdefault(group, []).append(row)
-    order = [members[g] for g in sorted(members)]
-    # each group's prompt: that of its row with the longest one (rows without a completion may run longer)
-    prompts = [max(group, key=lambda r: layout[r][2] - layout[r][1]) for group in order]
-    prompt_sizes = [layout[r][2] - layout[r][1] for r in prompts]
+    prompts = ends - starts  # (R,)
+    every = torch.arange(rows, device=device)
 
-    num_examples = len(order)
-    packed_length = max(p + sum(layout[r][3] for r in group) for p, group in zip(prompt_sizes, order))
-    ids = torch.zeros(num_examples, packed_length, dtype=input_ids.dtype, device=device)
-    position_ids = torch.zeros(num_examples, packed_length, dtype=torch.long, device=device)
-    segment = torch.full((num_examples, packed_length), -1, dtype=torch.long, device=device)  # -1 pad, 0 prompt
-    sources, labels, row_of, column_of = [], [], [], []
-    first_kept = max(min(prompt_sizes) - 1, 0)
+    # groups in increasing order; the rows of each in their order (a stable sort keeps it)
+    _, example = torch.unique(groups.to(device), return_inverse=True)  # (R,) packed row of each row
+    order = torch.sort(example, stable=True).indices  # (R,) rows group by group
+    num_examples = int(example.max()) + 1 if rows else 0
+    # each group's prompt: that of its row with the longest one (rows without a completion may run longer)
+    prompt_size = prompts.new_zeros(num_examples).scatter_reduce(0, example, prompts, "amax")  # (G,)
+    longest = torch.where(prompts == prompt_size[example], every, rows)
+    prompt_row = every.new_full((num_examples,), rows).scatter_reduce(0, example, longest, "amin")  # (G,)
+    # where each row's completion starts in its packed row: after the prompt and the group's earlier rows
+    done_before = lengths[order].cumsum(0) - lengths[order]  # (R,) completion tokens before, in `order`
+    group_start = every.new_full((num_examples,), rows).scatter_reduce(0, example[order], every, "amin")
+    offset = torch.empty_like(lengths)
+    offset[order] = prompt_size[example[order]] + done_before - done_before[group_start[example[order]]]
+    rank = torch.empty_like(lengths)
+    rank[order] = every - group_start[example[order]]  # k: the row's place within its group
+    totals = prompt_size + lengths.new_zeros(num_examples).index_add(0, example, lengths)
+    packed_length, first_prompt = (int(v) for v in torch.stack([totals.max(), prompt_size.min()]).tolist())
+
+    # the prompt part of every packed row: positions 0 .. P-1
+    column = torch.arange(packed_length, device=device)[None]  # (1, L)
+    in_prompt = column < prompt_size[:, None]  # (G, L)
+    source = (starts[prompt_row][:, None] + column).clamp(max=input_ids.shape[1] - 1)
+    ids = torch.where(in_prompt, input_ids[prompt_row[:, None], source], 0).to(input_ids.dtype)
+    position_ids = torch.where(in_prompt, column, 0)
+    segment = torch.where(in_prompt, 0, -1)  # -1 padding, 0 prompt, k + 1 completion k
+
+    # the completion tokens, group by group, row by row (one entry per token)
+    token_row = torch.repeat_interleave(order, lengths[order])  # (N,)
+    token_step = every.new_zeros(0) if token_row.numel() == 0 else \
+        torch.arange(token_row.numel(), device=device) - torch.repeat_interleave(done_before, lengths[order])
+    packed_row, place = example[token_row], offset[token_row] + token_step
+    labels = input_ids[token_row, ends[token_row] + token_step]
+    ids[packed_row, place] = labels
+    position_ids[packed_row, place] = prompt_size[packed_row] + token_step
+    segment[packed_row, place] = rank[token_row] + 1
+    # token j is predicted by the position before it; token 0 by the prompt's last position (none without one)
+    predictor = torch.where(token_step == 0, prompt_size[packed_row] - 1, place - 1)
+    scored = predictor >= 0
+    first_kept = max(first_prompt - 1, 0)
     keep = packed_length - first_kept
-    for b, (group, prompt_row, prompt) in enumerate(zip(order, prompts, prompt_sizes)):
-        begin = layout[prompt_row][1]
-        ids[b, :prompt] = input_ids[prompt_row, begin : begin + prompt]
-        position_ids[b, :prompt] = torch.arange(prompt, device=device)
-        segment[b, :prompt] = 0
-        start = prompt
-        for k, row in enumerate(group):
-            completion, length = layout[row][2], layout[row][3]
-            ids[b, start : start + length] = input_ids[row, completion : completion + length]
-            position_ids[b, start : start + length] = torch.arange(prompt, prompt + length, device=device)
-            segment[b, start : start + length] = k + 1
-            # token j of the completion sits at start + j and is predicted by start + j - 1, token 0 by the
-            # prompt's end; in the row's own next-token layout it is column completion - 1 + j
-            predictors = torch.arange(start - 1, start + length - 1, device=device)
-            predictors[0:1] = prompt - 1
-            scored = predictors >= 0  # a completion with no prompt before it: its first token has no predictor
-            sources.append(b * keep + predictors[scored] - first_kept)
-            labels.append(ids[b, start : start + length][scored])
-            row_of.append(torch.full((int(scored.sum()),), row, device=device))
-            column_of.append(torch.arange(completion - 1, completion - 1 + length, device=device)[scored])
-            start += length
+    row_of, column_of = token_row[scored], (ends[token_row] - 1 + token_step)[scored]
+    sources, labels = (packed_row * keep + predictor - first_kept)[scored], labels[scored]
 
     causal = torch.ones(packed_length, packed_length, dtype=torch.bool, device=device).tril()
     same_or_prompt = (segment[:, None, :] == 0) | (segment[:, None, :] == segment[:, :, None])  # (B, query, key)
     return SharedPromptBatch(
         input_ids=ids, attention_mask=(causal & same_or_prompt)[:, None], position_ids=position_ids,
-        logits_to_keep=keep, source=torch.cat(sources), labels=torch.cat(labels), row=torch.cat(row_of),
-        column=torch.cat(column_of), num_rows=rows, rows=(input_ids, attention_mask, completion_mask),
+        logits_to_keep=keep, source=sources, labels=labels, row=row_of, column=column_of, num_rows=rows,
+        rows=(input_ids, attention_mask, completion_mask),
     )
 
 

@@ -145,3 +145,85 @@ def test_sharing_is_switched_off_for_attention_that_ignores_a_4d_mask():
     with pytest.warns(UserWarning, match="ignores the packed mask"):
         module = DPO(policy=policy)
     assert module.share_prompt is False
+
+
+def _pack_row_by_row(input_ids, attention_mask, completion_mask, groups):
+    """The packing spelled out one group, one row and one token at a time: what ``pack_shared_prompt`` computes
+    with whole-tensor operations."""
+    rows = input_ids.shape[0]
+    if isinstance(groups, int):
+        groups = torch.arange(rows) % (rows // groups)
+    spans = []
+    for r in range(rows):
+        real = attention_mask[r].nonzero().flatten().tolist()
+        completion = completion_mask[r].nonzero().flatten().tolist()
+        begin = real[0] if real else 0
+        end = completion[0] if completion else begin + len(real)
+        spans.append((begin, end, len(completion)))
+    order = sorted(set(groups.tolist()))
+    members = [[r for r in range(rows) if groups[r] == g] for g in order]
+    prompt_rows = [max(m, key=lambda r: spans[r][1] - spans[r][0]) for m in members]
+    sizes = [spans[r][1] - spans[r][0] for r in prompt_rows]
+    length = max(p + sum(spans[r][2] for r in m) for p, m in zip(sizes, members))
+    first_kept = max(min(sizes) - 1, 0)
+    ids = torch.zeros(len(order), length, dtype=torch.long)
+    positions = torch.zeros(len(order), length, dtype=torch.long)
+    tokens = []  # (source, label, row, column)
+    for b, (m, prompt_row, size) in enumerate(zip(members, prompt_rows, sizes)):
+        begin = spans[prompt_row][0]
+        ids[b, :size] = input_ids[prompt_row, begin : begin + size]
+        positions[b, :size] = torch.arange(size)
+        at = size
+        for r in m:
+            _, end, n = spans[r]
+            for j in range(n):
+                ids[b, at + j] = input_ids[r, end + j]
+                positions[b, at + j] = size + j
+                predictor = size - 1 if j == 0 else at + j - 1
+                if predictor >= 0:
+                    tokens.append((b * (length - first_kept) + predictor - first_kept, int(input_ids[r, end + j]),
+                                   r, end - 1 + j))
+            at += n
+    return ids, positions, length - first_kept, tokens
+
+
+@pytest.mark.parametrize("layout", ["pairs", "triples", "rollout", "shuffled groups"])
+def test_packing_equals_the_row_by_row_layout(layout):
+    g = torch.Generator().manual_seed(3)
+    if layout in ("pairs", "triples"):  # right-padded collator rows, block layout, a completion truncated away
+        k = 2 if layout == "pairs" else 3
+        examples, width = 4, 20
+        ids = torch.randint(3, 90, (k * examples, width), generator=g)
+        attention = torch.zeros_like(ids)
+        completion = torch.zeros_like(ids)
+        for b in range(examples):
+            prompt = int(torch.randint(1, 7, (), generator=g))
+            for c in range(k):
+                row = c * examples + b
+                ids[row, :prompt] = ids[b, :prompt]
+                n = 0 if (b, c) == (1, 1) else int(torch.randint(1, 10, (), generator=g))
+                attention[row, : prompt + n] = 1
+                completion[row, prompt : prompt + n] = 1
+        groups = k
+    else:  # left-padded prompts, right-padded responses; group labels out of order in the shuffled case
+        prompts, samples, width = [5, 2, 8], 3, 12
+        rows = len(prompts) * samples
+        ids = torch.randint(3, 90, (rows, 8 + width), generator=g)
+        attention, completion = torch.zeros_like(ids), torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            for j in range(samples):
+                row = i * samples + j
+                ids[row, 8 - p : 8] = ids[i * samples, 8 - p : 8]
+                n = int(torch.randint(1, width + 1, (), generator=g))
+                attention[row, 8 - p : 8 + n] = 1
+                completion[row, 8 : 8 + n] = 1
+        groups = torch.arange(rows) // samples
+        if layout == "shuffled groups":
+            groups = torch.tensor([7, 2, 5])[groups]
+    packed = pack_shared_prompt(ids, attention, completion, groups)
+    want_ids, want_positions, keep, tokens = _pack_row_by_row(ids, attention, completion, groups)
+    assert torch.equal(packed.input_ids, want_ids)
+    assert torch.equal(packed.position_ids, want_positions)
+    assert packed.logits_to_keep == keep
+    got = list(zip(packed.source.tolist(), packed.labels.tolist(), packed.row.tolist(), packed.column.tolist()))
+    assert got == tokens

@@ -291,7 +291,8 @@ class OnPolicyObjective(AlignmentModule):
         as small as in training."""
         per_prompt = self.num_samples if rollout.input_ids.shape[0] % self.num_samples == 0 else 1
         size = per_prompt * math.ceil(rollout.input_ids.shape[0] / per_prompt / self.mini_batches)
-        return [rollout.rows(index) for index in torch.arange(rollout.input_ids.shape[0]).split(size)]
+        rows = torch.arange(rollout.input_ids.shape[0], device=rollout.input_ids.device)
+        return [rollout.rows(index) for index in rows.split(size)]
 
     def rollout_token_scores(self, rollout: Rollout, reference: bool = False, entropy: bool = False,
                              hidden: bool = False) -> CompletionScores:
