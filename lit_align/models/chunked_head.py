@@ -179,10 +179,13 @@ class ChunkedHead(nn.Module):
 def head_scores(head: nn.Module | PostHead, hidden: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
                 entropy: bool = False, reference: tuple[torch.Tensor, nn.Module] | None = None) -> torch.Tensor:
     """Columns (log-prob, mean logit, [entropy], [KL, reference log-prob]) of each of the N positions, float32
-    (N, C), from their hidden states (N, H) and the head, chunk by chunk under activation checkpointing."""
+    (N, C), from their hidden states (N, H) and the head, chunk by chunk under activation checkpointing. Logits
+    that fit in one chunk of at most ``MIN_CHUNK_ELEMENTS`` floats (a small vocabulary) are kept for the backward
+    instead: recomputing them would cost a head matmul and saves nothing worth it."""
     check_temperature(temperature)
     vocab = head.weight.shape[0]
     rows = chunk_rows(hidden.shape[0], hidden.shape[-1], vocab)
+    recompute = torch.is_grad_enabled() and (hidden.shape[0] > rows or hidden.shape[0] * vocab > MIN_CHUNK_ELEMENTS)
     ref_hidden, ref_head = reference if reference is not None else (None, None)
     parts = []
     for start in range(0, hidden.shape[0], rows):
@@ -193,7 +196,7 @@ def head_scores(head: nn.Module | PostHead, hidden: torch.Tensor, labels: torch.
             ref_logits = None if ref_h is None else ref_head(ref_h)
             return _scores(head(h), y, temperature, entropy, ref_logits)
 
-        parts.append(checkpoint(run, *args, use_reentrant=False) if torch.is_grad_enabled() else run(*args))
+        parts.append(checkpoint(run, *args, use_reentrant=False) if recompute else run(*args))
     if not parts:
         return hidden.new_zeros(0, 2 + entropy + 2 * (reference is not None), dtype=torch.float32)
     return torch.cat(parts)

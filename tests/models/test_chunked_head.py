@@ -237,3 +237,24 @@ def test_the_chunk_is_chosen_from_the_work_within_its_bounds():
     assert chunk_rows(1024, 512, vocab) == 64  # in between: 16 x 1024 x 512 floats
     assert chunk_rows(130, 4096, vocab) == 65  # two even chunks instead of 128 + 2
     assert chunk_rows(1000, 256, 474) == 1000  # a small vocabulary: one chunk
+
+
+def test_small_logits_are_kept_for_the_backward_not_recomputed():
+    """Logits that fit in one chunk of at most MIN_CHUNK_ELEMENTS floats are kept: the head runs once per scored
+    position in forward and backward together, and the gradients are those of the recomputing path."""
+    policy = _policy(reference="none")
+    ids, attention, completion = _rows()
+    policy.completion_logps(ids, attention, completion)  # the run's first batch: the fast-path check's forwards
+    seen = []
+    policy.policy.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(out.shape[0]))
+    logps, mask = policy.completion_logps(ids, attention, completion)
+    logps.sum().backward()
+    assert sum(seen) == int(mask.sum())  # one head pass: nothing recomputed
+    kept = [p.grad.clone() for p in policy.policy.parameters()]
+    policy.policy.zero_grad()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(chunked_head, "MIN_CHUNK_ELEMENTS", 1)  # every chunk recomputed
+        policy.completion_logps(ids, attention, completion)[0].sum().backward()
+    assert sum(seen) == 3 * int(mask.sum())  # forward + recompute of the second call
+    for got, recomputed in zip(kept, (p.grad for p in policy.policy.parameters())):
+        torch.testing.assert_close(got, recomputed, atol=1e-6, rtol=1e-5)
