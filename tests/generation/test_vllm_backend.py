@@ -169,19 +169,9 @@ def test_lora_pushes_merged_weights_and_the_base_for_the_reference(model_dir):
 def test_pdistill_fits_with_vllm_generation(run_dir, model_dir):
     """The shipped config with ``generation: vllm`` trains through the CLI; the engine sampled the batches and got
     the updated weights before the second one."""
-    from support.cli import fit_args
-
-    from lit_align.cli.app import build_cli
-
-    cli = build_cli(fit_args("pdistill.yaml", "--model.reward_model=tiny", "--data.limit_rows=16",
-                             "--data.batch_size=4", "--model.sampling.max_new_tokens=6",
-                             "--model.epochs_per_batch=1", f"--model.policy.init_args.model={model_dir}",
-                             "--model.policy.init_args.generation=vllm",
-                             "--model.policy.init_args.vllm_options={cpu_kv_cache_gib: 1}", steps=2))
+    cli = _distill_through_the_engine(model_dir, steps=2)
     assert cli.trainer.global_step == 2
-    backend = cli.model.policy.generation_backend
-    assert backend.llm is not None, "the vllm engine never sampled"
-    assert backend.pushes >= 2, f"the updated weights were never pushed ({backend.pushes} push)"
+    _assert_the_engine_sampled_and_got_the_weights(cli)
 
 
 def test_engine_logprobs_travel_with_the_samples_and_match_the_trainer(run_dir, model_dir):
@@ -220,18 +210,26 @@ def test_importance_correction_with_the_engine_is_near_one_and_logged(run_dir, m
 def test_asynchronous_generation_with_the_engine(run_dir, model_dir):
     """``max_staleness: 1`` with the colocated engine: the worker thread samples through the engine, which is fed the
     generation copy's weights (refreshed from the trained ones), and every batch is trained on once."""
+    cli = _distill_through_the_engine(model_dir, "--model.max_staleness=1", steps=3)
+    assert cli.trainer.global_step == 3
+    _assert_the_engine_sampled_and_got_the_weights(cli)
+    assert cli.trainer.logged_metrics["train/generation/staleness"] <= 1
+
+
+def _distill_through_the_engine(model_dir, *extra: str, steps: int):
+    """The shipped distillation config, fit for ``steps`` through the colocated vllm engine on the tiny model."""
     from support.cli import fit_args
 
     from lit_align.cli.app import build_cli
 
-    cli = build_cli(fit_args("pdistill.yaml", "--model.reward_model=tiny", "--data.limit_rows=16",
-                             "--data.batch_size=4", "--model.sampling.max_new_tokens=6",
-                             "--model.epochs_per_batch=1", "--model.max_staleness=1",
-                             f"--model.policy.init_args.model={model_dir}",
-                             "--model.policy.init_args.generation=vllm",
-                             "--model.policy.init_args.vllm_options={cpu_kv_cache_gib: 1}", steps=3))
-    assert cli.trainer.global_step == 3
+    return build_cli(fit_args("pdistill.yaml", "--model.reward_model=tiny", "--data.limit_rows=16",
+                              "--data.batch_size=4", "--model.sampling.max_new_tokens=6",
+                              "--model.epochs_per_batch=1", *extra, f"--model.policy.init_args.model={model_dir}",
+                              "--model.policy.init_args.generation=vllm",
+                              "--model.policy.init_args.vllm_options={cpu_kv_cache_gib: 1}", steps=steps))
+
+
+def _assert_the_engine_sampled_and_got_the_weights(cli) -> None:
     backend = cli.model.policy.generation_backend
     assert backend.llm is not None, "the vllm engine never sampled"
     assert backend.pushes >= 2, f"the updated weights were never pushed ({backend.pushes} push)"
-    assert cli.trainer.logged_metrics["train/generation/staleness"] <= 1
