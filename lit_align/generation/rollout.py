@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from lit_align.errors import UserError
+
+
+class Warping(NamedTuple):
+    """``SamplingConfig.warping``: the temperature, top-k and top-p a draw applies (None: not applied)."""
+
+    temperature: float | None
+    top_k: int | None
+    top_p: float | None
+    greedy: bool = False
 
 
 @dataclass
@@ -49,9 +58,8 @@ class SamplingConfig:
         top_k: Keep only the k most likely tokens (0 disables it, the default; see above).
         logprobs: Have the engine report the log-probability of each sampled token under the distribution it
             drew from (after temperature, top-k, top-p and min_new_tokens: ``Rollout.engine_logps``), as vLLM's
-            ``logprobs``. An objective with an ``importance_correction`` turns it on. Default false (Hugging Face
-            ``generate``'s ``output_scores``: the Hugging Face backend then keeps one (rows, vocabulary) score
-            tensor per new token until the batch ends).
+            ``logprobs``. An objective with an ``importance_correction`` turns it on. Default false (vLLM's
+            default; it costs one log-softmax over the vocabulary per new token).
     """
 
     max_new_tokens: int = 32
@@ -66,6 +74,20 @@ class SamplingConfig:
             raise ValueError(f"need 0 <= min_new_tokens <= max_new_tokens and max_new_tokens >= 1, got {self}")
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0, got {self}")
+
+    @property
+    def warping(self) -> Warping:
+        """What changes the policy's next-token distribution before a draw, each None where it changes nothing:
+        the one reading of these settings that every generation backend applies."""
+        if self.temperature == 0:
+            return Warping(None, None, None, greedy=True)
+        return Warping(None if self.temperature == 1 else self.temperature, self.top_k or None,
+                       self.top_p if self.top_p < 1 else None)
+
+    @property
+    def reports_logprobs(self) -> bool:
+        """Whether the engine reports the sampled tokens' log-probs: asked for, and there is a distribution."""
+        return self.logprobs and self.temperature > 0
 
     def require_distribution(self, owner: str, setting: str = "sampling") -> None:
         """Refuse greedy decoding where responses are scored as samples of a distribution (training, monitors)."""
@@ -164,48 +186,107 @@ def sample(
     the token, or the tokens, that end a response (``PolicyWithReference.stop_token_ids``: EOS and the chat
     template's end of turn). ``synced_gpus`` keeps every rank generating until all are done, which sharded (FSDP)
     models need.
+
+    The responses are drawn as ``config`` says and nothing else: whatever the model's own generation config (its
+    checkpoint's ``generation_config.json``) sets is put back to Hugging Face's neutral value
+    (``generation_settings``), and the temperature, top-k and top-p warpers are applied here, before the
+    log-prob recorder (``SampledLogps``).
     """
     was_training = model.training
     model.eval()
     try:
         prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
         prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
-        greedy = config.temperature == 0
-        scored = config.logprobs and not greedy  # greedy decoding draws from no distribution
-        output = model.generate(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            do_sample=not greedy,
-            temperature=None if greedy else config.temperature,
-            top_p=None if greedy else config.top_p,
-            top_k=None if greedy or config.top_k == 0 else config.top_k,
-            max_new_tokens=config.max_new_tokens,
-            min_new_tokens=config.min_new_tokens,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-            use_cache=True,
-            synced_gpus=synced_gpus,
-            output_scores=scored,
-            return_dict_in_generate=True,
-        )
+        processors, recorder = sampling_processors(config)
+        settings = {"do_sample": config.temperature > 0, "max_new_tokens": config.max_new_tokens,
+                    "min_new_tokens": config.min_new_tokens, "eos_token_id": eos_token_id,
+                    "pad_token_id": pad_token_id, "use_cache": True, "return_dict_in_generate": True}
+        output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, synced_gpus=synced_gpus,
+                                logits_processor=processors, **generation_settings(model, settings))
         rollout = _layout(output.sequences, prompt_mask, eos_token_id, pad_token_id, num_samples)
         rollout.sampling = config
-        if scored:
-            rollout.engine_logps = _sampled_logps(output.scores, rollout)
+        if recorder is not None:
+            rollout.engine_logps = recorder.logps(rollout)
         return rollout
     finally:
         model.train(was_training)
 
 
-def _sampled_logps(scores: tuple[torch.Tensor, ...], rollout: Rollout) -> torch.Tensor:
-    """(N, P + L) log-prob of each sampled response token under the scores it was drawn from (``generate``'s
-    processed scores: after temperature, top-k, top-p and the other logits processors), 0 off the response."""
-    width = rollout.prompt_length
-    logps = torch.zeros(rollout.input_ids.shape, dtype=torch.float32, device=rollout.input_ids.device)
-    for step, step_scores in enumerate(scores[: rollout.input_ids.shape[1] - width]):
-        token = rollout.input_ids[:, width + step, None]  # (N, 1)
-        logps[:, width + step] = step_scores.float().log_softmax(-1).gather(-1, token).squeeze(-1)
-    return logps.masked_fill(~rollout.completion_mask.bool(), 0.0)
+def sampling_processors(config: SamplingConfig) -> tuple[list, SampledLogps | None]:
+    """The logits processors that make ``config``'s distribution (temperature, then top-k, then top-p, in Hugging
+    Face's own order) and, with ``config.logprobs``, the recorder after them; greedy decoding has none."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    warping = config.warping
+    processors = LogitsProcessorList()
+    if warping.temperature is not None:
+        processors.append(TemperatureLogitsWarper(warping.temperature))
+    if warping.top_k is not None:
+        processors.append(TopKLogitsWarper(warping.top_k))
+    if warping.top_p is not None:
+        processors.append(TopPLogitsWarper(warping.top_p))
+    recorder = SampledLogps() if config.reports_logprobs else None
+    if recorder is not None:
+        processors.append(recorder)
+    return processors, recorder
+
+
+_NOT_SETTINGS = {"transformers_version"}
+
+
+def generation_settings(model: nn.Module, settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` for ``model.generate``, plus every other field that the model's own generation config sets put
+    back to the value of a fresh ``GenerationConfig``. ``generate`` fills what a call leaves unset from that config,
+    so a checkpoint's ``repetition_penalty``, ``no_repeat_ngram_size``, ``min_length``, ``top_k``, cut-offs or
+    ``num_return_sequences`` would otherwise change what is sampled, and which distribution the samples' log-probs
+    are of."""
+    from transformers import GenerationConfig
+
+    own = getattr(model, "generation_config", None)
+    if own is None:
+        return settings
+    fresh = GenerationConfig()
+    # generate's own defaults for what a fresh config leaves unset (num_beams=1, repetition_penalty=1.0, ...)
+    neutral = {**fresh.to_dict(), **getattr(fresh, "_get_default_generation_params", dict)()}
+    # the warpers are sampling_processors', the lengths max_new_tokens' and min_new_tokens'
+    settings = dict(settings, temperature=None, top_k=None, top_p=None, max_length=None, min_length=None)
+    for key, value in own.to_dict().items():
+        if key in settings or key in _NOT_SETTINGS or key.startswith("_") or key not in neutral:
+            continue
+        if value is not None and value != neutral[key]:  # None: unset there too
+            settings[key] = neutral[key]
+    return settings
+
+
+class SampledLogps:
+    """A logits processor, placed last, that records the log-prob of each sampled token under the scores it was
+    drawn from (after temperature, top-k, top-p and ``min_new_tokens``). At each step it reads the token the step
+    before drew (the last column of ``input_ids``) from that step's log-softmax, so it holds one (rows, vocabulary)
+    tensor at a time, where ``generate``'s ``output_scores`` keeps one per new token until the batch ends."""
+
+    def __init__(self) -> None:
+        self.columns: list[torch.Tensor] = []
+        self._held: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._read(input_ids[:, -1:])
+        self._held = scores.float().log_softmax(-1)
+        return scores
+
+    def _read(self, drawn: torch.Tensor) -> None:
+        if self._held is not None:
+            self.columns.append(self._held.gather(-1, drawn).squeeze(-1))
+            self._held = None
+
+    def logps(self, rollout: Rollout) -> torch.Tensor:
+        """(N, P + L) the recorded log-probs at the response positions of ``rollout``, 0 off the response."""
+        width = rollout.prompt_length
+        self._read(rollout.input_ids[:, -1:])  # the last token drawn
+        logps = torch.zeros(rollout.input_ids.shape, dtype=torch.float32, device=rollout.input_ids.device)
+        steps = min(len(self.columns), rollout.input_ids.shape[1] - width)
+        if steps:
+            logps[:, width: width + steps] = torch.stack(self.columns[:steps], dim=1)
+        return logps.masked_fill(~rollout.completion_mask.bool(), 0.0)
 
 
 def _layout(output: torch.Tensor, prompt_mask: torch.Tensor, eos: int | list[int], pad: int,

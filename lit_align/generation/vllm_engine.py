@@ -66,7 +66,7 @@ class VLLMBackend:
                  synced_gpus: bool = False) -> Rollout:
         longest = int(prompt_mask.sum(-1).max())  # the padding is not sent
         needed = longest + config.max_new_tokens
-        logprobs = self.logprob_gap or (config.logprobs and config.temperature > 0)
+        logprobs = self.logprob_gap or config.reports_logprobs
         if self.llm is None:
             self.llm = self._build(model, needed)
         if needed > self.max_model_len:
@@ -164,12 +164,12 @@ def _sampling_params(config: SamplingConfig, stops: list[int], count: int, logpr
     from vllm import SamplingParams
 
     seeds = torch.randint(0, 2**31 - 1, (count,)).tolist()
-    greedy = config.temperature == 0
+    warping = config.warping
     return [SamplingParams(
         n=1,
-        temperature=0.0 if greedy else config.temperature,
-        top_p=1.0 if greedy else config.top_p,
-        top_k=-1 if greedy or config.top_k == 0 else config.top_k,
+        temperature=0.0 if warping.greedy else warping.temperature or 1.0,
+        top_p=warping.top_p or 1.0,
+        top_k=warping.top_k or -1,
         min_tokens=config.min_new_tokens,
         max_tokens=config.max_new_tokens,
         stop_token_ids=stops,
