@@ -9,7 +9,10 @@ mode afterwards. The result concatenates each left-padded prompt with its right-
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import inspect
+import logging
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -17,6 +20,8 @@ import torch
 from torch import nn
 
 from lit_align.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 class Warping(NamedTuple):
@@ -195,12 +200,16 @@ def sample(
     was_training = model.training
     model.eval()
     try:
+        # a prompt's samples share its keys and values: the prompt is run once, not num_samples times
+        cache = shared_prefill(model, prompt_ids, prompt_mask, num_samples) if not synced_gpus else None
         prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
         prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
         processors, recorder = sampling_processors(config)
         settings = {"do_sample": config.temperature > 0, "max_new_tokens": config.max_new_tokens,
                     "min_new_tokens": config.min_new_tokens, "eos_token_id": eos_token_id,
                     "pad_token_id": pad_token_id, "use_cache": True, "return_dict_in_generate": True}
+        if cache is not None:
+            settings[cache.name] = cache.value
         output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, synced_gpus=synced_gpus,
                                 logits_processor=processors, **generation_settings(model, settings))
         rollout = _layout(output.sequences, prompt_mask, eos_token_id, pad_token_id, num_samples)
@@ -210,6 +219,86 @@ def sample(
         return rollout
     finally:
         model.train(was_training)
+
+
+class PrefilledCache(NamedTuple):
+    """A key-value cache of every prompt column but the last, already repeated for each sample, and the name
+    ``generate`` takes it by (``cache``, or ``past_key_values`` before transformers 5.2x renamed it)."""
+
+    name: str
+    value: Any
+
+
+#: Whether the shared prefill gave the model's own next-token logits, by architecture (class and config).
+_PREFILL_VERDICTS: dict[str, bool] = {}
+PREFILL_TOLERANCE = 1e-4  # largest |shared - plain| of a next-token log-prob, float32
+PREFILL_HALF_PRECISION_TOLERANCE = 0.05
+
+
+def shared_prefill(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                   num_samples: int) -> PrefilledCache | None:
+    """The cache of the B prompts' columns but the last, computed once and repeated ``num_samples`` times (the
+    samples' rows are ``i * num_samples + j``), for ``generate`` to start from: its first step then runs the last
+    prompt column of every sample, and the prompt's keys and values are not computed ``num_samples`` times.
+
+    It proves itself once per architecture (class and config) in the process: on the first call the first sampling
+    step's log-softmax from this cache is compared with the model's own forward over the whole prompts; a model
+    whose cache cannot be repeated or whose logits differ (beyond 1e-4 nats in float32, 0.05 in 16-bit) samples
+    without it for the rest of the process, which is logged once. None where nothing is shared: one sample, a
+    one-column prompt, or a model that failed the check."""
+    if num_samples < 2 or prompt_ids.shape[1] < 2:
+        return None
+    key = _architecture_key(model)
+    if _PREFILL_VERDICTS.get(key) is False:
+        return None
+    try:
+        cache = _prefill(model, prompt_ids, prompt_mask, num_samples)
+        if key not in _PREFILL_VERDICTS:
+            _PREFILL_VERDICTS[key] = _prefill_agrees(model, prompt_ids, prompt_mask, num_samples, cache)
+    except Exception as error:  # noqa: BLE001 - any failure of the shared path means: sample the plain way
+        _PREFILL_VERDICTS[key] = False
+        log.info("generation: shared prompt prefill off for %s: %s", type(model).__name__, error)
+        return None
+    return cache if _PREFILL_VERDICTS[key] else None
+
+
+def _prefill(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+             num_samples: int) -> PrefilledCache:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    head, mask = prompt_ids[:, :-1], prompt_mask[:, :-1]
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)  # generate's own position ids
+    out = model(input_ids=head, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache = out[name]
+    cache.batch_repeat_interleave(num_samples)
+    return PrefilledCache(name, cache)
+
+
+def _prefill_agrees(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_samples: int,
+                    cache: PrefilledCache) -> bool:
+    """The next-token log-softmax after the whole prompt, from a copy of the shared cache and from the model's own
+    forward over the whole prompts, agree on every sample's row (the check ``shared_prefill`` runs once)."""
+    positions = (prompt_mask.long().cumsum(-1) - 1).masked_fill(prompt_mask == 0, 0)
+    plain = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
+                  logits_to_keep=1).logits[:, -1].float().log_softmax(-1)
+    rows = torch.arange(prompt_ids.shape[0], device=prompt_ids.device).repeat_interleave(num_samples)
+    mask = prompt_mask[rows]
+    step = model(input_ids=prompt_ids[rows, -1:], attention_mask=mask, position_ids=positions[rows, -1:],
+                 use_cache=True, logits_to_keep=1, **{cache.name: copy.deepcopy(cache.value)})
+    shared = step.logits[:, -1].float().log_softmax(-1)
+    difference = float((shared - plain[rows]).abs().max())
+    dtype = next(model.parameters()).dtype
+    limit = PREFILL_TOLERANCE if dtype in (torch.float32, torch.float64) else PREFILL_HALF_PRECISION_TOLERANCE
+    if difference > limit:
+        log.info("generation: shared prompt prefill off for %s: its next-token log-probs differ from the model's "
+                 "own forward by %.3g (tolerance %g)", type(model).__name__, difference, limit)
+    return difference <= limit
+
+
+def _architecture_key(model: nn.Module) -> str:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    return type(base).__name__ + (config.to_json_string(use_diff=False) if config is not None else "")
 
 
 def sampling_processors(config: SamplingConfig) -> tuple[list, SampledLogps | None]:
