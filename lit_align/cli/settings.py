@@ -93,8 +93,8 @@ def map_optimisation_settings(trainer: dict, model, manual: bool) -> None:
     if manual and (trainer.get("accumulate_grad_batches") or 1) != 1:
         raise UserError(f"trainer.accumulate_grad_batches={trainer['accumulate_grad_batches']}: {name} samples and "
                         "optimises each batch itself (model.epochs_per_batch passes of model.mini_batches updates) "
-                        "and accumulates nothing: for more prompts per update raise --data.batch_size, for smaller "
-                        "updates raise --model.mini_batches")
+                        "and accumulates nothing: for more prompts per update raise --data.batch_size, to split each "
+                        "update's forward and backward raise --model.micro_batches")
     if clip is None or clip <= 0:
         return
     if algorithm not in (None, "norm"):

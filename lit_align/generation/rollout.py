@@ -174,6 +174,34 @@ def select_rows(value: Any, index: torch.Tensor) -> Any:
     return value
 
 
+def join_rows(parts: list[Any]) -> Any:
+    """The inverse of ``select_rows`` over consecutive row splits: tensors with a first dimension concatenated on
+    it, tuples and dataclasses field by field, anything else taken from the first part."""
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts) if first.dim() else first
+    if isinstance(first, tuple):
+        joined = [join_rows([p[i] for p in parts]) for i in range(len(first))]
+        return type(first)(*joined) if hasattr(first, "_fields") else tuple(joined)
+    if dataclasses.is_dataclass(first) and not isinstance(first, type):
+        return dataclasses.replace(first, **{f.name: join_rows([getattr(p, f.name) for p in parts])
+                                             for f in dataclasses.fields(first) if f.init})
+    return first
+
+
+def map_tensors(fn, value: Any) -> Any:
+    """``value`` with ``fn`` applied to every tensor in it (through tuples and dataclasses, as ``select_rows``)."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, tuple):
+        mapped = [map_tensors(fn, v) for v in value]
+        return type(value)(*mapped) if hasattr(value, "_fields") else tuple(mapped)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: map_tensors(fn, getattr(value, f.name))
+                                             for f in dataclasses.fields(value) if f.init})
+    return value
+
+
 @torch.no_grad()
 def sample(
     model: nn.Module,

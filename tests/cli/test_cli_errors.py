@@ -40,7 +40,7 @@ def test_onpolicy_accumulation_is_refused_naming_its_own_settings(run_dir, capsy
     assert run_main(fit_args("pdistill.yaml", "--trainer.accumulate_grad_batches=2", steps=1)) == 2
     line = _error_line(capsys)
     assert "trainer.accumulate_grad_batches=2" in line
-    assert "--model.mini_batches" in line and "--data.batch_size" in line
+    assert "--model.micro_batches" in line and "--data.batch_size" in line
     clip_by_value = ["--trainer.gradient_clip_val=0.5", "--trainer.gradient_clip_algorithm=value"]
     assert run_main(fit_args("pdistill.yaml", *clip_by_value, steps=1)) == 2
     assert "use --model.max_grad_norm 0.5" in _error_line(capsys)

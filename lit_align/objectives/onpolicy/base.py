@@ -58,7 +58,7 @@ from lit_align.objectives.base import AlignmentModule, Stage
 from lit_align.objectives.onpolicy.reward_stage import RewardStage
 from lit_align.rewards.dispatch import Reward, build_reward
 from lit_align.rewards.functions import RewardFunction
-from lit_align.generation.rollout import Rollout, SamplingConfig, select_rows
+from lit_align.generation.rollout import Rollout, SamplingConfig, join_rows, map_tensors, select_rows
 from lit_align.models.chunked_head import CompletionScores
 from lit_align.models.packing import pack_shared_prompt
 from lit_align.losses.importance import ImportanceCorrection, importance_weights
@@ -98,6 +98,9 @@ class OnPolicyObjective(AlignmentModule):
             PPO).
         mini_batches: Optimizer updates per pass (the batch is split into this many groups of prompts). TRL
             default: 1.
+        micro_batches: Forward-backward passes each update is split into (groups of whole prompts): the same
+            update with 1/micro_batches of its activations, for one more forward without gradient. Default 1
+            (TRL's gradient_accumulation_steps default).
         missing_eos_penalty: Score given to a response that did not end with EOS within ``max_new_tokens``
             (replaces the reward model's score); ``None`` keeps the reward model's score. TRL default: None
             (RLHF, ReverseKL and REBEL set the PAPER's -1).
@@ -129,6 +132,7 @@ class OnPolicyObjective(AlignmentModule):
         num_samples: int = 2,
         epochs_per_batch: int = 4,
         mini_batches: int = 1,
+        micro_batches: int = 1,
         missing_eos_penalty: float | None = None,
         reward_stage: RewardStage = RewardStage(),
         importance_correction: ImportanceCorrection | None = None,
@@ -144,9 +148,9 @@ class OnPolicyObjective(AlignmentModule):
         if environment is not None and reward_model is not None:
             raise UserError(f"{type(self).__name__}: the environment's rewards score its episodes; drop reward_model "
                             "(or the environment)")
-        if num_samples < 1 or epochs_per_batch < 1 or mini_batches < 1:
-            raise ValueError("num_samples, epochs_per_batch and mini_batches must be at least 1, got "
-                             f"{num_samples}, {epochs_per_batch}, {mini_batches}")
+        if min(num_samples, epochs_per_batch, mini_batches, micro_batches) < 1:
+            raise ValueError("num_samples, epochs_per_batch, mini_batches and micro_batches must be at least 1, got "
+                             f"{num_samples}, {epochs_per_batch}, {mini_batches}, {micro_batches}")
         if missing_eos_penalty is not None and sampling.min_new_tokens >= sampling.max_new_tokens:
             raise ValueError(
                 f"sampling.min_new_tokens={sampling.min_new_tokens} >= max_new_tokens={sampling.max_new_tokens} "
@@ -161,6 +165,7 @@ class OnPolicyObjective(AlignmentModule):
         self.num_samples = num_samples
         self.epochs_per_batch = epochs_per_batch
         self.mini_batches = mini_batches
+        self.micro_batches = micro_batches
         self.missing_eos_penalty = missing_eos_penalty
         self._warned_no_stop = False
         self._held = HeldForward()
@@ -287,10 +292,11 @@ class OnPolicyObjective(AlignmentModule):
         return importance_weights(exp.old_logps, engine[:, 1:], exp.response_mask, self.importance_correction)
 
     def experience_chunks(self, rollout: Rollout) -> list[Rollout]:
-        """The rollout in mini-batch sized chunks of whole prompts: no-grad forwards over them keep the activations
+        """The rollout in micro-batch sized chunks of whole prompts: no-grad forwards over them keep the activations
         as small as in training."""
         per_prompt = self.num_samples if rollout.input_ids.shape[0] % self.num_samples == 0 else 1
-        size = per_prompt * math.ceil(rollout.input_ids.shape[0] / per_prompt / self.mini_batches)
+        parts = self.mini_batches * self.micro_batches
+        size = per_prompt * math.ceil(rollout.input_ids.shape[0] / per_prompt / parts)
         rows = torch.arange(rollout.input_ids.shape[0], device=rollout.input_ids.device)
         return [rollout.rows(index) for index in rows.split(size)]
 
@@ -374,7 +380,7 @@ class OnPolicyObjective(AlignmentModule):
         """The updates on one batch of prompts and its rollout (``epochs_per_batch`` passes of ``mini_batches``)."""
         optimizer = self.optimizers()
         self._sampled = rollout
-        with self._held.arm(self.mini_batches == 1 and self.hold_first_forward):
+        with self._held.arm(self.mini_batches == 1 and self.micro_batches == 1 and self.hold_first_forward):
             exp = self.make_experience(batch)
         self.record("train", {**self.experience_metrics(exp),
                               "generation/staleness": torch.tensor(float(self.global_step - rollout.version))})
@@ -383,9 +389,7 @@ class OnPolicyObjective(AlignmentModule):
         loss = None
         for _ in range(self.epochs_per_batch):
             for rows in self.mini_batch_rows(exp):
-                with self._held.for_rows(rows):
-                    loss, metrics = self.experience_loss(exp.rows(rows))
-                self.manual_backward(loss)
+                loss, metrics = self.backward_on(exp, rows)
                 self.clip_and_log_gradients(optimizer, self.max_grad_norm)
                 with self.sampling_loop.weights_update():
                     optimizer.step()
@@ -395,6 +399,65 @@ class OnPolicyObjective(AlignmentModule):
         if scheduler is not None:
             scheduler.step()
         return loss.detach()
+
+    def backward_on(self, exp: Experience, rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of the experience's ``rows`` (one mini-batch) and its gradient, accumulated into the parameters'.
+
+        With ``micro_batches`` > 1 the update forward (``update_forward``) runs without gradient on each group of
+        prompts, the loss of the whole mini-batch is taken on those outputs made leaves, and each group's forward
+        then runs again with gradient and is given its share of the leaves' gradient: the same gradient as one
+        pass (the loss sees the whole mini-batch, whatever it normalises by), with one group's activations held
+        at a time."""
+        if self.micro_batches == 1:
+            with self._held.for_rows(rows):
+                loss, metrics = self.experience_loss(exp.rows(rows))
+            self.manual_backward(loss)
+            return loss, metrics
+        mb = exp.rows(rows)
+        groups = self.micro_batch_rows(mb)
+        with torch.no_grad():
+            outputs = join_rows([self.update_forward(mb.rollout.rows(group)) for group in groups])
+        leaves: list[torch.Tensor] = []
+
+        def leaf(tensor: torch.Tensor) -> torch.Tensor:
+            if not tensor.is_floating_point():
+                return tensor
+            leaves.append(tensor.detach().requires_grad_())
+            return leaves[-1]
+
+        self._held.keep(map_tensors(leaf, outputs))
+        everything = torch.arange(mb.num_rows, device=rows.device)
+        with self._held.for_rows(everything):
+            loss, metrics = self.experience_loss(mb)
+            if self._held.pending:
+                raise UserError(f"{type(self).__name__}: micro_batches needs experience_loss to read the policy "
+                                "through policy_token_logps (or update_forward); set micro_batches: 1")
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        for group in groups:
+            shares = iter(grads)
+            terms = []
+
+            def pair(tensor: torch.Tensor) -> torch.Tensor:
+                if tensor.is_floating_point():
+                    grad = next(shares)
+                    if grad is not None and tensor.requires_grad:
+                        terms.append((tensor * grad[group]).sum())
+                return tensor
+
+            map_tensors(pair, self.update_forward(mb.rollout.rows(group)))
+            self.manual_backward(torch.stack(terms).sum())
+        return loss.detach(), metrics
+
+    def micro_batch_rows(self, mb: Experience) -> list[torch.Tensor]:
+        """The positions of a mini-batch's rows in ``micro_batches`` consecutive groups of whole prompts."""
+        per_prompt = self.num_samples if mb.num_rows % self.num_samples == 0 else 1
+        prompts = torch.arange(mb.num_rows, device=mb.scores.device).view(-1, per_prompt)
+        return [group.reshape(-1) for group in prompts.tensor_split(self.micro_batches) if group.numel()]
+
+    def update_forward(self, rollout: Rollout) -> Any:
+        """The policy forward an update's loss reads (what ``HeldForward`` keeps and ``policy_token_logps``
+        returns): the per-token log-probs; RLHF's adds its values."""
+        return self.token_logps_of(rollout)
 
     def scheduler_steps(self) -> int:
         """The schedule steps once per batch of prompts; ``max_steps`` counts the optimizer updates within them
@@ -464,6 +527,11 @@ class HeldForward:
             yield
         finally:
             self._output = self._rows = None  # a later update recomputes its forward
+
+    @property
+    def pending(self) -> bool:
+        """A kept output that the update has not taken (yet)."""
+        return self._output is not None and self._rows is not None
 
     def take(self, num_rows: int) -> Any:
         if self._output is None or self._rows is None or self._rows.numel() != num_rows:

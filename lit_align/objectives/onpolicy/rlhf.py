@@ -164,6 +164,9 @@ class RLHF(OnPolicyObjective):
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
         return scores, values
 
+    def update_forward(self, rollout: Rollout) -> tuple[CompletionScores, torch.Tensor]:
+        return self.forward_with_values(rollout)
+
     # -- experience --------------------------------------------------------------------------------------------
 
     def policy_experience(self, rollout: Rollout, scores: torch.Tensor,
