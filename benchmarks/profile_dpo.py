@@ -1,17 +1,22 @@
 """Where lit-align's DPO step goes, on ``bench_dpo.py``'s model and data (one process, CPU).
 
-    python benchmarks/profile_dpo.py                      # all three views
+    python benchmarks/profile_dpo.py                      # every view
     python benchmarks/profile_dpo.py --view ops           # operator self-times over --steps steps
     python benchmarks/profile_dpo.py --checkpointing      # the same with gradient checkpointing on
 
-Three views of the same run (``DPO`` + ``PreferenceDataModule`` + a Lightning ``Trainer``, batch 8, maximum
+Views of the same run (``DPO`` + ``PreferenceDataModule`` + a Lightning ``Trainer``, batch 8, maximum
 length 256, float32, 2 threads, as ``bench_dpo.py --rows live:8:128`` runs it):
 
 - ``ops``: the ``torch.profiler`` operator table (self CPU time) over ``--steps`` steps after ``--warmup``.
 - ``saved``: the tensors one training step's policy forward saves for its backward (each storage once), by shape:
   the activations a step holds at its peak.
-- ``rss``: the process's resident memory (each view runs in a fresh process) and its peak at the start of training and around the first steps'
+- ``attention``: torch's attention kernel alone, forward and backward, at this batch's packed shape (8 rows of
+  208 positions, 4 heads of 64) with an explicit float mask and with ``is_causal``, and at the unpacked shape the
+  packing replaces (16 rows of 130 positions); medians of ``--steps`` repetitions after 3.
+- ``rss``: the process's resident memory and its peak at the start of training and around the first steps'
   backward passes.
+
+Each view runs in a fresh process, so that one's memory is not the next one's.
 """
 
 from __future__ import annotations
@@ -109,6 +114,35 @@ def view_saved(args) -> None:
         print(f"{size / 2**20:8.1f} MiB  {dtype} {shape}")
 
 
+def view_attention(args) -> None:
+    import statistics
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(args.threads)
+    heads, dim = 4, 64
+
+    def timed(rows: int, length: int, causal: bool) -> float:
+        q, k, v = (torch.randn(rows, heads, length, dim, requires_grad=True) for _ in range(3))
+        mask = None if causal else torch.zeros(rows, 1, length, length).masked_fill(
+            ~torch.ones(length, length, dtype=torch.bool).tril(), float("-inf"))
+        times = []
+        for i in range(3 + args.steps):
+            start = time.perf_counter()
+            F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal).sum().backward()
+            if i >= 3:
+                times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1000
+
+    print(f"# attention forward + backward, ms (median of {args.steps})")
+    for rows, length, causal, what in [(8, 208, False, "packed rows, explicit mask"),
+                                       (8, 208, True, "packed rows, is_causal"),
+                                       (16, 130, False, "unpacked rows, explicit mask")]:
+        print(f"{timed(rows, length, causal):7.2f}  {rows} x {length}  {what}")
+
+
 def view_rss(args) -> None:
     import lightning as L
 
@@ -134,7 +168,8 @@ def view_rss(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--view", choices=["ops", "saved", "rss"], nargs="+", default=["ops", "saved", "rss"])
+    parser.add_argument("--view", choices=["ops", "saved", "attention", "rss"], nargs="+",
+                        default=["ops", "saved", "attention", "rss"])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -150,7 +185,7 @@ def main() -> None:
             rest = [a for a in sys.argv[1:] if a not in args.view and a != "--view"]
             subprocess.run([sys.executable, __file__, "--view", name, *rest], check=True)
         return
-    {"ops": view_ops, "saved": view_saved, "rss": view_rss}[args.view[0]](args)
+    {"ops": view_ops, "saved": view_saved, "attention": view_attention, "rss": view_rss}[args.view[0]](args)
 
 
 if __name__ == "__main__":
