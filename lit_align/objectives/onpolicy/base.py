@@ -415,8 +415,13 @@ class OnPolicyObjective(AlignmentModule):
             return loss, metrics
         mb = exp.rows(rows)
         groups = self.micro_batch_rows(mb)
+        states, outputs = [], []
         with torch.no_grad():
-            outputs = join_rows([self.update_forward(mb.rollout.rows(group)) for group in groups])
+            for group in groups:  # each group's random state, so its second forward draws the same dropout
+                states.append(random_state(rows.device))
+                outputs.append(self.update_forward(mb.rollout.rows(group)))
+        after = random_state(rows.device)
+        outputs = join_rows(outputs)
         leaves: list[torch.Tensor] = []
 
         def leaf(tensor: torch.Tensor) -> torch.Tensor:
@@ -433,7 +438,8 @@ class OnPolicyObjective(AlignmentModule):
                 raise UserError(f"{type(self).__name__}: micro_batches needs experience_loss to read the policy "
                                 "through policy_token_logps (or update_forward); set micro_batches: 1")
         grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-        for group in groups:
+        for group, state in zip(groups, states):
+            set_random_state(state)
             shares = iter(grads)
             terms = []
 
@@ -446,6 +452,7 @@ class OnPolicyObjective(AlignmentModule):
 
             map_tensors(pair, self.update_forward(mb.rollout.rows(group)))
             self.manual_backward(torch.stack(terms).sum())
+        set_random_state(after)
         return loss.detach(), metrics
 
     def micro_batch_rows(self, mb: Experience) -> list[torch.Tensor]:
@@ -538,6 +545,18 @@ class HeldForward:
             return None
         output, self._output = self._output, None
         return select_rows(output, self._rows)
+
+
+def random_state(device: torch.device) -> tuple:
+    """torch's random state on the CPU and on ``device`` (when a CUDA device), to draw the same numbers again."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None), device
+
+
+def set_random_state(state: tuple) -> None:
+    cpu, accelerator, device = state
+    torch.set_rng_state(cpu)
+    if accelerator is not None:
+        torch.cuda.set_rng_state(accelerator, device)
 
 
 def logprob_gap(exp: Experience) -> float | None:

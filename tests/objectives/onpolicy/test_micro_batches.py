@@ -94,3 +94,30 @@ def test_a_loss_that_does_not_read_the_update_forward_is_refused():
 def test_micro_batches_must_be_positive():
     with pytest.raises(ValueError, match="micro_batches"):
         GRPO(policy=PolicyWithReference(model="tiny", reference="copy"), reward_model=TokenReward(), micro_batches=0)
+
+
+def test_a_groups_second_forward_draws_the_same_dropout():
+    """With dropout kept, each group's forward with gradient draws the masks its forward without gradient drew, so
+    the gradient is that of the loss that was evaluated."""
+    torch.manual_seed(0)
+    module = GRPO(policy=PolicyWithReference(model="tiny", reference="copy", disable_dropout=False),
+                  reward_model=TokenReward(), sampling=SamplingConfig(max_new_tokens=6, temperature=1.0),
+                  micro_batches=2, epochs_per_batch=1)
+    for layer in module.policy.policy.modules():
+        if hasattr(layer, "attention_dropout"):
+            layer.attention_dropout = 0.5
+    seen = []
+    original = module.update_forward
+
+    def recording(rollout):
+        out = original(rollout)
+        seen.append((torch.is_grad_enabled(), out.detach().clone()))
+        return out
+
+    module.update_forward = recording
+    fit(module, max_steps=1)
+    without = [logps for grad, logps in seen if not grad]
+    with_grad = [logps for grad, logps in seen if grad]
+    assert len(without) == len(with_grad) == 2
+    for a, b in zip(without, with_grad):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
