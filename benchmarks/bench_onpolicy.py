@@ -7,6 +7,7 @@ sampling, precision and number of updates per batch of prompts.
     python benchmarks/bench_onpolicy.py --batches 3 --warmup 1 --repeats 1  # smoke run
     python benchmarks/bench_onpolicy.py --pairs distill --breakdown         # per-phase times of one worker each
     python benchmarks/bench_onpolicy.py --pairs rebel --max-staleness 0 1   # lit-align, synchronous vs asynchronous
+    python benchmarks/bench_onpolicy.py --pairs rlhf --micro-batches 2      # lit-align's updates in two groups
 
 Rows (lit-align objective vs TRL trainer, optimizer updates per batch of prompts):
 
@@ -202,7 +203,8 @@ def run_lit_align(args) -> dict:
     common = {"policy": policy, "reward_model": args.reward_model, "sampling": sampling,
               "num_samples": SAMPLES_PER_PROMPT, "missing_eos_penalty": None, "learning_rate": LEARNING_RATE,
               "lr_schedule": "constant", "warmup_ratio": 0.0, "max_grad_norm": 1.0,
-              "max_staleness": args.max_staleness[0] if args.max_staleness else 0}
+              "max_staleness": args.max_staleness[0] if args.max_staleness else 0,
+              "micro_batches": args.micro_batches}
     if args.pair == "rlhf":
         module = RLHF(epochs_per_batch=1, kl_coef=KL_COEF, **common)
     elif args.pair == "rebel":
@@ -366,6 +368,7 @@ def measure(framework: str, pair: str, args, breakdown: bool = False, max_stalen
            "--batches", str(args.batches), "--warmup", str(args.warmup), "--threads", str(args.threads)]
     cmd += ["--breakdown"] if breakdown else []
     cmd += ["--max-staleness", str(max_staleness)] if max_staleness else []
+    cmd += ["--micro-batches", str(args.micro_batches)] if framework == "lit" and args.micro_batches > 1 else []
     env = dict(os.environ, HF_DATASETS_CACHE=tempfile.mkdtemp(dir=args.workdir))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
@@ -431,6 +434,8 @@ def main() -> None:
     parser.add_argument("--max-staleness", type=int, nargs="+",
                         help="lit-align alone: one row per value of its max_staleness (0 = synchronous), with the "
                              "generation and update seconds of a batch")
+    parser.add_argument("--micro-batches", type=int, default=1,
+                        help="lit-align's micro_batches (each update's forward and backward in this many groups)")
     parser.add_argument("--worker", choices=["lit", "trl"])
     parser.add_argument("--pair", choices=list(UPDATES))
     parser.add_argument("--model")
@@ -469,7 +474,8 @@ def main() -> None:
         print(f"# On-policy: lit-align vs TRL (CPU, {args.threads} thread(s); Llama hidden {args.hidden}, "
               f"{args.layers} layers, vocabulary 474, float32; {PROMPTS_PER_BATCH} prompts of ~{prompt_tokens:.0f} "
               f"tokens x {SAMPLES_PER_PROMPT} samples x {NEW_TOKENS} new tokens per batch; {args.warmup} warm-up + "
-              f"{args.batches - args.warmup} timed batches; median of {args.repeats} process(es) each)\n")
+              f"{args.batches - args.warmup} timed batches; median of {args.repeats} process(es) each"
+              + (f"; lit-align micro_batches {args.micro_batches}" if args.micro_batches > 1 else "") + ")\n")
         print("| row | lit-align | TRL | updates/batch | lit-align batch s (min-max) | TRL batch s (min-max) | lit/TRL "
               "| generation share lit / TRL | lit-align peak MB | TRL peak MB | peak lit/TRL | RSS growth MB lit / TRL "
               "| RSS after imports MB lit / TRL |")

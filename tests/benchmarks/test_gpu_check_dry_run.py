@@ -45,8 +45,8 @@ def test_batch_search_brackets_the_largest_that_fits(limit, start, expected):
 
 @pytest.mark.extended
 def test_dry_run_reports_every_part(tmp_path):
-    """The same code path as on a GPU at tiny sizes: every part ends with a status, the two parts this script
-    drives itself (DPO with the throughput monitor, the batch search) succeed with their figures."""
+    """The same code path as on a GPU at tiny sizes: every part ends with a status; DPO with the throughput monitor,
+    the batch search and FSDP2 on one process succeed, the first two with their figures."""
     module = _gpu_check()
     out = subprocess.run([sys.executable, SCRIPT, "--dry-run", "--out", str(tmp_path)], capture_output=True,
                          text=True, timeout=900, cwd=tmp_path)
@@ -60,6 +60,7 @@ def test_dry_run_reports_every_part(tmp_path):
     assert (tmp_path / "gpu_check.md").read_text() in out.stdout
     dpo = parts["dpo_mfu"]
     assert dpo["status"] == "ok", dpo
+    assert parts["fsdp2"]["status"] == "ok", parts["fsdp2"]
     assert dpo["tokens_per_sec"] > 0 and 0 < dpo["mfu_prompt_once"] <= dpo["mfu"]
     batch = parts["max_batch"]
     assert batch["lit"]["status"] == "ok" and batch["lit"]["largest_fit"] == batch["lit"]["cap"], batch
