@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import inspect
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -261,6 +262,7 @@ class PrefilledCache(NamedTuple):
 _PREFILL_VERDICTS: dict[str, bool] = {}
 PREFILL_TOLERANCE = 1e-4  # largest |shared - plain| of a next-token log-prob, float32
 PREFILL_HALF_PRECISION_TOLERANCE = 0.05
+LIKELY_LOGP = math.log(1e-6)  # next tokens compared: those at least this likely under the model's own forward
 
 
 def shared_prefill(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
@@ -269,21 +271,24 @@ def shared_prefill(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torc
     samples' rows are ``i * num_samples + j``), for ``generate`` to start from: its first step then runs the last
     prompt column of every sample, and the prompt's keys and values are not computed ``num_samples`` times.
 
-    It proves itself once per architecture (class and config) in the process: on the first call the first sampling
-    step's log-softmax from this cache is compared with the model's own forward over the whole prompts; a model
-    whose cache cannot be repeated or whose logits differ (beyond 1e-4 nats in float32, 0.05 in 16-bit) samples
-    without it for the rest of the process, which is logged once. None where nothing is shared: one sample, a
+    It proves itself once per architecture (class, config, attention implementation and precision) in the process:
+    on the first call, one step from a copy of this cache (the last prompt column, at the positions ``generate``
+    gives it) is compared with the model's own forward over the whole prompts, on the next tokens at least 1e-6
+    likely; a model whose cache cannot be repeated or whose log-probs differ (beyond 1e-4 nats in float32, 0.05 in
+    16-bit) samples without it for the rest of the process, which is logged once. None where nothing is shared: one sample, a
     one-column prompt, or a model that failed the check."""
     if num_samples < 2 or prompt_ids.shape[1] < 2:
         return None
     key = _architecture_key(model)
-    if _PREFILL_VERDICTS.get(key) is False:
+    verdict = _PREFILL_VERDICTS.get(key)
+    if verdict is False:
         return None
+    if verdict:  # proven: a failure now (out of memory, say) is the run's, not the path's
+        return _prefill(model, prompt_ids, prompt_mask, num_samples)
     try:
         cache = _prefill(model, prompt_ids, prompt_mask, num_samples)
-        if key not in _PREFILL_VERDICTS:
-            _PREFILL_VERDICTS[key] = _prefill_agrees(model, prompt_ids, prompt_mask, num_samples, cache)
-    except Exception as error:  # noqa: BLE001 - any failure of the shared path means: sample the plain way
+        _PREFILL_VERDICTS[key] = _prefill_agrees(model, prompt_ids, prompt_mask, num_samples, cache)
+    except Exception as error:  # noqa: BLE001 - the shared path does not work for this model: sample the plain way
         _PREFILL_VERDICTS[key] = False
         log.info("generation: shared prompt prefill off for %s: %s", type(model).__name__, error)
         return None
@@ -314,7 +319,8 @@ def _prefill_agrees(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: tor
     step = model(input_ids=prompt_ids[rows, -1:], attention_mask=mask, position_ids=positions[rows, -1:],
                  use_cache=True, logits_to_keep=1, **{cache.name: copy.deepcopy(cache.value)})
     shared = step.logits[:, -1].float().log_softmax(-1)
-    difference = float((shared - plain[rows]).abs().max())
+    likely = plain[rows] > LIKELY_LOGP  # the tokens sampling can draw; the far tail differs by rounding alone
+    difference = float((shared - plain[rows]).abs()[likely].max())
     dtype = next(model.parameters()).dtype
     limit = PREFILL_TOLERANCE if dtype in (torch.float32, torch.float64) else PREFILL_HALF_PRECISION_TOLERANCE
     if difference > limit:
@@ -324,9 +330,12 @@ def _prefill_agrees(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: tor
 
 
 def _architecture_key(model: nn.Module) -> str:
+    """The model's class, config, attention implementation and precision: what decides its forward."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(base, "config", None)
-    return type(base).__name__ + (config.to_json_string(use_diff=False) if config is not None else "")
+    dtype = next(base.parameters()).dtype
+    return " ".join([type(base).__name__, str(dtype), str(getattr(config, "_attn_implementation", None)),
+                     config.to_json_string(use_diff=False) if config is not None else ""])
 
 
 def sampling_processors(config: SamplingConfig) -> tuple[list, SampledLogps | None]:
@@ -342,7 +351,7 @@ def sampling_processors(config: SamplingConfig) -> tuple[list, SampledLogps | No
         processors.append(TopKLogitsWarper(warping.top_k))
     if warping.top_p is not None:
         processors.append(TopPLogitsWarper(warping.top_p))
-    recorder = SampledLogps() if config.reports_logprobs else None
+    recorder = SampledLogps(config.max_new_tokens) if config.reports_logprobs else None
     if recorder is not None:
         processors.append(recorder)
     return processors, recorder
@@ -377,32 +386,47 @@ def generation_settings(model: nn.Module, settings: dict[str, Any]) -> dict[str,
 
 class SampledLogps:
     """A logits processor, placed last, that records the log-prob of each sampled token under the scores it was
-    drawn from (after temperature, top-k, top-p and ``min_new_tokens``). At each step it reads the token the step
-    before drew (the last column of ``input_ids``) from that step's log-softmax, so it holds one (rows, vocabulary)
-    tensor at a time, where ``generate``'s ``output_scores`` keeps one per new token until the batch ends."""
+    drawn from (after temperature, top-k, top-p and ``min_new_tokens``): ``scores[token] - logsumexp(scores)``.
 
-    def __init__(self) -> None:
-        self.columns: list[torch.Tensor] = []
+    At each step it reads the token the step before drew (the last column of ``input_ids``) from that step's scores,
+    which it holds until then (``generate``'s own tensor: no copy), where ``output_scores`` keeps one (rows,
+    vocabulary) tensor per new token until the batch ends. What it writes goes into buffers made at the first step,
+    so no small tensor outlives a step: left between the large score tensors of successive steps, such tensors keep
+    the allocator from reusing their memory (``benchmarks/generation_memory.py``; docs/performance.md)."""
+
+    def __init__(self, max_new_tokens: int) -> None:
+        self.max_new_tokens = max_new_tokens
+        self.steps = 0
         self._held: torch.Tensor | None = None
+        self._drawn: torch.Tensor | None = None  # (N, max_new_tokens) the recorded log-probs
+        self._normaliser: torch.Tensor | None = None  # (N,) logsumexp of the held scores
+        self._score: torch.Tensor | None = None  # (N, 1) the drawn token's score
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         self._read(input_ids[:, -1:])
-        self._held = scores.float().log_softmax(-1)
+        if self._drawn is None:
+            rows = (scores.shape[0],)
+            self._drawn = scores.new_zeros(rows + (self.max_new_tokens,))
+            self._normaliser, self._score = scores.new_empty(rows), scores.new_empty(rows + (1,))
+        torch.logsumexp(scores, -1, out=self._normaliser)
+        self._held = scores
         return scores
 
     def _read(self, drawn: torch.Tensor) -> None:
-        if self._held is not None:
-            self.columns.append(self._held.gather(-1, drawn).squeeze(-1))
-            self._held = None
+        if self._held is not None and self.steps < self.max_new_tokens:
+            torch.gather(self._held, -1, drawn, out=self._score)
+            torch.sub(self._score[:, 0], self._normaliser, out=self._drawn[:, self.steps])
+            self.steps += 1
+        self._held = None
 
     def logps(self, rollout: Rollout) -> torch.Tensor:
         """(N, P + L) the recorded log-probs at the response positions of ``rollout``, 0 off the response."""
         width = rollout.prompt_length
         self._read(rollout.input_ids[:, -1:])  # the last token drawn
         logps = torch.zeros(rollout.input_ids.shape, dtype=torch.float32, device=rollout.input_ids.device)
-        steps = min(len(self.columns), rollout.input_ids.shape[1] - width)
+        steps = min(self.steps, rollout.input_ids.shape[1] - width)
         if steps:
-            logps[:, width: width + steps] = torch.stack(self.columns[:steps], dim=1)
+            logps[:, width: width + steps] = self._drawn[:, :steps].float()
         return logps.masked_fill(~rollout.completion_mask.bool(), 0.0)
 
 

@@ -198,6 +198,10 @@ def enable_activation_checkpointing(model: PreTrainedModel) -> None:
     model.config.use_cache = False
 
 
+#: Float attributes HF modules read their functional dropout probabilities from.
+DROPOUT_ATTRIBUTES = ("attention_dropout", "dropout", "attn_dropout", "hidden_dropout")
+
+
 def zero_dropout(model: nn.Module) -> None:
     """Zero every dropout, including the functional attention dropout that HF attention modules read from attributes.
 
@@ -207,9 +211,16 @@ def zero_dropout(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
-        for attr in ("attention_dropout", "dropout", "attn_dropout", "hidden_dropout"):
+        for attr in DROPOUT_ATTRIBUTES:
             if isinstance(getattr(module, attr, None), float):
                 setattr(module, attr, 0.0)
+
+
+def has_dropout(model: nn.Module) -> bool:
+    """Whether any dropout of ``model`` (a module or an attribute ``zero_dropout`` zeroes) is above 0."""
+    return any(isinstance(module, nn.Dropout) and module.p > 0
+               or any(isinstance(getattr(module, attr, None), float) and getattr(module, attr) > 0
+                      for attr in DROPOUT_ATTRIBUTES) for module in model.modules())
 
 
 def check_tokens_fit(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data_tokenizer, examples) -> None:

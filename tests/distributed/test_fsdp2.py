@@ -118,3 +118,28 @@ def test_on_policy_pmle_fsdp2_matches_one_process(run_dir):
     _assert_curves_match(_losses("single"), _losses("sharded"))
     kl = _losses("sharded", "train/objective/kl")
     assert len(kl) == 3 and all(value >= 0 for value in kl.values())
+
+
+@pytest.mark.extended
+def test_dpo_fsdp2_recomputes_the_head_at_a_large_vocabulary(run_dir):
+    """At a 151,936-entry vocabulary the chunked LM head recomputes its logits in the backward (a small vocabulary's
+    are kept), under FSDP2 too, where the head's weights are re-gathered for it: the sharded losses equal one
+    process's."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lit_align.models.chunked_head import MIN_CHUNK_ELEMENTS
+    from lit_align.models.loading import EMBEDDED_DIR, load_tokenizer
+
+    config = AutoConfig.from_pretrained(EMBEDDED_DIR)
+    config.vocab_size = 151936  # Qwen2's
+    assert 32 * config.vocab_size > MIN_CHUNK_ELEMENTS  # any batch of 32 scored positions or more recomputes
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained("wide")
+    load_tokenizer("tiny").save_pretrained("wide")
+    wide = ["--model.init_args.policy.init_args.model=wide"]
+    build_cli(_args("dpo.yaml", "single", 2, "--data.init_args.batch_size=8", *wide))
+    _launch(_args("dpo.yaml", "sharded", 2, "--data.init_args.batch_size=4", *FSDP2, *wide))
+    single, sharded = _losses("single"), _losses("sharded")
+    assert sorted(sharded) == sorted(single) and len(single) == 2, (single, sharded)
+    for step in single:
+        assert sharded[step] == pytest.approx(single[step], abs=TOLERANCE), (step, single, sharded)

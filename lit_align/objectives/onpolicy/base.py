@@ -60,6 +60,7 @@ from lit_align.rewards.dispatch import Reward, build_reward
 from lit_align.rewards.functions import RewardFunction
 from lit_align.generation.rollout import Rollout, SamplingConfig, join_rows, map_tensors, select_rows
 from lit_align.models.chunked_head import CompletionScores
+from lit_align.models.loading import has_dropout
 from lit_align.models.packing import pack_shared_prompt
 from lit_align.losses.importance import ImportanceCorrection, importance_weights
 from lit_align.objectives.onpolicy.experience import Experience
@@ -98,9 +99,9 @@ class OnPolicyObjective(AlignmentModule):
             PPO).
         mini_batches: Optimizer updates per pass (the batch is split into this many groups of prompts). TRL
             default: 1.
-        micro_batches: Forward-backward passes each update is split into (groups of whole prompts): the same
-            update with 1/micro_batches of its activations, for one more forward without gradient. Default 1
-            (TRL's gradient_accumulation_steps default).
+        micro_batches: Groups of prompts each update's forward-backward runs in (less memory). Default 1 (TRL's
+            gradient_accumulation_steps default); the same update, for one more forward without gradient
+            (docs/onpolicy.md).
         missing_eos_penalty: Score given to a response that did not end with EOS within ``max_new_tokens``
             (replaces the reward model's score); ``None`` keeps the reward model's score. TRL default: None
             (RLHF, ReverseKL and REBEL set the PAPER's -1).
@@ -198,6 +199,10 @@ class OnPolicyObjective(AlignmentModule):
         self.reward_model = self.reward.module
 
     def setup(self, stage: str) -> None:
+        if self.micro_batches > 1 and self.max_staleness > 0 and has_dropout(self.policy.policy):
+            raise UserError(f"{type(self).__name__}: micro_batches > 1 with the policy's dropout on replays each "
+                            "group's random numbers, which the sampling thread of max_staleness > 0 draws from too; "
+                            "set policy.disable_dropout: true (the default), micro_batches: 1 or max_staleness: 0")
         if self.reward_model is None and self.environment is None and stage != "predict":  # sampling needs none
             self.attach_reward_model(self.reward_stage.provide(self, self.trainer, train=stage == "fit"))
 
@@ -415,12 +420,15 @@ class OnPolicyObjective(AlignmentModule):
             return loss, metrics
         mb = exp.rows(rows)
         groups = self.micro_batch_rows(mb)
+        device = next(self.policy.policy.parameters()).device
+        # with dropout, each group's second forward must draw the masks its first drew: its random state
+        rewind = has_dropout(self.policy.policy)
         states, outputs = [], []
         with torch.no_grad():
-            for group in groups:  # each group's random state, so its second forward draws the same dropout
-                states.append(random_state(rows.device))
+            for group in groups:
+                states.append(random_state(device) if rewind else None)
                 outputs.append(self.update_forward(mb.rollout.rows(group)))
-        after = random_state(rows.device)
+        after = random_state(device) if rewind else None
         outputs = join_rows(outputs)
         leaves: list[torch.Tensor] = []
 
@@ -431,15 +439,20 @@ class OnPolicyObjective(AlignmentModule):
             return leaves[-1]
 
         self._held.keep(map_tensors(leaf, outputs))
-        everything = torch.arange(mb.num_rows, device=rows.device)
-        with self._held.for_rows(everything):
+        with self._held.for_rows(mb.num_rows):  # every row: the kept output as it is
             loss, metrics = self.experience_loss(mb)
             if self._held.pending:
                 raise UserError(f"{type(self).__name__}: micro_batches needs experience_loss to read the policy "
                                 "through policy_token_logps (or update_forward); set micro_batches: 1")
-        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        parameters = [p for p in self.parameters() if p.requires_grad]
+        *grads, = torch.autograd.grad(loss, leaves + parameters, allow_unused=True)
+        if any(grad is not None for grad in grads[len(leaves):]):  # a gradient the groups would not carry
+            raise UserError(f"{type(self).__name__}: micro_batches needs experience_loss to reach the weights only "
+                            "through policy_token_logps (or update_forward); set micro_batches: 1")
+        grads = grads[:len(leaves)]
         for group, state in zip(groups, states):
-            set_random_state(state)
+            if state is not None:
+                set_random_state(state)
             shares = iter(grads)
             terms = []
 
@@ -452,7 +465,8 @@ class OnPolicyObjective(AlignmentModule):
 
             map_tensors(pair, self.update_forward(mb.rollout.rows(group)))
             self.manual_backward(torch.stack(terms).sum())
-        set_random_state(after)
+        if after is not None:
+            set_random_state(after)
         return loss.detach(), metrics
 
     def micro_batch_rows(self, mb: Experience) -> list[torch.Tensor]:
@@ -513,7 +527,7 @@ class HeldForward:
     def __init__(self) -> None:
         self.armed = False
         self._output: Any = None
-        self._rows: torch.Tensor | None = None
+        self._rows: torch.Tensor | int | None = None
 
     @contextmanager
     def arm(self, on: bool):
@@ -528,7 +542,8 @@ class HeldForward:
         return output
 
     @contextmanager
-    def for_rows(self, rows: torch.Tensor):
+    def for_rows(self, rows: torch.Tensor | int):
+        """Hand the kept output at ``rows`` to the update's forward; an int: all that many rows, as kept."""
         self._rows = rows
         try:
             yield
@@ -541,10 +556,13 @@ class HeldForward:
         return self._output is not None and self._rows is not None
 
     def take(self, num_rows: int) -> Any:
-        if self._output is None or self._rows is None or self._rows.numel() != num_rows:
+        if self._output is None or self._rows is None:
+            return None
+        whole = isinstance(self._rows, int)
+        if (self._rows if whole else self._rows.numel()) != num_rows:
             return None
         output, self._output = self._output, None
-        return select_rows(output, self._rows)
+        return output if whole else select_rows(output, self._rows)
 
 
 def random_state(device: torch.device) -> tuple:

@@ -9,6 +9,7 @@ value model initialised from the reward model instead: twice the memory of the p
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -165,7 +166,8 @@ class RLHF(OnPolicyObjective):
         return scores, values
 
     def update_forward(self, rollout: Rollout) -> tuple[CompletionScores, torch.Tensor]:
-        return self.forward_with_values(rollout)
+        scores, values = self.forward_with_values(rollout)
+        return dataclasses.replace(scores, hidden=None), values  # the values are read from the hidden states
 
     # -- experience --------------------------------------------------------------------------------------------
 

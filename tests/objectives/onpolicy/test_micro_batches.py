@@ -121,3 +121,28 @@ def test_a_groups_second_forward_draws_the_same_dropout():
     assert len(without) == len(with_grad) == 2
     for a, b in zip(without, with_grad):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_a_loss_that_reaches_the_weights_another_way_is_refused():
+    """A term of the loss outside the update forward would get no gradient from the groups: refused, not dropped."""
+    class ExtraTerm(GRPO):
+        def experience_loss(self, mb):
+            loss, metrics = super().experience_loss(mb)
+            return loss + 0.0 * sum(p.sum() for p in self.policy.trainable_parameters()), metrics
+
+    torch.manual_seed(0)
+    module = ExtraTerm(policy=PolicyWithReference(model="tiny", reference="copy"), reward_model=TokenReward(),
+                       sampling=SamplingConfig(max_new_tokens=4, temperature=1.0), micro_batches=2)
+    with pytest.raises(UserError, match="reach the weights only"):
+        fit(module, max_steps=1)
+
+
+def test_dropout_with_asynchronous_sampling_is_refused():
+    """The replayed random state would be shared with the sampling thread."""
+    module = GRPO(policy=PolicyWithReference(model="tiny", reference="copy", disable_dropout=False),
+                  reward_model=TokenReward(), micro_batches=2, max_staleness=1)
+    for layer in module.policy.policy.modules():
+        if hasattr(layer, "attention_dropout"):
+            layer.attention_dropout = 0.1
+    with pytest.raises(UserError, match="disable_dropout"):
+        module.setup("fit")
