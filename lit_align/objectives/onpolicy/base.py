@@ -45,7 +45,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -58,12 +57,13 @@ from lit_align.objectives.base import AlignmentModule, Stage
 from lit_align.objectives.onpolicy.reward_stage import RewardStage
 from lit_align.rewards.dispatch import Reward, build_reward
 from lit_align.rewards.functions import RewardFunction
-from lit_align.generation.rollout import Rollout, SamplingConfig, join_rows, map_tensors, select_rows
+from lit_align.generation.rollout import Rollout, SamplingConfig, join_rows, map_tensors
 from lit_align.models.chunked_head import CompletionScores
 from lit_align.models.loading import has_dropout
 from lit_align.models.packing import pack_shared_prompt
 from lit_align.losses.importance import ImportanceCorrection, importance_weights
 from lit_align.objectives.onpolicy.experience import Experience
+from lit_align.objectives.onpolicy.held import HeldForward, random_state, set_random_state
 from lit_align.objectives.onpolicy.sampling_loop import SamplingLoop, play_episodes
 from lit_align.environments.base import Environment
 from lit_align.generation.episodes import EpisodeRollout
@@ -515,68 +515,6 @@ class OnPolicyObjective(AlignmentModule):
         self.sampling_loop.close()
 
 
-class HeldForward:
-    """The sampling-time policy forward of a batch, kept with its graph for the first update to use.
-
-    ``arm(on)`` around ``make_experience``: while armed, ``policy_experience`` runs its forward of every row with
-    gradient and hands it to ``keep``. ``for_rows(rows)`` around the first update, whose forward asks
-    ``take(num_rows)`` first: the kept output at ``rows``, once (later forwards are computed as usual). Whatever
-    was not taken is dropped when the update ends, with its graph.
-    """
-
-    def __init__(self) -> None:
-        self.armed = False
-        self._output: Any = None
-        self._rows: torch.Tensor | int | None = None
-
-    @contextmanager
-    def arm(self, on: bool):
-        self.armed, self._output = on, None
-        try:
-            yield
-        finally:
-            self.armed = False
-
-    def keep(self, output: Any) -> Any:
-        self._output = output
-        return output
-
-    @contextmanager
-    def for_rows(self, rows: torch.Tensor | int):
-        """Hand the kept output at ``rows`` to the update's forward; an int: all that many rows, as kept."""
-        self._rows = rows
-        try:
-            yield
-        finally:
-            self._output = self._rows = None  # a later update recomputes its forward
-
-    @property
-    def pending(self) -> bool:
-        """A kept output that the update has not taken (yet)."""
-        return self._output is not None and self._rows is not None
-
-    def take(self, num_rows: int) -> Any:
-        if self._output is None or self._rows is None:
-            return None
-        whole = isinstance(self._rows, int)
-        if (self._rows if whole else self._rows.numel()) != num_rows:
-            return None
-        output, self._output = self._output, None
-        return output if whole else select_rows(output, self._rows)
-
-
-def random_state(device: torch.device) -> tuple:
-    """torch's random state on the CPU and on ``device`` (when a CUDA device), to draw the same numbers again."""
-    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None), device
-
-
-def set_random_state(state: tuple) -> None:
-    cpu, accelerator, device = state
-    torch.set_rng_state(cpu)
-    if accelerator is not None:
-        torch.cuda.set_rng_state(accelerator, device)
-
-
 def logprob_gap(exp: Experience) -> float | None:
     """Mean over the trained tokens of the engine's log-prob minus the sampling-time trainer's, the very numbers
     whose ratio ``importance_correction`` weighs (None when the engine reported none)."""
@@ -598,13 +536,3 @@ def importance_metrics(weights) -> dict[str, torch.Tensor]:
         "generation/is_ratio/clipped_fraction": weights.clipped_fraction,
         "generation/is_ratio/masked_fraction": weights.masked_fraction,
     }
-
-
-def detached(value: Any) -> Any:
-    """``value`` (as ``select_rows`` takes it) without its graph."""
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, tuple):
-        return type(value)(detached(v) for v in value)
-    return dataclasses.replace(value, **{f.name: getattr(value, f.name).detach()
-                                         for f in dataclasses.fields(value) if getattr(value, f.name) is not None})

@@ -27,7 +27,8 @@ from lit_align.losses import (
     whitening_scale,
 )
 from lit_align.generation.rollout import Rollout
-from lit_align.objectives.onpolicy.base import OnPolicyObjective, detached
+from lit_align.objectives.onpolicy.base import OnPolicyObjective
+from lit_align.objectives.onpolicy.held import detached
 from lit_align.objectives.onpolicy.experience import Experience
 
 

@@ -1,5 +1,5 @@
 """With one mini-batch, the sampling-time policy forward of a batch is kept (with its graph) as the first update's
-forward (``HeldForward`` in lit_align/objectives/onpolicy.py): one policy forward fewer per batch, the same
+forward (``HeldForward`` in lit_align/objectives/onpolicy/held.py): one policy forward fewer per batch, the same
 training."""
 
 from __future__ import annotations
